@@ -1,0 +1,64 @@
+"""Start real worker processes the documented way, and wait for their heartbeat."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from redis import Redis
+
+from producer.schema import HEARTBEAT_PREFIX
+
+
+def rq_worker_command(queue: str, name: str, worker_class: str = "worker.LVMWorker") -> list[str]:
+    """The documented line: rq worker -w worker.LVMWorker -S json -c config.rq lvm-<model>."""
+    rq = shutil.which("rq", path=str(Path(sys.executable).parent)) or shutil.which("rq") or "rq"
+    return [rq, "worker", "-w", worker_class, "-S", "json", "-c", "config.rq", "-n", name, queue]
+
+
+def start_worker(
+    queue: str,
+    env: dict[str, str],
+    name: str | None = None,
+    log_path: Path | None = None,
+    worker_class: str = "worker.LVMWorker",
+) -> tuple[subprocess.Popen, str]:
+    name = name or f"w-{uuid.uuid4().hex[:8]}"
+    full_env = {**os.environ, **env}
+    out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115 - owned by the process
+    proc = subprocess.Popen(
+        rq_worker_command(queue, name, worker_class), env=full_env, stdout=out, stderr=subprocess.STDOUT
+    )
+    return proc, name
+
+
+def wait_ready(redis: Redis, name: str, proc: subprocess.Popen, timeout: float = 120.0) -> dict:
+    """Block until the worker's heartbeat says ready; raise if it dies or stalls."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"worker {name} exited with code {proc.returncode} before becoming ready")
+        raw = redis.get(HEARTBEAT_PREFIX + name)
+        if raw:
+            info = json.loads(raw)
+            if info.get("status") == "ready":
+                return info
+        time.sleep(0.05)
+    raise TimeoutError(f"worker {name} not ready after {timeout} s")
+
+
+def stop(proc: subprocess.Popen, timeout: float = 10.0) -> int:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode

@@ -1,0 +1,93 @@
+"""Start a private redis-server on a free port: for tests, benchmarks and the demo.
+
+Never touches another Redis's data: its own port, its own temporary directory, and it is
+stopped (and its directory removed) by ``stop()``.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from redis import Redis
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RedisServer:
+    def __init__(self, port: int | None = None, appendonly: bool = False):
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise FileNotFoundError(
+                "redis-server not found: install it (apt-get install redis-server, brew install redis) "
+                "or point LVM_REDIS_URL at a running Redis"
+            )
+        self.port = port or free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="lvmq-redis-"))
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        args = [
+            binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.dir),
+            "--save",
+            "",
+            "--appendonly",
+            "yes" if appendonly else "no",
+            "--daemonize",
+            "no",
+            "--logfile",
+            str(self.dir / "redis.log"),
+        ]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self._wait_ready()
+
+    def _wait_ready(self, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        client = Redis.from_url(self.url, socket_timeout=1)
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"redis-server exited with {self.proc.returncode}; see {self.dir / 'redis.log'}")
+            try:
+                if client.ping():
+                    return
+            except Exception:  # noqa: BLE001 - not up yet
+                time.sleep(0.05)
+        raise TimeoutError(f"redis-server on port {self.port} not ready after {timeout} s")
+
+    def client(self, **kwargs) -> Redis:
+        return Redis.from_url(self.url, **kwargs)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> RedisServer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def reachable(url: str) -> bool:
+    try:
+        return bool(Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1).ping())
+    except Exception:  # noqa: BLE001
+        return False

@@ -1,0 +1,111 @@
+"""One pydantic-settings ``Settings`` for workers, producers and the CLI.
+
+Every field is read from an ``LVM_<FIELD>`` environment variable (or a ``.env`` file in the
+working directory). Nested values use ``__``: ``LVM_MODELS__LSTM=artifacts/lstm.pt``.
+A bad value stops start-up with a message naming the variable, never a silent default.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "LVM_"
+
+
+class SettingsError(ValueError):
+    """A setting has an invalid value; the message names the environment variable."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_file=".env",
+        env_file_encoding="utf-8",
+        env_nested_delimiter="__",
+        extra="ignore",
+    )
+
+    # --- Redis and queues -------------------------------------------------------------
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0",
+        description="Redis URL; redis://:password@host:port/db, or rediss:// for TLS.",
+    )
+    queue_prefix: str = Field("lvm-", description="Queue name = prefix + model name, e.g. lvm-lstm.")
+
+    # --- What a worker serves -----------------------------------------------------------
+    artifacts_dir: Path = Field(Path("artifacts"), description="Where `make model` writes its files.")
+    models: dict[str, Path] = Field(
+        default_factory=lambda: {
+            "lstm": Path("artifacts/lstm.pt"),
+            "gru": Path("artifacts/gru.pt"),
+        },
+        description="Model name -> checkpoint path. A worker on queue lvm-<name> serves models[name].",
+    )
+    model: str | None = Field(None, description="Model this worker serves; default: taken from its single queue name.")
+    device: str = Field("cpu", description="cpu, cuda, cuda:N, mps or auto.")
+    torch_threads: int = Field(
+        1,
+        ge=1,
+        le=256,
+        description="torch intra-op threads per worker. 1 keeps latency stable on shared 2-core hosts.",
+    )
+    encoder: str = Field(
+        "minilm",
+        description="Sentence encoder: 'minilm' (packaged all-MiniLM-L6-v2) or a local model directory.",
+    )
+    bank_path: Path = Field(Path("artifacts/bank.npz"), description="Sentence bank for the decoder.")
+    max_decode_steps: int = Field(20, ge=0, le=200, description="Upper bound on a request's decode_steps.")
+
+    # --- Timing and retention ------------------------------------------------------------
+    heartbeat_seconds: float = Field(5.0, gt=0, le=300, description="Heartbeat period; key TTL is 3x.")
+    result_ttl: int = Field(3600, ge=1, description="Seconds a successful result is kept.")
+    failure_ttl: int = Field(86400, ge=1, description="Seconds a failed job is kept.")
+    queue_ttl: int = Field(300, ge=1, description="Seconds a request may wait in the queue before it is dropped.")
+    job_timeout: int = Field(60, ge=1, description="Seconds one job may run before RQ fails it.")
+
+    # --- Logging -------------------------------------------------------------------------
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["auto", "json", "console"] = Field(
+        "auto", description="auto: console on a TTY, JSON lines otherwise."
+    )
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str) -> str:
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        value = value.strip().lower()
+        if value in {"cpu", "cuda", "mps", "auto"}:
+            return value
+        if value.startswith("cuda:") and value[5:].isdigit():
+            return value
+        raise ValueError("must be cpu, cuda, cuda:N, mps or auto")
+
+    def queue_name(self, model: str) -> str:
+        return f"{self.queue_prefix}{model}"
+
+    def model_for_queue(self, queue: str) -> str | None:
+        if queue.startswith(self.queue_prefix):
+            return queue[len(self.queue_prefix) :]
+        return None
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build Settings, turning pydantic's error into one line per bad ``LVM_*`` variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            field = "__".join(str(part) for part in err["loc"]).upper()
+            lines.append(f"{ENV_PREFIX}{field}: {err['msg']} (got {err.get('input')!r})")
+        raise SettingsError("invalid settings:\n  " + "\n  ".join(lines)) from None

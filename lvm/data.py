@@ -1,0 +1,161 @@
+"""Training data: encoded sentences, windows inside documents, splits by document.
+
+Windows never cross a document boundary, and the train/val split is drawn over documents,
+never over windows: the prior system's random window split let neighbouring windows of one
+document sit on both sides and inflated its scores. Whole topics or sources are kept
+aside as out-of-distribution sets.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from lvm.corpus import Document
+from lvm.encoders import Encoder
+
+# --- encoded-vector cache ----------------------------------------------------------------------
+
+
+def _key(text: str) -> bytes:
+    return hashlib.sha1(text.encode("utf-8")).digest()
+
+
+class VectorCache:
+    """Sentence -> vector, on disk per encoder, so re-training or re-building never re-encodes."""
+
+    def __init__(self, folder: str | Path, encoder_name: str, dim: int):
+        slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in encoder_name)
+        self.path = Path(folder) / f"{slug}-{dim}.npz"
+        self.dim = dim
+        self._rows: dict[bytes, int] = {}
+        self._vectors = np.zeros((0, dim), dtype=np.float32)
+        if self.path.is_file():
+            with np.load(self.path, allow_pickle=False) as data:
+                self._vectors = data["vectors"]
+                self._rows = {bytes(k): i for i, k in enumerate(data["keys"])}
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def encode(self, texts: Sequence[str], encoder: Encoder, chunk: int = 512, progress: bool = True) -> np.ndarray:
+        """Vectors for ``texts`` in order, encoding only those not cached yet."""
+        keys = [_key(t) for t in texts]
+        missing = list(dict.fromkeys(t for t, k in zip(texts, keys, strict=True) if k not in self._rows))
+        if missing:
+            from tqdm.auto import tqdm
+
+            new_keys, new_vectors = [], []
+            bar = tqdm(total=len(missing), desc=f"encoding with {encoder.name}", unit="sent", disable=not progress)
+            for start in range(0, len(missing), chunk):
+                batch = missing[start : start + chunk]
+                new_vectors.append(encoder.encode(batch))
+                new_keys.extend(_key(t) for t in batch)
+                bar.update(len(batch))
+                if len(new_keys) >= 8192 or start + chunk >= len(missing):
+                    self._append(new_keys, np.concatenate(new_vectors))
+                    self.save()  # an interrupted run keeps what it encoded
+                    new_keys, new_vectors = [], []
+            bar.close()
+        return self._vectors[[self._rows[k] for k in keys]] if keys else np.zeros((0, self.dim), np.float32)
+
+    def _append(self, keys: list[bytes], vectors: np.ndarray) -> None:
+        base = len(self._vectors)
+        self._vectors = np.concatenate([self._vectors, vectors.astype(np.float32)])
+        for i, k in enumerate(keys):
+            self._rows[k] = base + i
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        keys = np.zeros(len(self._rows), dtype="S20")
+        for k, i in self._rows.items():
+            keys[i] = k
+        tmp = self.path.with_name(self.path.name + ".tmp.npz")
+        np.savez(tmp, keys=keys, vectors=self._vectors)
+        tmp.replace(self.path)
+
+
+# --- windows -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Windows:
+    """Prediction windows as indices into ``vectors``: ``context[i]`` -> ``target[i]``.
+
+    ``context`` is left-padded to ``context_len`` by repeating its first index (the model's
+    own padding rule); ``previous[i]`` is the last real context sentence, for the margin.
+    """
+
+    vectors: np.ndarray  # [S, D]
+    context: np.ndarray  # [W, L] int64
+    target: np.ndarray  # [W] int64
+    previous: np.ndarray  # [W] int64
+    documents: int
+
+    def __len__(self) -> int:
+        return len(self.target)
+
+    def batch(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self.vectors[self.context[rows]], self.vectors[self.target[rows]]
+
+
+def make_windows(docs: Sequence[Document], doc_vectors: Sequence[np.ndarray], context_len: int = 5) -> Windows:
+    dim = doc_vectors[0].shape[1] if doc_vectors else 0
+    contexts, targets, previous = [], [], []
+    base = 0
+    for vecs in doc_vectors:
+        n = len(vecs)
+        for t in range(1, n):
+            idx = list(range(max(0, t - context_len), t))
+            idx = [idx[0]] * (context_len - len(idx)) + idx
+            contexts.append([base + i for i in idx])
+            targets.append(base + t)
+            previous.append(base + t - 1)
+        base += n
+    vectors = np.concatenate(doc_vectors) if doc_vectors else np.zeros((0, dim), np.float32)
+    return Windows(
+        vectors=vectors.astype(np.float32),
+        context=np.asarray(contexts, dtype=np.int64).reshape(-1, context_len),
+        target=np.asarray(targets, dtype=np.int64),
+        previous=np.asarray(previous, dtype=np.int64),
+        documents=len(doc_vectors),
+    )
+
+
+# --- splits ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SplitSpec:
+    val_fraction: float = 0.1
+    ood_topics: tuple[str, ...] = ("Mathematics", "Philosophy and religion")
+    ood_sources: tuple[str, ...] = ()
+    seed: int = 0
+
+
+def split_documents(docs: Sequence[Document], spec: SplitSpec = SplitSpec()) -> dict[str, list[Document]]:
+    """train / val by a stable hash of the document id; ood = held-out topics and sources."""
+    splits: dict[str, list[Document]] = {"train": [], "val": [], "ood": []}
+    for doc in docs:
+        if doc.topic in spec.ood_topics or doc.source in spec.ood_sources:
+            splits["ood"].append(doc)
+            continue
+        digest = hashlib.sha1(f"{spec.seed}:{doc.id}".encode()).digest()
+        fraction = int.from_bytes(digest[:8], "big") / 2**64
+        splits["val" if fraction < spec.val_fraction else "train"].append(doc)
+    return splits
+
+
+def encode_documents(docs: Sequence[Document], encoder: Encoder, cache: VectorCache, progress: bool = True):
+    """Per-document vector arrays, through the cache (one encoder pass for all documents)."""
+    flat = [s for d in docs for s in d.sentences]
+    vectors = cache.encode(flat, encoder, progress=progress)
+    out, start = [], 0
+    for d in docs:
+        out.append(vectors[start : start + len(d.sentences)])
+        start += len(d.sentences)
+    return out

@@ -1,0 +1,170 @@
+"""The chat pipeline: messages -> sentences -> vectors -> LVM -> next vector -> text.
+
+``ChatPipeline.run`` takes a LIST of requests and runs each stage once for all of them: one
+encoder batch for every sentence of every request, one LVM forward per generated sentence,
+one decoder call per generated sentence. Batching is where the throughput comes from; a
+single request is just a batch of one.
+
+Every number in the result is measured here. A stage shared by a batch is reported to each
+request at its full wall time, because that is how long each of them waited for it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from lvm.decoders import Decoder
+from lvm.encoders import Encoder
+from lvm.text import normalize, split_sentences
+
+MAX_RESPONSE_SENTENCES = 8
+
+
+@dataclass(frozen=True)
+class ChatInput:
+    messages: Sequence[str]
+    response_sentences: int = 1  # how many next vectors to generate, each fed back as context
+    decode_steps: int = 0  # refinement steps of an iterative decoder; the bank uses none
+
+
+@dataclass
+class StageTimes:
+    encoding_ms: float = 0.0
+    lvm_inference_ms: float = 0.0
+    decoding_ms: float = 0.0
+    total_ms: float = 0.0
+
+
+@dataclass
+class ChatOutput:
+    response: str
+    sentences: list[str]
+    confidence: float
+    decoder: str
+    decode_steps_used: int
+    batch_size: int
+    context_sentences: int
+    timings: StageTimes = field(default_factory=StageTimes)
+
+
+def _ms(start: float) -> float:
+    return (time.perf_counter() - start) * 1000.0
+
+
+class ChatPipeline:
+    def __init__(self, encoder: Encoder, model: torch.nn.Module, decoder: Decoder, max_decode_steps: int = 20):
+        dim = model.config.input_dim  # type: ignore[union-attr]
+        if encoder.dim != dim or decoder.dim != dim:
+            raise ValueError(
+                f"dimension mismatch: encoder {encoder.name} gives {encoder.dim}-d vectors, "
+                f"the model takes {dim}-d, the decoder {decoder.name} holds {decoder.dim}-d"
+            )
+        self.encoder = encoder
+        self.model = model
+        self.decoder = decoder
+        self.context_len = int(model.config.context_len)  # type: ignore[union-attr]
+        self.device = next(model.parameters()).device
+        self.max_decode_steps = max_decode_steps
+
+    # -- stage 0: which sentences does each request need? -------------------------------
+    def context_sentences(self, request: ChatInput) -> list[str]:
+        """The last ``context_len`` sentences of the conversation; only these are encoded."""
+        sentences = [s for message in request.messages for s in split_sentences(message)]
+        if not sentences:
+            raise ValueError("the conversation has no sentences to continue")
+        return sentences[-self.context_len :]
+
+    # -- stage 1: encode every needed sentence of the batch at once ---------------------
+    def encode(self, contexts: list[list[str]]) -> list[np.ndarray]:
+        unique = list(dict.fromkeys(s for ctx in contexts for s in ctx))
+        vectors = self.encoder.encode(unique)
+        row = {s: i for i, s in enumerate(unique)}
+        return [vectors[[row[s] for s in ctx]] for ctx in contexts]
+
+    # -- stage 2: one forward for the whole batch ----------------------------------------
+    @torch.inference_mode()
+    def predict(self, contexts: list[np.ndarray]) -> np.ndarray:
+        padded = np.stack([self._pad(c) for c in contexts])
+        x = torch.from_numpy(padded).to(self.device)
+        return self.model(x).float().cpu().numpy()
+
+    def _pad(self, ctx: np.ndarray) -> np.ndarray:
+        ctx = ctx[-self.context_len :]
+        if len(ctx) < self.context_len:
+            ctx = np.concatenate([np.repeat(ctx[:1], self.context_len - len(ctx), axis=0), ctx])
+        return ctx
+
+    # -- the whole pipeline ---------------------------------------------------------------
+    def run(self, requests: Sequence[ChatInput]) -> list[ChatOutput]:
+        start = time.perf_counter()
+        n = len(requests)
+        if n == 0:
+            return []
+        for r in requests:
+            if not 1 <= r.response_sentences <= MAX_RESPONSE_SENTENCES:
+                raise ValueError(f"response_sentences must be 1..{MAX_RESPONSE_SENTENCES}")
+        texts = [self.context_sentences(r) for r in requests]
+
+        t = time.perf_counter()
+        contexts = self.encode(texts)
+        encoding_ms = _ms(t)
+
+        exclude = [{normalize(s) for s in ctx} for ctx in texts]  # never echo the context
+        generated: list[list[tuple[str, float]]] = [[] for _ in range(n)]
+        lvm_ms = [0.0] * n
+        decode_ms = [0.0] * n
+        steps_used = [0] * n
+        for step in range(max(r.response_sentences for r in requests)):
+            active = [i for i, r in enumerate(requests) if r.response_sentences > step]
+            pos = {i: p for p, i in enumerate(active)}
+            t = time.perf_counter()
+            predicted = self.predict([contexts[i] for i in active])
+            elapsed = _ms(t)
+            for i in active:
+                lvm_ms[i] += elapsed
+
+            t = time.perf_counter()
+            for rows, steps in self._decode_groups(active, requests):
+                decoded = self.decoder.decode(
+                    predicted[[pos[i] for i in rows]], [exclude[i] for i in rows], steps=steps
+                )
+                for i, d in zip(rows, decoded, strict=True):
+                    generated[i].append((d.text, d.cosine))
+                    exclude[i].add(normalize(d.text))  # and never repeat itself
+                    steps_used[i] = max(steps_used[i], d.steps_used)
+            elapsed = _ms(t)
+            for i in active:
+                decode_ms[i] += elapsed
+                contexts[i] = np.concatenate([contexts[i], predicted[pos[i]][None]])
+
+        total_ms = _ms(start)
+        outputs = []
+        for i in range(n):
+            sentences = [text for text, _ in generated[i]]
+            outputs.append(
+                ChatOutput(
+                    response=" ".join(sentences),
+                    sentences=sentences,
+                    confidence=float(np.mean([c for _, c in generated[i]])),
+                    decoder=self.decoder.name,
+                    decode_steps_used=steps_used[i],
+                    batch_size=n,
+                    context_sentences=len(texts[i]),
+                    timings=StageTimes(encoding_ms, lvm_ms[i], decode_ms[i], total_ms),
+                )
+            )
+        return outputs
+
+    def _decode_groups(self, active: list[int], requests: Sequence[ChatInput]) -> list[tuple[list[int], int]]:
+        """Rows that can share one decoder call: all of them for the bank, per step count otherwise."""
+        if not self.decoder.iterative:
+            return [(active, 0)]
+        groups: dict[int, list[int]] = {}
+        for i in active:
+            groups.setdefault(min(requests[i].decode_steps, self.max_decode_steps), []).append(i)
+        return [(rows, steps) for steps, rows in groups.items()]

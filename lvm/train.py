@@ -1,0 +1,124 @@
+"""Train a residual LSTM/GRU on sentence-vector windows, top to bottom.
+
+Loss = (1 - cos(ŷ, y)) + mse_weight * ||ŷ - y||² on the L2-normalised prediction ŷ.
+On unit vectors ||ŷ - y||² = 2(1 - cos), so the MSE term points the same way as the cosine
+term: it sharpens large errors without pulling on the raw output's norm. MSE on the raw,
+un-normalised output measured worse here (val cos 0.469 vs 0.517, shared/MEASURED.md).
+
+AdamW, cosine-annealed learning rate, gradient clipping, early stopping on val cosine with
+the best epoch's weights restored: val peaked at epochs 5-7 of 15 in MEASURED.md and longer
+training overfit, hurting out-of-distribution scores most.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from lvm.data import Windows
+from lvm.evaluate import predict, score
+from lvm.models import ModelConfig, build_model
+
+
+@dataclass
+class TrainConfig:
+    model_type: str = "lstm"
+    d_model: int = 256
+    num_layers: int = 4
+    dropout: float = 0.1
+    context_len: int = 5
+    mean_residual: bool = True
+    epochs: int = 8
+    batch_size: int = 256
+    lr: float = 2e-3
+    weight_decay: float = 0.01
+    mse_weight: float = 0.5
+    grad_clip: float = 1.0
+    patience: int = 2
+    seed: int = 0
+
+
+def loss_fn(pred: torch.Tensor, target: torch.Tensor, mse_weight: float) -> torch.Tensor:
+    cos = F.cosine_similarity(pred, target, dim=-1)
+    sq = ((pred - target) ** 2).sum(dim=-1)
+    return (1 - cos).mean() + mse_weight * sq.mean()
+
+
+def train(cfg: TrainConfig, train_set: Windows, val_set: Windows, progress: bool = True):
+    """Returns (best model in eval mode, per-epoch history, best val metrics)."""
+    from tqdm.auto import tqdm
+
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    dim = train_set.vectors.shape[1]
+    model = build_model(
+        ModelConfig(
+            model_type=cfg.model_type,
+            input_dim=dim,
+            d_model=cfg.d_model,
+            num_layers=cfg.num_layers,
+            dropout=cfg.dropout,
+            context_len=cfg.context_len,
+            mean_residual=cfg.mean_residual,
+        )
+    )
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs * steps_per_epoch)
+
+    history: list[dict] = []
+    best_cos, best_state, best_metrics, stale = -math.inf, None, {}, 0
+    for epoch in range(1, cfg.epochs + 1):
+        model.train()
+        started = time.perf_counter()
+        order = rng.permutation(len(train_set))
+        total = 0.0
+        bar = tqdm(range(steps_per_epoch), desc=f"{cfg.model_type} epoch {epoch}/{cfg.epochs}", disable=not progress)
+        for step in bar:
+            rows = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+            ctx, tgt = train_set.batch(rows)
+            pred = model(torch.from_numpy(ctx))
+            loss = loss_fn(pred, torch.from_numpy(tgt), cfg.mse_weight)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            total += loss.item() * len(rows)
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+        model.eval()
+        val = score(predict(model, val_set), val_set)
+        record = {
+            "epoch": epoch,
+            "train_loss": total / len(train_set),
+            "val_cos": val["cos_mean"],
+            "val_mse": val["mse"],
+            "val_margin": val["margin"],
+            "lr": scheduler.get_last_lr()[0],
+            "seconds": round(time.perf_counter() - started, 2),
+        }
+        history.append(record)
+        if progress:
+            print(
+                f"  epoch {epoch}: train loss {record['train_loss']:.4f}  val cos {val['cos_mean']:.4f}  "
+                f"margin {val['margin']:+.4f}  ({record['seconds']} s)",
+                flush=True,
+            )
+        if val["cos_mean"] > best_cos:
+            best_cos, stale = val["cos_mean"], 0
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            best_metrics = {"best_epoch": epoch, **{f"val_{k}": v for k, v in val.items()}}
+        else:
+            stale += 1
+            if stale >= cfg.patience:
+                break
+    assert best_state is not None
+    model.load_state_dict(best_state)
+    model.eval()
+    best_metrics["train_config"] = asdict(cfg)
+    return model, history, best_metrics

@@ -1,0 +1,130 @@
+"""`lvmq`: one command for chatting, health, workers, training and benchmarks.
+
+Subcommands import what they need when they run: `lvmq chat` and `lvmq health` never load
+torch, so they are fast and work with the light producer install alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lvmq",
+        description="lvm-queue: Latent Vector Model inference over Redis/RQ. Settings come from LVM_* "
+        "environment variables or .env (see README).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    chat = sub.add_parser(
+        "chat",
+        help="send a chat and print the answer with its latency breakdown",
+        description="Each MESSAGE is one turn of the conversation, oldest first. Needs a worker for the model.",
+    )
+    chat.add_argument("messages", nargs="+", metavar="MESSAGE")
+    chat.add_argument("--model", default="lstm", help="model name (queue lvm-<model>); default lstm")
+    chat.add_argument("--conversation", help="conversation id, echoed in the result")
+    chat.add_argument("--response-sentences", type=int, default=1, help="sentences to generate (1-8)")
+    chat.add_argument("--decode-steps", type=int, default=0, help="refinement steps for iterative decoders")
+    chat.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the answer")
+    chat.add_argument("--redis-url", help="default LVM_REDIS_URL")
+    chat.add_argument("--json", action="store_true", help="print the result as JSON")
+    chat.set_defaults(func=cmd_chat)
+
+    health = sub.add_parser(
+        "health",
+        help="list workers from their heartbeats; exit 0 only if every queue is served",
+        description="Exit 0 when every named queue (default: every queue a worker announced) has at least one "
+        "ready or busy worker with a fresh heartbeat, else 1. Usable as a container healthcheck.",
+    )
+    health.add_argument("--queue", action="append", help="queue that must be served (repeatable)")
+    health.add_argument("--redis-url", help="default LVM_REDIS_URL")
+    health.add_argument("--json", action="store_true")
+    health.set_defaults(func=cmd_health)
+
+    from bench.cli import register as register_bench
+    from lvm.cli import register as register_lvm
+    from worker.cli import register as register_worker
+
+    register_worker(sub)
+    register_lvm(sub)
+    register_bench(sub)
+    return parser
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from producer.client import ChatClient
+    from producer.errors import LVMQueueError
+
+    client = ChatClient(args.redis_url)
+    request = {
+        "messages": args.messages,
+        "model": args.model,
+        "conversation_id": args.conversation,
+        "response_sentences": args.response_sentences,
+        "decode_steps": args.decode_steps,
+    }
+    try:
+        result = client.wait(client.submit(request), timeout=args.timeout)
+    except LVMQueueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(result.model_dump_json(indent=2))
+        return 0
+    lat = result.latency_breakdown
+    print(result.response)
+    print(
+        f"  confidence {result.confidence:.3f} · model {result.model} ({result.model_version}) on "
+        f"{result.device} · decoder {result.decoder}, {result.decode_steps_used} steps"
+    )
+    print(
+        f"  latency ms: queue {lat.queue_wait_ms:.1f} · encode {lat.encoding_ms:.1f} · lvm "
+        f"{lat.lvm_inference_ms:.1f} · decode {lat.decoding_ms:.1f} · total {lat.total_latency_ms:.1f}"
+    )
+    return 0
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    from config import load_settings
+    from producer.client import connect
+    from producer.health import check, format_report
+
+    redis = connect(args.redis_url or load_settings().redis_url)
+    try:
+        report = check(redis, args.queue)
+    except Exception as exc:  # noqa: BLE001 - a healthcheck must answer, not crash
+        print(f"error: cannot read heartbeats: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(report.to_json(), indent=2) if args.json else format_report(report))
+    return 0 if report.ok else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # noqa: BLE001 - one clear line, not a traceback, for expected failures
+        from config import SettingsError
+
+        known = (SettingsError, FileNotFoundError, ValueError, RuntimeError)
+        try:
+            from lvm.bank import BankError
+            from lvm.checkpoint import CheckpointError
+
+            known += (CheckpointError, BankError)
+        except ImportError:
+            pass
+        if isinstance(exc, known):
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,132 @@
+"""ChatClient: what a backend or frontend uses to talk to the LVM workers.
+
+Submit puts a JSON job on ``lvm-<model>``; ``wait`` blocks on RQ's result stream (XREAD
+BLOCK), not a sleep loop. redis-py's default 5 s socket timeout breaks blocking reads longer
+than that, so waits run on a second connection whose socket timeout covers the wait.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from redis import Redis
+from rq import Queue
+from rq.exceptions import NoSuchJobError
+from rq.job import Job, JobStatus
+from rq.serializers import JSONSerializer
+
+from config import Settings, load_settings
+from producer.errors import ChatFailed, ChatTimeout, JobNotFound
+from producer.schema import JOB_FUNCTION, ChatError, ChatRequest, ChatResult
+
+RequestLike = ChatRequest | dict[str, Any]
+
+
+def connect(url: str, socket_timeout: float | None = 5.0) -> Redis:
+    return Redis.from_url(url, socket_timeout=socket_timeout, socket_connect_timeout=5, socket_keepalive=True)
+
+
+class ChatClient:
+    def __init__(self, redis_url: str | None = None, settings: Settings | None = None):
+        self.settings = settings or load_settings()
+        self.url = redis_url or self.settings.redis_url
+        self.redis = connect(self.url)
+        self._blocking: Redis | None = None
+
+    # -- submitting ------------------------------------------------------------------------
+    def queue(self, model: str) -> Queue:
+        return Queue(self.settings.queue_name(model), connection=self.redis, serializer=JSONSerializer)
+
+    def _prepare(self, request: RequestLike):
+        req = request if isinstance(request, ChatRequest) else ChatRequest.model_validate(request)
+        data = Queue.prepare_data(
+            JOB_FUNCTION,
+            args=[req.model_dump(mode="json")],
+            timeout=self.settings.job_timeout,
+            result_ttl=self.settings.result_ttl,
+            failure_ttl=self.settings.failure_ttl,
+            ttl=self.settings.queue_ttl,
+            description=f"chat model={req.model} conversation={req.conversation_id or '-'}",
+        )
+        return req.model, data
+
+    def submit(self, request: RequestLike) -> str:
+        """Validate here (fail fast, before Redis), enqueue, return the job id."""
+        return self.submit_many([request])[0]
+
+    def submit_many(self, requests: Iterable[RequestLike]) -> list[str]:
+        """Enqueue many requests, possibly for several models, in one round trip."""
+        prepared = [self._prepare(r) for r in requests]
+        by_model: dict[str, list[int]] = {}
+        for i, (model, _) in enumerate(prepared):
+            by_model.setdefault(model, []).append(i)
+        ids: list[str | None] = [None] * len(prepared)
+        with self.redis.pipeline() as pipe:
+            for model, rows in by_model.items():
+                jobs = self.queue(model).enqueue_many([prepared[i][1] for i in rows], pipeline=pipe)
+                for i, job in zip(rows, jobs, strict=True):
+                    ids[i] = job.id
+            pipe.execute()
+        return [i for i in ids if i is not None]
+
+    # -- reading ---------------------------------------------------------------------------
+    def _job(self, job_id: str, connection: Redis | None = None) -> Job:
+        try:
+            return Job.fetch(job_id, connection=connection or self.redis, serializer=JSONSerializer)
+        except NoSuchJobError:
+            raise JobNotFound(
+                f"job {job_id} not found: never submitted, expired after waiting queue_ttl "
+                f"({self.settings.queue_ttl} s) with no worker, or its result outlived result_ttl"
+            ) from None
+
+    def status(self, job_id: str) -> str:
+        """queued | started | finished | failed | ... (RQ's JobStatus), or 'unknown'."""
+        try:
+            return self._job(job_id).get_status().value
+        except JobNotFound:
+            return "unknown"
+
+    def result(self, job_id: str) -> ChatResult | None:
+        """Non-blocking: the result, None while pending; raises ChatFailed for a failed job."""
+        job = self._job(job_id)
+        return self._outcome(job, job.latest_result())
+
+    def wait(self, job_id: str, timeout: float = 30.0) -> ChatResult:
+        """Block until the job ends (on RQ's result stream) or ``timeout`` seconds pass."""
+        if self._blocking is None:
+            self._blocking = connect(self.url, socket_timeout=None)  # bounded by XREAD BLOCK itself
+        job = self._job(job_id, self._blocking)
+        res = job.latest_result(timeout=max(1, int(round(timeout))) if timeout > 0 else 0)
+        outcome = self._outcome(job, res)
+        if outcome is None:
+            raise ChatTimeout(
+                f"no result for job {job_id} after {timeout:.0f} s (status {self.status(job_id)}); "
+                "is a worker running for its queue? check `lvmq health`"
+            )
+        return outcome
+
+    def chat(self, messages: str | Sequence[str], timeout: float = 30.0, **fields: Any) -> ChatResult:
+        """Submit one chat and wait for its answer."""
+        if isinstance(messages, str):
+            messages = [messages]
+        return self.wait(self.submit({"messages": list(messages), **fields}), timeout=timeout)
+
+    def error(self, job_id: str) -> ChatError | None:
+        job = self._job(job_id)
+        return self._error(job) if job.get_status() == JobStatus.FAILED else None
+
+    def _outcome(self, job: Job, res) -> ChatResult | None:
+        if res is None:
+            return None
+        if res.type == res.Type.SUCCESSFUL:
+            return ChatResult.model_validate(res.return_value)
+        raise ChatFailed(self._error(job, res.exc_string))
+
+    def _error(self, job: Job, exc_string: str | None = None) -> ChatError:
+        job.refresh()
+        meta = job.get_meta(refresh=False) if hasattr(job, "get_meta") else job.meta
+        if isinstance(meta, dict) and isinstance(meta.get("error"), dict):
+            return ChatError.model_validate({**meta["error"], "job_id": job.id})
+        last = (exc_string or job.exc_info or "unknown failure").strip().splitlines()[-1]
+        return ChatError(error="internal", message=last, job_id=job.id)

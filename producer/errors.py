@@ -1,0 +1,26 @@
+"""Errors a producer sees: each says what went wrong and what to do."""
+
+from __future__ import annotations
+
+from producer.schema import ChatError
+
+
+class LVMQueueError(Exception):
+    pass
+
+
+class ChatFailed(LVMQueueError):
+    """The job ended FAILED; ``error`` is the worker's structured reason."""
+
+    def __init__(self, error: ChatError):
+        self.error = error
+        detail = "; ".join(f"{f['field']}: {f['reason']}" for f in error.fields)
+        super().__init__(f"{error.error}: {error.message}" + (f" ({detail})" if detail else ""))
+
+
+class ChatTimeout(LVMQueueError, TimeoutError):
+    pass
+
+
+class JobNotFound(LVMQueueError, KeyError):
+    pass

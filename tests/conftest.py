@@ -1,0 +1,104 @@
+"""Shared fixtures: a private redis-server, the real MiniLM encoder, tiny serving artifacts."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+BANK_SENTENCES = [
+    "Diabetes is a disease in which blood sugar levels stay too high.",
+    "Insulin is a hormone made by the pancreas.",
+    "Type 1 diabetes usually starts in childhood.",
+    "Exercise helps the body use insulin better.",
+    "A healthy diet lowers the risk of type 2 diabetes.",
+    "The river flows through the old town.",
+    "Bridges connect the two banks of the city.",
+    "Boats carry goods down to the sea.",
+    "The piano has eighty-eight keys.",
+    "Mozart wrote his first symphony as a child.",
+    "An orchestra is led by a conductor.",
+    "The violin is the smallest string instrument of the orchestra.",
+    "Mars is the fourth planet from the Sun.",
+    "The Moon orbits the Earth about once a month.",
+    "Rockets carry satellites into orbit.",
+    "Jupiter is the largest planet of the solar system.",
+    "Bread is made from flour, water and yeast.",
+    "Cheese is made from milk.",
+    "Rice is the staple food of many countries.",
+    "Honey never spoils if it is stored well.",
+    "The war ended in 1945.",
+    "The treaty was signed in Paris.",
+    "The empire fell after a long decline.",
+    "Photosynthesis turns light into chemical energy.",
+    "Plants take in carbon dioxide and release oxygen.",
+]
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server not installed (.ci/run installs it with apt-get)")
+    from bench.redis_server import RedisServer
+
+    server = RedisServer()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server):
+    """A clean database for each test on the session's private server."""
+    client = redis_server.client()
+    client.flushall()
+    yield redis_server.url
+    client.flushall()
+
+
+@pytest.fixture(scope="session")
+def minilm():
+    from lvm.encoders import load_encoder
+
+    try:
+        return load_encoder("minilm")
+    except FileNotFoundError as exc:
+        pytest.skip(f"MiniLM not available: {exc}")
+
+
+@pytest.fixture(scope="session")
+def serving_artifacts(tmp_path_factory, minilm):
+    """A tiny 384-d LSTM and GRU checkpoint and a tiny MiniLM bank, as a worker would load them."""
+    import torch
+
+    from lvm.bank import SentenceBank
+    from lvm.checkpoint import save_checkpoint
+    from lvm.models import ModelConfig, build_model
+
+    folder = tmp_path_factory.mktemp("artifacts")
+    torch.manual_seed(0)
+    paths = {}
+    for kind in ("lstm", "gru"):
+        model = build_model(ModelConfig(kind, 384, d_model=32, num_layers=2, mean_residual=True))
+        paths[kind] = save_checkpoint(folder / f"{kind}.pt", model, encoder={"name": minilm.name, "dim": 384})
+    bank = SentenceBank(BANK_SENTENCES, minilm.encode(BANK_SENTENCES), {"encoder": minilm.name})
+    paths["bank"] = bank.save(folder / "bank.npz")
+    paths["dir"] = folder
+    return paths
+
+
+@pytest.fixture
+def worker_env(redis_url, serving_artifacts):
+    return {
+        "LVM_REDIS_URL": redis_url,
+        "LVM_MODELS__LSTM": str(serving_artifacts["lstm"]),
+        "LVM_MODELS__GRU": str(serving_artifacts["gru"]),
+        "LVM_BANK_PATH": str(serving_artifacts["bank"]),
+        "LVM_HEARTBEAT_SECONDS": "0.5",
+        "LVM_LOG_FORMAT": "json",
+        "PYTHONPATH": str(ROOT),
+    }

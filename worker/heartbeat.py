@@ -1,0 +1,88 @@
+"""A worker's health signal: ``lvm:heartbeat:<worker>`` refreshed every few seconds.
+
+The key's TTL is three periods, so a killed worker (even SIGKILL, which runs no clean-up)
+disappears from `lvmq health` within one TTL. The thread only reads state the worker sets;
+it never touches the job loop.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from redis import Redis
+from redis.exceptions import RedisError
+
+from producer.schema import HEARTBEAT_PREFIX
+
+STATUSES = ("starting", "ready", "busy", "draining", "error")
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")
+
+
+class Heartbeat:
+    def __init__(self, connection: Redis, worker_name: str, period: float, info: Callable[[], dict[str, Any]]):
+        self.connection = connection
+        self.key = HEARTBEAT_PREFIX + worker_name
+        self.period = period
+        self.ttl_ms = int(period * 3 * 1000)
+        self.info = info
+        self.status = "starting"
+        self.error: str | None = None
+        self.started_at = time.time()
+        self.host = socket.gethostname()
+        self.pid = os.getpid()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="lvm-heartbeat", daemon=True)
+
+    def payload(self) -> dict[str, Any]:
+        body = {
+            "status": self.status,
+            "host": self.host,
+            "pid": self.pid,
+            "started_at": _iso(self.started_at),
+            "last_seen": _iso(time.time()),
+            "period_s": self.period,
+        }
+        if self.error:
+            body["error"] = self.error
+        body.update(self.info())
+        return body
+
+    def beat(self) -> None:
+        try:
+            self.connection.set(self.key, json.dumps(self.payload()), px=self.ttl_ms)
+        except RedisError:
+            pass  # Redis away: the key expires and health says so; the next beat retries
+
+    def set(self, status: str, error: str | None = None) -> None:
+        assert status in STATUSES, status
+        if status != self.status or error:
+            self.status, self.error = status, error or self.error
+            self.beat()  # status changes show at once, not a period later
+
+    def start(self) -> None:
+        self.beat()
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.period):
+            self.beat()
+
+    def stop(self, delete: bool = True) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=self.period + 1)
+        if delete:
+            try:
+                self.connection.delete(self.key)
+            except RedisError:
+                pass

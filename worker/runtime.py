@@ -1,0 +1,166 @@
+"""What a worker loads once and serves from: encoder, model, decoder, pipeline.
+
+Also the one place a request dict becomes an answer dict, so the RQ job function and the
+worker stay thin. Bad input becomes a ``RequestRejected`` carrying a structured ``ChatError``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from config import Settings
+from producer.schema import ChatError, ChatRequest, ChatResult, LatencyBreakdown, validation_fields
+
+
+class RequestRejected(Exception):
+    def __init__(self, error: ChatError):
+        self.error = error
+        super().__init__(f"{error.error}: {error.message}")
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device {device} requested but CUDA is not available on this host")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise RuntimeError("device mps requested but MPS is not available on this host")
+    return device
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    model_name: str
+    worker_name: str
+    pipeline: Any
+    device: str
+    checkpoint: str
+    model_version: str
+    load_seconds: float
+    latencies_ms: list[float] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, settings: Settings, model_name: str, worker_name: str) -> Runtime:
+        """Load everything once; any failure raises with the loader's own message."""
+        from lvm.threads import set_threads
+
+        set_threads(settings.torch_threads)
+        from lvm.bank import SentenceBank
+        from lvm.checkpoint import load_model
+        from lvm.encoders import load_encoder
+        from lvm.pipeline import ChatInput, ChatPipeline
+
+        started = time.perf_counter()
+        if model_name not in settings.models:
+            raise RuntimeError(
+                f"no checkpoint configured for model {model_name!r}; set LVM_MODELS__{model_name.upper()}=path "
+                f"(configured: {sorted(settings.models)})"
+            )
+        checkpoint = settings.models[model_name]
+        device = resolve_device(settings.device)
+        encoder = load_encoder(settings.encoder, device=device)
+        model = load_model(checkpoint, device=device, expected_dim=encoder.dim)
+        bank = SentenceBank.load(settings.bank_path)
+        pipeline = ChatPipeline(encoder, model, bank, max_decode_steps=settings.max_decode_steps)
+        for _ in range(2):  # warm-up: first calls pay for allocator and kernel set-up
+            pipeline.run([ChatInput(messages=["Warm-up sentence for the worker."])])
+        return cls(
+            settings=settings,
+            model_name=model_name,
+            worker_name=worker_name,
+            pipeline=pipeline,
+            device=device,
+            checkpoint=str(checkpoint),
+            model_version=model.version,
+            load_seconds=time.perf_counter() - started,
+        )
+
+    def parse(self, payload: Any) -> ChatRequest:
+        if isinstance(payload, (bytes, str)):
+            import json
+
+            try:
+                payload = json.loads(payload)
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise RequestRejected(
+                    ChatError(error="bad_payload", message=f"request is not valid JSON: {exc}")
+                ) from None
+        if not isinstance(payload, dict):
+            raise RequestRejected(
+                ChatError(error="bad_payload", message=f"request must be a JSON object, got {type(payload).__name__}")
+            )
+        try:
+            request = ChatRequest.model_validate(payload)
+        except ValidationError as exc:
+            fields = validation_fields(exc)
+            raise RequestRejected(
+                ChatError(error="invalid_request", message=f"{len(fields)} invalid field(s)", fields=fields)
+            ) from None
+        if request.model != self.model_name:
+            raise RequestRejected(
+                ChatError(
+                    error="wrong_model",
+                    message=f"this worker serves model {self.model_name!r}, the request names {request.model!r}; "
+                    f"submit it to queue {self.settings.queue_name(request.model)}",
+                    fields=[{"field": "model", "reason": f"not served here (serves {self.model_name})"}],
+                )
+            )
+        return request
+
+    def answer(
+        self, request: ChatRequest, output: Any, enqueued_at: datetime | None, started_at: datetime | None
+    ) -> dict:
+        """Result dict for one pipeline output, with the latency breakdown measured end to end."""
+        now = datetime.now(UTC)
+        started_at = started_at or now
+        queue_wait_ms = max(0.0, (started_at - enqueued_at).total_seconds() * 1000) if enqueued_at else 0.0
+        worker_ms = max((now - started_at).total_seconds() * 1000, output.timings.total_ms)
+        t = output.timings
+        result = ChatResult(
+            response=output.response,
+            sentences=output.sentences,
+            confidence=output.confidence,
+            model=self.model_name,
+            model_version=self.model_version,
+            worker=self.worker_name,
+            device=self.device,
+            conversation_id=request.conversation_id,
+            decoder=output.decoder,
+            decode_steps_used=output.decode_steps_used,
+            batch_size=output.batch_size,
+            context_sentences=output.context_sentences,
+            latency_breakdown=LatencyBreakdown(
+                queue_wait_ms=queue_wait_ms,
+                encoding_ms=t.encoding_ms,
+                lvm_inference_ms=t.lvm_inference_ms,
+                decoding_ms=t.decoding_ms,
+                total_latency_ms=queue_wait_ms + worker_ms,
+            ),
+        )
+        self.latencies_ms = (self.latencies_ms + [result.latency_breakdown.total_latency_ms])[-200:]
+        return result.model_dump(mode="json")
+
+    def handle(self, payload: Any, enqueued_at: datetime | None = None, started_at: datetime | None = None) -> dict:
+        from lvm.pipeline import ChatInput
+
+        request = self.parse(payload)
+        output = self.pipeline.run([ChatInput(request.messages, request.response_sentences, request.decode_steps)])[0]
+        return self.answer(request, output, enqueued_at, started_at)
+
+    def p50_ms(self) -> float | None:
+        if not self.latencies_ms:
+            return None
+        ordered = sorted(self.latencies_ms)
+        return round(ordered[len(ordered) // 2], 2)

@@ -1,0 +1,165 @@
+"""LVMWorker: an RQ SimpleWorker bound to one model on one device.
+
+SimpleWorker runs jobs in its own process: forking after torch has loaded deadlocked on
+these machines (libgomp), and CUDA/MPS cannot fork at all. The model, encoder and bank load
+once in ``__init__``, so a checkpoint that fails strict loading stops `rq worker` with a
+non-zero exit and the loader's message before a single job is taken.
+
+Start it with the plain RQ CLI (settings from ``LVM_*`` variables)::
+
+    rq worker -w worker.LVMWorker -S json -c config.rq lvm-lstm
+
+or ``lvmq worker --model lstm --device cpu``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from redis import Redis
+from rq import Queue, SimpleWorker
+from rq.job import Job
+from rq.serializers import JSONSerializer
+
+from config import Settings, load_settings
+from producer.schema import JOB_FUNCTION, ChatError
+from worker import jobs
+from worker.heartbeat import Heartbeat
+from worker.logs import configure_logging, get_logger
+from worker.runtime import Runtime
+
+log = get_logger("lvmq.worker")
+
+
+class LVMWorker(SimpleWorker):
+    def __init__(self, queues, *args: Any, settings: Settings | None = None, model: str | None = None, **kwargs: Any):
+        settings = settings or load_settings()
+        configure_logging(settings.log_level, settings.log_format)
+        # Jobs are JSON, never pickle, whatever serializer the command line asked for.
+        kwargs["serializer"] = JSONSerializer
+        names = [
+            q if isinstance(q, str) else q.name for q in ([queues] if isinstance(queues, (str, Queue)) else queues)
+        ]
+        connection = kwargs.get("connection")
+        queues = [Queue(n, connection=connection, serializer=JSONSerializer) for n in names]
+        super().__init__(queues, *args, **kwargs)
+        self.settings = settings
+        self.model_name = self._model_for(names, model or settings.model)
+        self.jobs_done = 0
+        self.jobs_failed = 0
+        self.current_job: tuple[str, float] | None = None
+        self.runtime: Runtime | None = None
+        self.pulse = Heartbeat(
+            Redis(connection_pool=self.connection.connection_pool),
+            self.name,
+            settings.heartbeat_seconds,
+            self._heartbeat_info,
+        )
+        self.pulse.start()
+        log.info("worker starting", worker=self.name, model=self.model_name, queues=names, device=settings.device)
+        try:
+            self.runtime = Runtime.load(settings, self.model_name, self.name)
+        except Exception as exc:
+            self.pulse.set("error", f"{type(exc).__name__}: {exc}")
+            self.pulse.stop(delete=False)  # leave the error visible until the key's TTL
+            log.error("worker failed to load; not serving", worker=self.name, error=str(exc))
+            raise
+        jobs.install(self.runtime)
+        log.info(
+            "worker ready",
+            worker=self.name,
+            model=self.model_name,
+            checkpoint=self.runtime.checkpoint,
+            model_version=self.runtime.model_version,
+            device=self.runtime.device,
+            load_seconds=round(self.runtime.load_seconds, 2),
+        )
+        self.pulse.set("ready")
+
+    def _model_for(self, queue_names: list[str], model: str | None) -> str:
+        if model:
+            return model
+        models = {self.settings.model_for_queue(n) for n in queue_names}
+        if len(models) != 1 or None in models:
+            raise ValueError(
+                f"cannot tell which model to serve from queues {queue_names}: name one queue "
+                f"'{self.settings.queue_prefix}<model>' or set LVM_MODEL"
+            )
+        return models.pop()  # type: ignore[return-value]
+
+    def _heartbeat_info(self) -> dict[str, Any]:
+        rt = self.runtime
+        current = None
+        if self.current_job:
+            job_id, since = self.current_job
+            current = {"id": job_id, "running_s": round(time.time() - since, 3)}
+        return {
+            "worker": self.name,
+            "model": self.model_name,
+            "model_version": rt.model_version if rt else None,
+            "checkpoint": str(self.settings.models.get(self.model_name, "")),
+            "device": rt.device if rt else self.settings.device,
+            "queues": self.queue_names(),
+            "jobs_done": self.jobs_done,
+            "jobs_failed": self.jobs_failed,
+            "current_job": current,
+            "latency_p50_ms": rt.p50_ms() if rt else None,
+        }
+
+    # -- job execution -----------------------------------------------------------------------
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        self.current_job = (job.id, time.time())
+        self.pulse.set("busy")
+        try:
+            reject = payload_error(job)
+            if reject is not None:
+                turn_into_rejection(job, reject)
+            execution = self.prepare_execution(job)
+            ok = self.perform_job(job, queue, execution)
+            if ok:
+                self.jobs_done += 1
+            else:
+                self.jobs_failed += 1
+        finally:
+            self.current_job = None
+            self.set_state("idle")
+            self.pulse.set("draining" if self._stop_requested else "ready")
+
+    def teardown(self) -> None:
+        try:
+            super().teardown()
+        finally:
+            self.pulse.stop(delete=True)
+            jobs.install(None)
+
+
+def payload_error(job: Job) -> ChatError | None:
+    """Why this job must not run here, or None. Only ``worker.jobs.chat(request)`` may run:
+    with a JSON job naming any importable function, RQ would otherwise call it."""
+    try:
+        func, args, kwargs = job.func_name, job.args, job.kwargs
+    except Exception as exc:  # DeserializationError: raw bytes, bad zlib, not JSON
+        cause = exc.__cause__ or exc
+        return ChatError(
+            error="bad_payload",
+            message=f"job data is not a JSON job ({type(cause).__name__}: {cause}); "
+            "enqueue with RQ's JSON serializer (rq.serializers.JSONSerializer)",
+        )
+    if func != JOB_FUNCTION:
+        return ChatError(error="bad_payload", message=f"this worker runs only {JOB_FUNCTION}, not {func!r}")
+    if len(args) != 1 or kwargs:
+        return ChatError(error="bad_payload", message=f"{JOB_FUNCTION} takes exactly one argument, the request object")
+    if any(getattr(job, f"_{k}_callback_name", None) for k in ("success", "failure", "stopped")):
+        return ChatError(error="bad_payload", message="chat jobs may not carry callbacks")
+    return None
+
+
+def turn_into_rejection(job: Job, error: ChatError) -> None:
+    """Make the job call ``worker.jobs.reject(error)`` so RQ fails it through its own path."""
+    job.func_name = "worker.jobs.reject"
+    job.instance = None
+    job.args = (error.model_dump(mode="json"),)
+    job.kwargs = {}
+    for kind in ("success", "failure", "stopped"):
+        setattr(job, f"_{kind}_callback_name", None)
