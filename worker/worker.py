@@ -26,6 +26,7 @@ from config import Settings, load_settings
 from producer.schema import JOB_FUNCTION, ChatError
 from worker import jobs
 from worker.heartbeat import Heartbeat
+from worker.queue import LVMQueue
 from worker.logs import configure_logging, get_logger
 from worker.runtime import Runtime
 
@@ -38,11 +39,12 @@ class LVMWorker(SimpleWorker):
         configure_logging(settings.log_level, settings.log_format)
         # Jobs are JSON, never pickle, whatever serializer the command line asked for.
         kwargs["serializer"] = JSONSerializer
+        kwargs["queue_class"] = LVMQueue
         names = [
             q if isinstance(q, str) else q.name for q in ([queues] if isinstance(queues, (str, Queue)) else queues)
         ]
         connection = kwargs.get("connection")
-        queues = [Queue(n, connection=connection, serializer=JSONSerializer) for n in names]
+        queues = [LVMQueue(n, connection=connection, serializer=JSONSerializer) for n in names]
         super().__init__(queues, *args, **kwargs)
         self.settings = settings
         self.model_name = self._model_for(names, model or settings.model)

@@ -1,0 +1,75 @@
+import numpy as np
+import pytest
+
+from helpers import HashingEncoder
+from lvm.bank import BankError, SentenceBank
+from lvm.text import normalize
+
+SENTENCES = [
+    "The cat sat on the mat.",
+    "Dogs bark at the mailman.",
+    "Rain fell on the quiet town.",
+    "The orchestra tuned its violins.",
+    "Planets orbit the sun.",
+    "Bread rises in a warm oven.",
+]
+
+
+@pytest.fixture
+def bank():
+    enc = HashingEncoder(64)
+    return SentenceBank(SENTENCES, enc.encode(SENTENCES)), enc
+
+
+def test_returns_exact_sentence_for_its_own_vector(bank):
+    b, enc = bank
+    decoded = b.decode(enc.encode(SENTENCES))
+    assert [d.text for d in decoded] == SENTENCES
+    assert all(d.cosine == pytest.approx(1.0, abs=1e-5) and d.steps_used == 0 for d in decoded)
+
+
+def test_never_echoes_the_context(bank):
+    b, enc = bank
+    vectors = enc.encode(SENTENCES[:2])
+    exclude = [{normalize(SENTENCES[0])}, {normalize(SENTENCES[1]), normalize(SENTENCES[0])}]
+    decoded = b.decode(vectors, exclude)
+    assert decoded[0].text != SENTENCES[0]
+    assert decoded[1].text not in SENTENCES[:2]
+    # the fallback is the best remaining sentence by cosine
+    scores = b.vectors @ vectors[0]
+    order = [SENTENCES[i] for i in np.argsort(-scores)]
+    assert decoded[0].text == order[1]
+    assert decoded[0].cosine == pytest.approx(float(np.sort(scores)[-2]), abs=1e-6)
+
+
+def test_exclusion_ignores_case_and_spacing(bank):
+    b, enc = bank
+    decoded = b.decode(enc.encode([SENTENCES[2]]), [{normalize("  rain fell ON the quiet   town. ")}])
+    assert decoded[0].text != SENTENCES[2]
+
+
+def test_everything_excluded_is_an_error(bank):
+    b, enc = bank
+    with pytest.raises(BankError, match="every bank sentence is excluded"):
+        b.decode(enc.encode([SENTENCES[0]]), [{normalize(s) for s in SENTENCES}])
+
+
+def test_save_load_round_trip(tmp_path, bank):
+    b, enc = bank
+    b.meta = {"encoder": enc.name}
+    loaded = SentenceBank.load(b.save(tmp_path / "bank.npz"))
+    assert loaded.sentences == SENTENCES
+    assert np.array_equal(loaded.vectors, b.vectors)
+    assert loaded.meta == {"encoder": enc.name}
+
+
+def test_unicode_survives_round_trip(tmp_path):
+    sentences = ["Zürich liegt am See.", "東京は日本の首都です。", "Ça va très bien."]
+    enc = HashingEncoder(16)
+    loaded = SentenceBank.load(SentenceBank(sentences, enc.encode(sentences)).save(tmp_path / "b.npz"))
+    assert loaded.sentences == sentences
+
+
+def test_missing_bank_says_how_to_build_one(tmp_path):
+    with pytest.raises(BankError, match="lvmq bank build"):
+        SentenceBank.load(tmp_path / "none.npz")

@@ -1,0 +1,104 @@
+"""Fast unit tests of the producer and health on fakeredis (integration tests use a real Redis)."""
+
+import json
+import time
+import zlib
+
+import fakeredis
+import pytest
+
+from config import load_settings
+from producer.client import ChatClient
+from producer.errors import ChatFailed, JobNotFound
+from producer.health import check, format_report
+from producer.schema import HEARTBEAT_PREFIX, JOB_FUNCTION
+
+
+@pytest.fixture
+def client(monkeypatch):
+    server = fakeredis.FakeServer()
+    c = ChatClient("redis://fake", load_settings())
+    c.redis = fakeredis.FakeRedis(server=server)
+    c._blocking = fakeredis.FakeRedis(server=server)
+    return c
+
+
+def test_jobs_are_json_not_pickle(client):
+    job_id = client.submit({"messages": ["Hello there."], "conversation_id": "c1"})
+    data = zlib.decompress(client.redis.hget(f"rq:job:{job_id}", "data"))
+    func, instance, args, kwargs = json.loads(data)
+    assert func == JOB_FUNCTION and instance is None and kwargs == {}
+    assert args[0]["messages"] == ["Hello there."] and args[0]["conversation_id"] == "c1"
+    assert client.redis.lrange("rq:queue:lvm-lstm", 0, -1) == [job_id.encode()]
+    assert client.status(job_id) == "queued"
+    assert client.result(job_id) is None
+
+
+def test_submit_many_spans_queues_in_one_pipeline(client):
+    ids = client.submit_many(
+        [{"messages": ["a b."]}, {"messages": ["c d."], "model": "gru"}, {"messages": ["e f."], "model": "lstm"}]
+    )
+    assert len(ids) == 3 and len(set(ids)) == 3
+    assert client.redis.llen("rq:queue:lvm-lstm") == 2
+    assert client.redis.llen("rq:queue:lvm-gru") == 1
+    assert client.redis.lrange("rq:queue:lvm-gru", 0, -1) == [ids[1].encode()]
+
+
+def test_invalid_request_fails_before_redis(client):
+    with pytest.raises(Exception, match="messages"):
+        client.submit({"messages": []})
+    assert client.redis.keys("rq:job:*") == []
+
+
+def test_unknown_job(client):
+    assert client.status("nope") == "unknown"
+    with pytest.raises(JobNotFound, match="queue_ttl"):
+        client.result("nope")
+
+
+def test_failed_job_gives_structured_error(client):
+    from rq import SimpleWorker
+    from rq.serializers import JSONSerializer
+
+    job_id = client.submit({"messages": ["Hello."]})
+    # No LVMWorker runtime in this process: the job function refuses with a structured error.
+    SimpleWorker([client.queue("lstm")], connection=client.redis, serializer=JSONSerializer).work(burst=True)
+    with pytest.raises(ChatFailed, match="internal: worker.jobs.chat runs only inside worker.LVMWorker") as info:
+        client.result(job_id)
+    assert info.value.error.job_id == job_id
+    assert client.status(job_id) == "failed"
+
+
+def _beat(redis, name, status, queues, age=0.0, period=5.0):
+    last = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(time.time() - age)) + "+00:00"
+    body = {
+        "status": status,
+        "queues": queues,
+        "model": "lstm",
+        "period_s": period,
+        "last_seen": last,
+        "jobs_done": 3,
+        "jobs_failed": 1,
+        "latency_p50_ms": 12.5,
+        "device": "cpu",
+    }
+    redis.set(HEARTBEAT_PREFIX + name, json.dumps(body))
+
+
+def test_health_rules():
+    redis = fakeredis.FakeRedis()
+    assert not check(redis).ok  # nothing to check: unhealthy, not vacuously fine
+    _beat(redis, "w1", "ready", ["lvm-lstm"])
+    _beat(redis, "w2", "starting", ["lvm-gru"])
+    report = check(redis)
+    assert [q.queue for q in report.queues] == ["lvm-gru", "lvm-lstm"]
+    assert not report.ok
+    assert check(redis, ["lvm-lstm"]).ok
+    gru = check(redis, ["lvm-gru"])
+    assert not gru.ok and "w2 is starting" in gru.queues[0].reason
+    assert "no worker heartbeat" in check(redis, ["lvm-amn"]).queues[0].reason
+    _beat(redis, "w1", "ready", ["lvm-lstm"], age=60)  # stale: older than 3 periods
+    assert not check(redis, ["lvm-lstm"]).ok
+    _beat(redis, "w1", "busy", ["lvm-lstm"])
+    text = format_report(check(redis, ["lvm-lstm"]))
+    assert "w1" in text and "busy" in text and "lvm-lstm: OK" in text and text.endswith("healthy")

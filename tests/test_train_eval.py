@@ -1,0 +1,69 @@
+import numpy as np
+import torch
+
+from helpers import HashingEncoder, generated_corpus
+from lvm.data import SplitSpec, VectorCache, encode_documents, make_windows, split_documents
+from lvm.evaluate import baseline, evaluate, predict, score
+from lvm.train import TrainConfig, train
+
+
+def _windows(tmp_path):
+    docs = generated_corpus(docs_per_topic=16, sentences=8)
+    enc = HashingEncoder(32)
+    vecs = encode_documents(docs, enc, VectorCache(tmp_path, enc.name, 32), progress=False)
+    index = {d.id: v for d, v in zip(docs, vecs, strict=True)}
+    parts = split_documents(docs, SplitSpec(val_fraction=0.2, ood_topics=()))
+    return {k: make_windows(v, [index[d.id] for d in v]) for k, v in parts.items() if v}
+
+
+def test_tiny_model_learns_and_is_reproducible(tmp_path):
+    w = _windows(tmp_path)
+    cfg = TrainConfig(model_type="gru", d_model=32, num_layers=1, epochs=6, batch_size=32, lr=5e-3, patience=10)
+    model, history, metrics = train(cfg, w["train"], w["val"], progress=False)
+    losses = [h["train_loss"] for h in history]
+    assert losses[-1] < losses[0] * 0.9
+    assert metrics["val_cos_mean"] == max(h["val_cos"] for h in history)
+    again, history2, _ = train(cfg, w["train"], w["val"], progress=False)
+    assert [h["train_loss"] for h in history2] == losses
+    x = torch.from_numpy(w["val"].batch(np.arange(4))[0])
+    with torch.no_grad():
+        assert torch.allclose(model(x), again(x))
+
+
+def test_early_stopping_restores_the_best_epoch(tmp_path):
+    w = _windows(tmp_path)
+    cfg = TrainConfig(model_type="lstm", d_model=16, num_layers=1, epochs=8, batch_size=32, lr=5e-2, patience=1)
+    model, history, metrics = train(cfg, w["train"], w["val"], progress=False)
+    assert len(history) <= 8
+    best = max(history, key=lambda h: h["val_cos"])
+    assert metrics["best_epoch"] == best["epoch"]
+    assert score(predict(model, w["val"]), w["val"])["cos_mean"] == np_approx(best["val_cos"])
+
+
+def np_approx(value):
+    import pytest
+
+    return pytest.approx(value, abs=1e-5)
+
+
+def test_baselines_and_margin(tmp_path):
+    w = _windows(tmp_path)["val"]
+    repeat = score(baseline("repeat_last", w), w)
+    # predicting the previous vector exactly: cos(pred, prev) = 1, so margin = cos_next - 1
+    assert repeat["margin"] == np_approx(repeat["cos_mean"] - 1.0)
+    mean = baseline("context_mean", w)
+    assert np.allclose(np.linalg.norm(mean, axis=1), 1.0, atol=1e-5)
+    first = w.context[0]
+    assert np.allclose(
+        mean[0], w.vectors[np.unique(first)].mean(0) / np.linalg.norm(w.vectors[np.unique(first)].mean(0))
+    )
+
+
+def test_evaluate_reports_model_beside_baselines(tmp_path):
+    w = _windows(tmp_path)
+    cfg = TrainConfig(model_type="gru", d_model=32, num_layers=1, epochs=4, batch_size=32, lr=5e-3)
+    model, _, _ = train(cfg, w["train"], w["val"], progress=False)
+    report = evaluate(model, w["val"])
+    assert set(report) == {"model", "repeat_last", "context_mean"}
+    for s in report.values():
+        assert set(s) == {"cos_mean", "cos_std", "mse", "margin", "windows"}
