@@ -26,8 +26,8 @@ from config import Settings, load_settings
 from producer.schema import JOB_FUNCTION, ChatError
 from worker import jobs
 from worker.heartbeat import Heartbeat
-from worker.queue import LVMQueue
 from worker.logs import configure_logging, get_logger
+from worker.queue import LVMQueue
 from worker.runtime import Runtime
 
 log = get_logger("lvmq.worker")
