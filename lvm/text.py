@@ -64,7 +64,7 @@ def split_sentences(text: str) -> list[str]:
     start = 0
     for match in _BOUNDARY.finditer(text):
         candidate = text[start : match.start()].strip()
-        last_word = candidate.rsplit(" ", 1)[-1].rstrip(".!?\"')]").lower()
+        last_word = candidate.rsplit(" ", 1)[-1].strip(".!?\"'()[]").lower()
         if last_word in _ABBREV or (len(last_word) == 1 and last_word.isalpha()):
             continue
         if candidate:

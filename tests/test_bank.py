@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
-from helpers import HashingEncoder
 
+from helpers import HashingEncoder
 from lvm.bank import BankError, SentenceBank
 from lvm.text import normalize
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
-from helpers import HashingEncoder
 
+from helpers import HashingEncoder
 from lvm.bank import SentenceBank
 from lvm.models import ModelConfig, build_model
 from lvm.pipeline import ChatInput, ChatPipeline

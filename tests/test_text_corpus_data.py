@@ -1,8 +1,8 @@
 import json
 
 import numpy as np
-from helpers import HashingEncoder, generated_corpus
 
+from helpers import HashingEncoder, generated_corpus
 from lvm.corpus import ovos_documents, read_corpus, strip_wiki_markup, write_corpus
 from lvm.data import SplitSpec, VectorCache, encode_documents, make_windows, split_documents
 from lvm.text import split_sentences

@@ -1,7 +1,7 @@
 import numpy as np
 import torch
-from helpers import HashingEncoder, generated_corpus
 
+from helpers import HashingEncoder, generated_corpus
 from lvm.data import SplitSpec, VectorCache, encode_documents, make_windows, split_documents
 from lvm.evaluate import baseline, evaluate, predict, score
 from lvm.train import TrainConfig, train

@@ -1,0 +1,53 @@
+# lvm-queue: two commands for a newcomer — `make demo` and `make test`.
+# Both do all set-up first: virtualenv, dependencies (torch pinned to 2.13.0, CPU build),
+# and (demo) the default model artifacts. Later runs reuse what exists.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: setup redis-server model demo test test-fast lint bench clean-artifacts
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check "torch==2.13.0"
+	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[engine,dev]"
+	@touch $@
+
+# redis-server is needed by the integration tests (they start their own on a free port)
+# and by the demo when no Redis answers at LVM_REDIS_URL.
+redis-server:
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing redis-server with apt-get"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
+	  else \
+	    echo "redis-server not found: install it (apt-get install redis-server / brew install redis)"; exit 1; \
+	  fi; }
+
+model: setup
+	$(BIN)/lvmq model prepare
+
+demo: model redis-server
+	$(BIN)/lvmq demo
+
+test: setup redis-server
+	$(BIN)/pytest -q
+
+test-fast: setup
+	$(BIN)/pytest -q -m "not integration and not slow"
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+bench: model redis-server
+	$(BIN)/lvmq bench model --checkpoint artifacts/lstm.pt
+	$(BIN)/lvmq bench pipeline
+	$(BIN)/lvmq bench queue
+
+clean-artifacts:
+	rm -rf artifacts

