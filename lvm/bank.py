@@ -37,7 +37,9 @@ class SentenceBank:
         self.vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         self.meta = meta or {}
         self.dim = int(self.vectors.shape[1])
-        self._normalized = [normalize(s) for s in sentences]
+        self._rows_of: dict[str, list[int]] = {}  # normalised text -> bank rows, for exclusion
+        for i, sentence in enumerate(sentences):
+            self._rows_of.setdefault(normalize(sentence), []).append(i)
 
     def __len__(self) -> int:
         return len(self.sentences)
@@ -50,23 +52,17 @@ class SentenceBank:
     ) -> list[Decoded]:
         """Nearest bank sentence per row, skipping the row's ``exclude`` set (its own context).
 
-        One [B, D] x [D, N] product for the whole batch; only rows whose best hits are
-        excluded look further down their own ranking.
+        One [B, D] x [D, N] product for the whole batch; excluded sentences are found by a
+        dictionary lookup and masked before the argmax, so exclusion costs nothing extra.
         """
         queries = np.asarray(vectors, dtype=np.float32).reshape(-1, self.dim)
         scores = queries @ self.vectors.T
         results: list[Decoded] = []
         for row, row_scores in enumerate(scores):
-            banned = exclude[row] if exclude is not None else None
-            k = min(len(self), 1 + (len(banned) if banned else 0))
-            while True:
-                top = np.argpartition(-row_scores, k - 1)[:k] if k < len(self) else np.arange(len(self))
-                top = top[np.argsort(-row_scores[top])]
-                hit = next((int(i) for i in top if not banned or self._normalized[i] not in banned), None)
-                if hit is not None or k >= len(self):
-                    break
-                k = min(len(self), k * 4)
-            if hit is None:
+            for text in exclude[row] if exclude is not None else ():
+                row_scores[self._rows_of.get(text, [])] = -np.inf
+            hit = int(np.argmax(row_scores))
+            if row_scores[hit] == -np.inf:
                 raise BankError("every bank sentence is excluded by the request's context")
             results.append(Decoded(self.sentences[hit], float(row_scores[hit]), 0))
         return results
