@@ -254,3 +254,38 @@ def test_mismatched_checkpoint_stops_the_worker(redis_url, serving_artifacts, tm
     assert "missing keys ['blocks.1.lstm.weight_ih_l0']" in log
     assert "unexpected keys ['blocks.9.lstm.weight_ih_l0']" in log
     assert "bad.pt" in log
+
+
+def test_wait_longer_than_redis_default_socket_timeout(redis_url):
+    """No worker on this queue: wait must time out cleanly after 6 s, not die on redis-py's 5 s socket timeout."""
+    from config import load_settings
+    from producer.errors import ChatTimeout
+
+    client = ChatClient(redis_url, load_settings())
+    job_id = client.submit({"messages": ["Anyone there?"], "model": "nobody"})
+    started = time.monotonic()
+    with pytest.raises(ChatTimeout, match="status queued"):
+        client.wait(job_id, timeout=6)
+    assert time.monotonic() - started >= 5.5
+
+
+def test_lvmq_worker_command_serves_in_burst_mode(redis_url, serving_artifacts):
+    from config import load_settings
+
+    client = ChatClient(redis_url, load_settings())
+    job_id = client.submit({"messages": ["Served by lvmq worker?"], "model": "gru"})
+    env = _env(redis_url, serving_artifacts)
+    out = _lvmq("worker", "--model", "gru", "--burst", "--name", "burst-1", env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    res = client.result(job_id)
+    assert res is not None and res.worker == "burst-1" and res.model == "gru"
+
+
+def test_lvmq_inspect(serving_artifacts, tmp_path):
+    good = _lvmq("inspect", "--json", str(serving_artifacts["gru"]), env={})
+    assert good.returncode == 0, good.stderr
+    info = json.loads(good.stdout)
+    assert info["config"]["model_type"] == "gru" and info["parameters"] > 0 and info["encoder"]["dim"] == 384
+    (tmp_path / "bad.pt").write_bytes(b"\x00" * 100)
+    bad = _lvmq("inspect", str(tmp_path / "bad.pt"), env={})
+    assert bad.returncode == 1 and "bad.pt: cannot be read" in bad.stderr

@@ -92,3 +92,28 @@ def test_vector_cache_never_re_encodes(tmp_path):
     again = encode_documents(docs, enc, VectorCache(tmp_path, enc.name, 16), progress=False)
     assert enc.encoded == encoded
     assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
+
+
+def test_gensim_dump_parsing_skips_redirects_lists_and_disambiguation():
+    import bz2
+
+    from lvm.corpus import gensim_documents
+
+    def page(title, text, ns=0, redirect=False):
+        red = '<redirect title="X" />' if redirect else ""
+        return f"<page><title>{title}</title><ns>{ns}</ns>{red}<revision><text>{text}</text></revision></page>"
+
+    body = "'''Topic''' is a [[thing]] that exists. It has been studied for a long time by many people."
+    xml = (
+        '<mediawiki xmlns="http://www.mediawiki.org/xml/export-0.10/">'
+        + page("Topic", body)
+        + page("Redirected", body, redirect=True)
+        + page("List of things", body)
+        + page("Mercury (disambiguation)", body)
+        + page("Talk:Topic", body, ns=1)
+        + page("Ambiguous", "{{disambig}} Ambiguous may refer to: a thing. Another thing entirely here.")
+        + "</mediawiki>"
+    )
+    docs = list(gensim_documents(bz2.compress(xml.encode())))
+    assert [d.id for d in docs] == ["enwiki:Topic"]
+    assert docs[0].sentences == ["Topic is a thing that exists.", "It has been studied for a long time by many people."]
