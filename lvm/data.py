@@ -37,7 +37,11 @@ class VectorCache:
         if self.path.is_file():
             with np.load(self.path, allow_pickle=False) as data:
                 self._vectors = data["vectors"]
-                self._rows = {bytes(k): i for i, k in enumerate(data["keys"])}
+                keys = data["keys"]
+                if keys.dtype.kind == "S":  # early files: numpy's S dtype dropped trailing NUL bytes
+                    self._rows = {bytes(k).ljust(20, b"\0"): i for i, k in enumerate(keys)}
+                else:
+                    self._rows = {k.tobytes(): i for i, k in enumerate(keys)}
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -71,9 +75,10 @@ class VectorCache:
 
     def save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        keys = np.zeros(len(self._rows), dtype="S20")
+        # Raw digests as uint8 rows: numpy's fixed-width bytes dtype would strip trailing NULs.
+        keys = np.zeros((len(self._vectors), 20), dtype=np.uint8)
         for k, i in self._rows.items():
-            keys[i] = k
+            keys[i] = np.frombuffer(k, dtype=np.uint8)
         tmp = self.path.with_name(self.path.name + ".tmp.npz")
         np.savez(tmp, keys=keys, vectors=self._vectors)
         tmp.replace(self.path)

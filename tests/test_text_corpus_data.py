@@ -117,3 +117,17 @@ def test_gensim_dump_parsing_skips_redirects_lists_and_disambiguation():
     docs = list(gensim_documents(bz2.compress(xml.encode())))
     assert [d.id for d in docs] == ["enwiki:Topic"]
     assert docs[0].sentences == ["Topic is a thing that exists.", "It has been studied for a long time by many people."]
+
+
+def test_vector_cache_keys_survive_trailing_nul_bytes(tmp_path, monkeypatch):
+    import lvm.data as data
+
+    monkeypatch.setattr(data, "_key", lambda text: text.encode()[:4].ljust(20, b"\0"))
+    enc = HashingEncoder(8)
+    cache = VectorCache(tmp_path, enc.name, 8)
+    cache.encode(["ab", "cd"], enc, progress=False)
+    before = enc.encoded
+    again = VectorCache(tmp_path, enc.name, 8)
+    assert len(again) == 2
+    again.encode(["ab", "cd"], enc, progress=False)
+    assert enc.encoded == before
