@@ -59,6 +59,14 @@ class Settings(BaseSettings):
     )
     bank_path: Path = Field(Path("artifacts/bank.npz"), description="Sentence bank for the decoder.")
     max_decode_steps: int = Field(20, ge=0, le=200, description="Upper bound on a request's decode_steps.")
+    decoder: Literal["bank", "vec2text", "auto"] = Field(
+        "bank",
+        description="bank (exact, fast); vec2text (needs the extra and GTR vectors); auto: bank when "
+        "decode_steps=0, vec2text otherwise.",
+    )
+    vec2text_inversion_path: Path | None = Field(None, description="Local copy of jxm/gtr__nq__32 (else HF cache).")
+    vec2text_corrector_path: Path | None = Field(None, description="Local copy of jxm/gtr__nq__32__correct.")
+    vec2text_beam_width: int = Field(0, ge=0, le=16, description="vec2text sequence beam width (0 = greedy).")
 
     # --- Timing and retention ------------------------------------------------------------
     heartbeat_seconds: float = Field(5.0, gt=0, le=300, description="Heartbeat period; key TTL is 3x.")

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lvm.models import RNN_TYPES, ModelConfig, build_model
+from lvm.models import MODEL_TYPES, RNN_TYPES, ModelConfig, build_model
 
 _BLOCK_KEY = re.compile(r"^blocks\.(\d+)\.(lstm|gru|norm)\.")
 
@@ -89,34 +89,70 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return raw
 
 
+def _count(state: dict[str, torch.Tensor], pattern: str) -> int:
+    found = {int(m.group(1)) for m in map(re.compile(pattern).match, state) if m}
+    return len(found)
+
+
+def _dims(state: dict[str, torch.Tensor], key: str) -> tuple[int, ...]:
+    return tuple(int(n) for n in state[key].shape)
+
+
 def infer_config(path: str | Path, state: dict[str, torch.Tensor]) -> ModelConfig:
-    """Read type, dimensions and depth of a residual LSTM/GRU stack off its keys and shapes."""
-    kinds = set()
-    block_ids = set()
-    for key in state:
-        match = _BLOCK_KEY.match(key)
-        if match:
-            block_ids.add(int(match.group(1)))
-            if match.group(2) != "norm":
-                kinds.add(match.group(2))
-    if "input_proj.weight" not in state or "output_proj.weight" not in state or not kinds:
-        sample = ", ".join(sorted(state)[:8])
-        raise CheckpointError(
-            path,
-            "keys do not describe a residual LSTM/GRU stack (need input_proj.*, "
-            f"blocks.N.lstm|gru.*, blocks.N.norm.*, output_proj.*); found: {sample}",
-        )
-    if len(kinds) > 1:
-        raise CheckpointError(path, f"keys mix block types {sorted(kinds)}")
-    d_model, input_dim = state["input_proj.weight"].shape
-    if sorted(block_ids) != list(range(len(block_ids))):
-        raise CheckpointError(path, f"block indices are not contiguous: {sorted(block_ids)}")
-    return ModelConfig(
-        model_type=kinds.pop(),
-        input_dim=int(input_dim),
-        d_model=int(d_model),
-        num_layers=len(block_ids),
-        dropout=0.0,
+    """Read architecture, dimensions and depth off the keys and shapes alone."""
+    keys = set(state)
+    try:
+        if any(k.startswith("blocks.") for k in keys):
+            kinds = _block_kinds(state)
+            if len(kinds) != 1:
+                raise CheckpointError(
+                    path, f"blocks hold {sorted(kinds) or 'no'} recurrent layers; expected lstm or gru"
+                )
+            blocks = sorted({int(m.group(1)) for m in map(_BLOCK_KEY.match, state) if m})
+            if blocks != list(range(len(blocks))):
+                raise CheckpointError(path, f"block indices are not contiguous: {blocks}")
+            d_model, input_dim = _dims(state, "input_proj.weight")
+            return ModelConfig(
+                kinds.pop(),
+                input_dim,
+                d_model,
+                len(blocks),
+                dropout=0.0,
+                output_dim=_dims(state, "output_proj.weight")[0],
+            )
+        if "lstm.weight_ih_l0" in keys:
+            return ModelConfig(
+                "lstm",
+                _dims(state, "lstm.weight_ih_l0")[1],
+                _dims(state, "lstm.weight_hh_l0")[1],
+                _count(state, r"^lstm\.weight_ih_l(\d+)$"),
+                dropout=0.0,
+                arch="stacked_lstm",
+                output_dim=_dims(state, "output_proj.weight")[0],
+            )
+        if any(k.startswith("transformer_decoder.layers.") for k in keys):
+            raise CheckpointError(
+                path,
+                "a Transformer checkpoint without model_config: its nhead is not recorded "
+                "in the weights; add model_config {input_dim, d_model, nhead, num_layers}",
+            )
+        if "context_encoder.weight" in keys:
+            d_model, input_dim = _dims(state, "context_encoder.weight")
+            return ModelConfig(
+                "amn",
+                input_dim,
+                d_model,
+                1,
+                dropout=0.0,
+                hidden_dim=_dims(state, "residual_net.0.weight")[0],
+                output_dim=_dims(state, "residual_net.6.weight")[0],
+            )
+    except KeyError as exc:
+        raise CheckpointError(path, f"incomplete weights: no {exc.args[0]}") from None
+    sample = ", ".join(sorted(keys)[:8])
+    raise CheckpointError(
+        path,
+        f"keys match no known architecture (residual LSTM/GRU stack, 2-layer LSTM, Transformer, AMN); found: {sample}",
     )
 
 
@@ -124,34 +160,63 @@ def _block_kinds(state: dict[str, torch.Tensor]) -> set[str]:
     return {m.group(2) for m in map(_BLOCK_KEY.match, state) if m and m.group(2) != "norm"}
 
 
+def _claimed_arch(model_type: str, claimed: dict[str, Any]) -> str:
+    if claimed.get("arch"):
+        return str(claimed["arch"])
+    if model_type == "lstm" and "hidden_dim" in claimed and "d_model" not in claimed:
+        return "stacked_lstm"  # the prior system's 2-layer LSTM wrote hidden_dim, its residual stack d_model
+    return {"lstm": "residual_rnn", "gru": "residual_rnn"}.get(model_type, model_type)
+
+
 def config_from_file(path: str | Path, raw: dict[str, Any]) -> ModelConfig:
     """The architecture the file claims, checked against its keys; inferred when it claims none."""
     state = raw["model_state_dict"]
     claimed = raw.get("model_config")
     model_type = raw.get("model_type")
-    if model_type is not None and model_type not in RNN_TYPES:
-        raise CheckpointError(path, f"model_type {model_type!r} is not served by this build ({', '.join(RNN_TYPES)})")
+    if model_type is not None and model_type not in MODEL_TYPES:
+        raise CheckpointError(path, f"model_type {model_type!r} is not served by this build ({', '.join(MODEL_TYPES)})")
     kinds = _block_kinds(state)
-    if model_type is not None and kinds and kinds != {model_type}:
+    if model_type in RNN_TYPES and kinds and kinds != {model_type}:
         raise CheckpointError(
             path, f"model_type {model_type!r} disagrees with its weights, which hold {'/'.join(sorted(kinds))} blocks"
         )
     if not isinstance(claimed, dict):
         return infer_config(path, state)
+    try:
+        inferred: ModelConfig | None = infer_config(path, state)
+    except CheckpointError:
+        inferred = None  # the claim is all there is; the key check below says what disagrees
+    model_type = model_type or claimed.get("model_type") or (inferred.model_type if inferred else None)
     if model_type is None:
-        model_type = claimed.get("model_type") or infer_config(path, state).model_type
+        raise CheckpointError(path, "no model_type, and the keys do not reveal one")
+    arch = _claimed_arch(model_type, claimed)
+
+    def pick(name: str, *aliases: str, default: Any = None) -> Any:
+        for key in (name, *aliases):
+            if claimed.get(key) is not None:
+                return claimed[key]
+        if inferred is not None and inferred.arch == arch:
+            return getattr(inferred, name)
+        if default is not None:
+            return default
+        raise CheckpointError(path, f"model_config has no {name} and the weights do not match the claimed {arch}")
+
     try:
         return ModelConfig(
             model_type=model_type,
-            input_dim=int(claimed["input_dim"]),
-            d_model=int(claimed.get("d_model", claimed.get("hidden_dim"))),
-            num_layers=int(claimed["num_layers"]),
+            arch=arch,
+            input_dim=int(pick("input_dim")),
+            d_model=int(pick("d_model") if arch == "amn" else pick("d_model", "hidden_dim")),
+            num_layers=int(pick("num_layers", default=1)),
             dropout=float(claimed.get("dropout", 0.0)),
             context_len=int(claimed.get("context_len", 5)),
             mean_residual=bool(claimed.get("mean_residual", False)),
+            nhead=int(pick("nhead", default=4)) if arch == "transformer" else 4,
+            hidden_dim=int(pick("hidden_dim")) if arch == "amn" else 0,
+            output_dim=int(claimed.get("output_dim") or 0),
         )
-    except (KeyError, TypeError, ValueError) as exc:
-        raise CheckpointError(path, f"model_config is incomplete or invalid ({exc!r}): {claimed}") from exc
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(path, f"model_config is invalid ({exc}): {claimed}") from exc
 
 
 def check_state_dict(path: str | Path, model: nn.Module, state: dict[str, torch.Tensor]) -> None:

@@ -18,6 +18,7 @@ class Decoded:
     text: str
     cosine: float  # between the predicted vector and the returned text's embedding
     steps_used: int
+    decoder: str = "bank"  # which decoder produced it (an "auto" decoder picks per request)
 
 
 @runtime_checkable

@@ -72,7 +72,17 @@ def minilm_path() -> Path:
 
 
 def load_encoder(spec: str = MINILM, device: str = "cpu") -> Encoder:
-    """'minilm' for the packaged all-MiniLM-L6-v2 (384-d), else a local model directory."""
+    """Resolve an encoder spec.
+
+    - ``minilm``: the packaged all-MiniLM-L6-v2 (384-d);
+    - ``gtr`` / ``gtr:/path``: GTR-T5-base for vec2text and the prior system's checkpoints
+      (768-d), from the local Hugging Face cache or that directory;
+    - anything else: a local sentence-transformers model directory.
+    """
     if spec == MINILM:
         return SentenceTransformerEncoder(minilm_path(), name="all-MiniLM-L6-v2", device=device)
+    if spec == "gtr" or spec.startswith("gtr:"):
+        from lvm.gtr import GTRT5Encoder
+
+        return GTRT5Encoder(spec[4:] or None, device=device)
     return SentenceTransformerEncoder(spec, device=device)

@@ -2,7 +2,9 @@
 
 The residual stack keeps the prior system's state-dict keys exactly
 (``input_proj.*``, ``blocks.{i}.lstm.*`` / ``blocks.{i}.gru.*``, ``blocks.{i}.norm.*``,
-``output_proj.*``) so its checkpoints load into this code unchanged.
+``output_proj.*``) so its checkpoints load into this code unchanged. The prior system's other
+architectures (2-layer LSTM, Transformer, AMN) live in ``lvm.prior_models``; ``build_model``
+picks the class from ``ModelConfig.arch``.
 """
 
 from __future__ import annotations
@@ -14,11 +16,16 @@ import torch.nn.functional as F
 from torch import nn
 
 RNN_TYPES = ("lstm", "gru")
+MODEL_TYPES = ("lstm", "gru", "transformer", "amn")
+# arch: the module layout. model_type alone is ambiguous: the prior system called both its
+# residual stack and its plain 2-layer LSTM "lstm".
+ARCHS = ("residual_rnn", "stacked_lstm", "transformer", "amn")
+_DEFAULT_ARCH = {"lstm": "residual_rnn", "gru": "residual_rnn", "transformer": "transformer", "amn": "amn"}
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    model_type: str  # "lstm" | "gru"
+    model_type: str  # "lstm" | "gru" | "transformer" | "amn"
     input_dim: int  # D, the sentence-vector size (384 MiniLM, 768 GTR-T5)
     d_model: int = 256
     num_layers: int = 4
@@ -29,10 +36,20 @@ class ModelConfig:
     # the residual form beat it on val and both OOD sets. No extra weights, so the
     # state-dict keys are the prior system's. Its checkpoints load with False.
     mean_residual: bool = False
+    arch: str = ""  # default from model_type
+    nhead: int = 4  # transformer only
+    hidden_dim: int = 0  # AMN residual-net width
+    output_dim: int = 0  # default: input_dim
 
     def __post_init__(self) -> None:
-        if self.model_type not in RNN_TYPES:
-            raise ValueError(f"model_type must be one of {RNN_TYPES}, got {self.model_type!r}")
+        if self.model_type not in MODEL_TYPES:
+            raise ValueError(f"model_type must be one of {MODEL_TYPES}, got {self.model_type!r}")
+        if not self.arch:
+            object.__setattr__(self, "arch", _DEFAULT_ARCH[self.model_type])
+        if self.arch not in ARCHS:
+            raise ValueError(f"arch must be one of {ARCHS}, got {self.arch!r}")
+        if not self.output_dim:
+            object.__setattr__(self, "output_dim", self.input_dim)
         for name in ("input_dim", "d_model", "num_layers", "context_len"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1")
@@ -84,7 +101,7 @@ class ResidualRNN(nn.Module):
         self.blocks = nn.ModuleList(
             ResidualBlock(config.model_type, config.d_model, config.dropout) for _ in range(config.num_layers)
         )
-        self.output_proj = nn.Linear(config.d_model, config.input_dim)
+        self.output_proj = nn.Linear(config.d_model, config.output_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = fit_context(x, self.config.context_len)
@@ -97,8 +114,16 @@ class ResidualRNN(nn.Module):
         return F.normalize(y, dim=-1)
 
 
-def build_model(config: ModelConfig) -> ResidualRNN:
-    return ResidualRNN(config)
+def build_model(config: ModelConfig) -> nn.Module:
+    if config.arch == "residual_rnn":
+        return ResidualRNN(config)
+    from lvm import prior_models
+
+    return {
+        "stacked_lstm": prior_models.StackedLSTM,
+        "transformer": prior_models.TransformerLVM,
+        "amn": prior_models.AttentionMixtureNetwork,
+    }[config.arch](config)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -116,6 +116,7 @@ class ChatPipeline:
 
         exclude = [{normalize(s) for s in ctx} for ctx in texts]  # never echo the context
         generated: list[list[tuple[str, float]]] = [[] for _ in range(n)]
+        used_decoder = [self.decoder.name] * n
         lvm_ms = [0.0] * n
         decode_ms = [0.0] * n
         steps_used = [0] * n
@@ -137,6 +138,7 @@ class ChatPipeline:
                     generated[i].append((d.text, d.cosine))
                     exclude[i].add(normalize(d.text))  # and never repeat itself
                     steps_used[i] = max(steps_used[i], d.steps_used)
+                    used_decoder[i] = d.decoder
             elapsed = _ms(t)
             for i in active:
                 decode_ms[i] += elapsed
@@ -151,7 +153,7 @@ class ChatPipeline:
                     response=" ".join(sentences),
                     sentences=sentences,
                     confidence=float(np.mean([c for _, c in generated[i]])),
-                    decoder=self.decoder.name,
+                    decoder=used_decoder[i],
                     decode_steps_used=steps_used[i],
                     batch_size=n,
                     context_sentences=len(texts[i]),

@@ -82,9 +82,16 @@ def serving_artifacts(tmp_path_factory, minilm):
     folder = tmp_path_factory.mktemp("artifacts")
     torch.manual_seed(0)
     paths = {}
-    for kind in ("lstm", "gru"):
-        model = build_model(ModelConfig(kind, 384, d_model=32, num_layers=2, mean_residual=True))
-        paths[kind] = save_checkpoint(folder / f"{kind}.pt", model, encoder={"name": minilm.name, "dim": 384})
+    configs = {
+        "lstm": ModelConfig("lstm", 384, d_model=32, num_layers=2, mean_residual=True),
+        "gru": ModelConfig("gru", 384, d_model=32, num_layers=2, mean_residual=True),
+        "transformer": ModelConfig("transformer", 384, d_model=32, num_layers=1, nhead=2),
+        "amn": ModelConfig("amn", 384, d_model=32, hidden_dim=64),
+    }
+    for kind, config in configs.items():
+        paths[kind] = save_checkpoint(
+            folder / f"{kind}.pt", build_model(config), encoder={"name": minilm.name, "dim": 384}
+        )
     bank = SentenceBank(BANK_SENTENCES, minilm.encode(BANK_SENTENCES), {"encoder": minilm.name})
     paths["bank"] = bank.save(folder / "bank.npz")
     paths["dir"] = folder

@@ -129,7 +129,10 @@ def test_architecture_inferred_without_config(tmp_path):
     assert (loaded.config.model_type, loaded.config.d_model, loaded.config.num_layers) == ("gru", 8, 3)
 
 
-def test_not_a_residual_stack_without_config(tmp_path):
+def test_unknown_or_incomplete_architecture_without_config(tmp_path):
+    torch.save({"model_state_dict": {"encoder.weight": torch.zeros(4, 4)}}, tmp_path / "m.pt")
+    with pytest.raises(CheckpointError, match="keys match no known architecture.*found: encoder.weight"):
+        load_model(tmp_path / "m.pt")
     torch.save({"model_state_dict": {"lstm.weight_ih_l0": torch.zeros(4, 4)}}, tmp_path / "m.pt")
-    with pytest.raises(CheckpointError, match="keys do not describe a residual LSTM/GRU stack"):
+    with pytest.raises(CheckpointError, match="incomplete weights: no lstm.weight_hh_l0"):
         load_model(tmp_path / "m.pt")

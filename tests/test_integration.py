@@ -30,6 +30,8 @@ def _env(redis_url, artifacts, **extra):
         "LVM_REDIS_URL": redis_url,
         "LVM_MODELS__LSTM": str(artifacts["lstm"]),
         "LVM_MODELS__GRU": str(artifacts["gru"]),
+        "LVM_MODELS__TRANSFORMER": str(artifacts["transformer"]),
+        "LVM_MODELS__AMN": str(artifacts["amn"]),
         "LVM_BANK_PATH": str(artifacts["bank"]),
         "LVM_HEARTBEAT_SECONDS": "0.5",
         "LVM_LOG_FORMAT": "json",
@@ -289,3 +291,26 @@ def test_lvmq_inspect(serving_artifacts, tmp_path):
     (tmp_path / "bad.pt").write_bytes(b"\x00" * 100)
     bad = _lvmq("inspect", str(tmp_path / "bad.pt"), env={})
     assert bad.returncode == 1 and "bad.pt: cannot be read" in bad.stderr
+
+
+def test_workers_serve_transformer_and_amn_queues(redis_url, serving_artifacts, tmp_path):
+    from redis import Redis
+
+    from config import load_settings
+
+    env = _env(redis_url, serving_artifacts)
+    redis = Redis.from_url(redis_url)
+    procs = {}
+    try:
+        for model in ("transformer", "amn"):
+            procs[model] = start_worker(f"lvm-{model}", env, log_path=tmp_path / f"{model}.log")
+        for proc, name in procs.values():
+            wait_ready(redis, name, proc, timeout=120)
+        client = ChatClient(redis_url, load_settings())
+        ids = client.submit_many([{"messages": ["Hello."], "model": m} for m in procs])
+        for (model, (_, name)), job_id in zip(procs.items(), ids, strict=True):
+            res = client.wait(job_id, timeout=30)
+            assert (res.model, res.worker) == (model, name) and res.response
+    finally:
+        for proc, _ in procs.values():
+            stop(proc)

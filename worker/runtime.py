@@ -39,6 +39,17 @@ def resolve_device(device: str) -> str:
     return device
 
 
+def build_decoder(settings: Settings, encoder: Any, bank: Any) -> Any:
+    """The configured decoder; vec2text is imported only here, only when asked for."""
+    if settings.decoder == "bank":
+        return bank
+    from lvm.vec2text_decoder import AutoDecoder, Vec2TextDecoder, load_inverter
+
+    invert = load_inverter(settings.vec2text_inversion_path, settings.vec2text_corrector_path)
+    v2t = Vec2TextDecoder(encoder, invert, settings.max_decode_steps, settings.vec2text_beam_width)
+    return v2t if settings.decoder == "vec2text" else AutoDecoder(bank, v2t)
+
+
 @dataclass
 class Runtime:
     settings: Settings
@@ -72,8 +83,10 @@ class Runtime:
         device = resolve_device(settings.device)
         encoder = load_encoder(settings.encoder, device=device)
         model = load_model(checkpoint, device=device, expected_dim=encoder.dim)
-        bank = SentenceBank.load(settings.bank_path)
-        pipeline = ChatPipeline(encoder, model, bank, max_decode_steps=settings.max_decode_steps)
+        decoder = build_decoder(
+            settings, encoder, SentenceBank.load(settings.bank_path) if settings.decoder != "vec2text" else None
+        )
+        pipeline = ChatPipeline(encoder, model, decoder, max_decode_steps=settings.max_decode_steps)
         for _ in range(2):  # warm-up: first calls pay for allocator and kernel set-up
             pipeline.run([ChatInput(messages=["Warm-up sentence for the worker."])])
         return cls(
