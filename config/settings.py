@@ -68,6 +68,16 @@ class Settings(BaseSettings):
     vec2text_corrector_path: Path | None = Field(None, description="Local copy of jxm/gtr__nq__32__correct.")
     vec2text_beam_width: int = Field(0, ge=0, le=16, description="vec2text sequence beam width (0 = greedy).")
 
+    # --- Throughput ------------------------------------------------------------------------
+    max_batch: int = Field(
+        32, ge=1, le=512, description="Jobs a worker takes from its queue at once and runs through one forward."
+    )
+    max_batch_wait_ms: float = Field(
+        0.0, ge=0, le=1000, description="How long to wait for more jobs to fill a batch; 0 = never wait."
+    )
+    conversation_cache: bool = Field(True, description="Remember each conversation's sentence vectors in Redis.")
+    conversation_ttl: int = Field(3600, ge=1, description="Seconds a conversation's vectors are kept after a turn.")
+
     # --- Timing and retention ------------------------------------------------------------
     heartbeat_seconds: float = Field(5.0, gt=0, le=300, description="Heartbeat period; key TTL is 3x.")
     result_ttl: int = Field(3600, ge=1, description="Seconds a successful result is kept.")

@@ -64,7 +64,7 @@ class SentenceBank:
             hit = int(np.argmax(row_scores))
             if row_scores[hit] == -np.inf:
                 raise BankError("every bank sentence is excluded by the request's context")
-            results.append(Decoded(self.sentences[hit], float(row_scores[hit]), 0))
+            results.append(Decoded(self.sentences[hit], float(row_scores[hit]), 0, self.name, self.vectors[hit]))
         return results
 
     def save(self, path: str | Path) -> Path:

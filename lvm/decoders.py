@@ -19,6 +19,7 @@ class Decoded:
     cosine: float  # between the predicted vector and the returned text's embedding
     steps_used: int
     decoder: str = "bank"  # which decoder produced it (an "auto" decoder picks per request)
+    vector: np.ndarray | None = None  # the text's embedding when the decoder knows it (bank rows)
 
 
 @runtime_checkable

@@ -20,6 +20,7 @@ import torch
 
 from lvm.decoders import Decoder
 from lvm.encoders import Encoder
+from lvm.memory import VectorMemory
 from lvm.text import normalize, split_sentences
 
 MAX_RESPONSE_SENTENCES = 8
@@ -30,6 +31,7 @@ class ChatInput:
     messages: Sequence[str]
     response_sentences: int = 1  # how many next vectors to generate, each fed back as context
     decode_steps: int = 0  # refinement steps of an iterative decoder; the bank uses none
+    conversation_id: str | None = None  # with a memory, sentences seen in this conversation are not re-encoded
 
 
 @dataclass
@@ -50,6 +52,8 @@ class ChatOutput:
     batch_size: int
     context_sentences: int
     timings: StageTimes = field(default_factory=StageTimes)
+    cache_hits: int = 0  # context sentences whose vectors came from the conversation memory
+    cache_misses: int = 0  # context sentences encoded for this request
 
 
 def _ms(start: float) -> float:
@@ -57,7 +61,14 @@ def _ms(start: float) -> float:
 
 
 class ChatPipeline:
-    def __init__(self, encoder: Encoder, model: torch.nn.Module, decoder: Decoder, max_decode_steps: int = 20):
+    def __init__(
+        self,
+        encoder: Encoder,
+        model: torch.nn.Module,
+        decoder: Decoder,
+        max_decode_steps: int = 20,
+        memory: VectorMemory | None = None,
+    ):
         dim = model.config.input_dim  # type: ignore[union-attr]
         if encoder.dim != dim or decoder.dim != dim:
             raise ValueError(
@@ -70,6 +81,7 @@ class ChatPipeline:
         self.context_len = int(model.config.context_len)  # type: ignore[union-attr]
         self.device = next(model.parameters()).device
         self.max_decode_steps = max_decode_steps
+        self.memory = memory
 
     # -- stage 0: which sentences does each request need? -------------------------------
     def context_sentences(self, request: ChatInput) -> list[str]:
@@ -79,12 +91,24 @@ class ChatPipeline:
             raise ValueError("the conversation has no sentences to continue")
         return sentences[-self.context_len :]
 
-    # -- stage 1: encode every needed sentence of the batch at once ---------------------
-    def encode(self, contexts: list[list[str]]) -> list[np.ndarray]:
-        unique = list(dict.fromkeys(s for ctx in contexts for s in ctx))
-        vectors = self.encoder.encode(unique)
-        row = {s: i for i, s in enumerate(unique)}
-        return [vectors[[row[s] for s in ctx]] for ctx in contexts]
+    # -- stage 1: vectors for every needed sentence of the batch, one encoder call ------
+    def encode(self, requests: Sequence[ChatInput], contexts: list[list[str]]) -> tuple[list[np.ndarray], list[int]]:
+        """Context vectors per request, and how many of each came from conversation memory."""
+        recalled: list[dict[str, np.ndarray]] = [{} for _ in contexts]
+        with_memory = [i for i, r in enumerate(requests) if r.conversation_id and self.memory is not None]
+        if with_memory:
+            found = self.memory.recall([(requests[i].conversation_id, contexts[i]) for i in with_memory])
+            for i, vectors in zip(with_memory, found, strict=True):
+                recalled[i] = vectors
+        missing = list(
+            dict.fromkeys(s for ctx, mem in zip(contexts, recalled, strict=True) for s in ctx if s not in mem)
+        )
+        fresh = dict(zip(missing, self.encoder.encode(missing), strict=True)) if missing else {}
+        vectors = [
+            np.stack([mem.get(s, fresh.get(s)) for s in ctx]) for ctx, mem in zip(contexts, recalled, strict=True)
+        ]
+        hits = [sum(s in mem for s in ctx) for ctx, mem in zip(contexts, recalled, strict=True)]
+        return vectors, hits
 
     # -- stage 2: one forward for the whole batch ----------------------------------------
     @torch.inference_mode()
@@ -111,8 +135,9 @@ class ChatPipeline:
         texts = [self.context_sentences(r) for r in requests]
 
         t = time.perf_counter()
-        contexts = self.encode(texts)
+        contexts, hits = self.encode(requests, texts)
         encoding_ms = _ms(t)
+        known = [dict(zip(ctx, vecs, strict=True)) for ctx, vecs in zip(texts, contexts, strict=True)]
 
         exclude = [{normalize(s) for s in ctx} for ctx in texts]  # never echo the context
         generated: list[list[tuple[str, float]]] = [[] for _ in range(n)]
@@ -139,11 +164,14 @@ class ChatPipeline:
                     exclude[i].add(normalize(d.text))  # and never repeat itself
                     steps_used[i] = max(steps_used[i], d.steps_used)
                     used_decoder[i] = d.decoder
+                    if d.vector is not None:
+                        known[i][d.text] = d.vector
             elapsed = _ms(t)
             for i in active:
                 decode_ms[i] += elapsed
                 contexts[i] = np.concatenate([contexts[i], predicted[pos[i]][None]])
 
+        self._remember(requests, texts, generated, known)
         total_ms = _ms(start)
         outputs = []
         for i in range(n):
@@ -158,9 +186,23 @@ class ChatPipeline:
                     batch_size=n,
                     context_sentences=len(texts[i]),
                     timings=StageTimes(encoding_ms, lvm_ms[i], decode_ms[i], total_ms),
+                    cache_hits=hits[i],
+                    cache_misses=len(texts[i]) - hits[i],
                 )
             )
         return outputs
+
+    def _remember(self, requests, texts, generated, known) -> None:
+        """Keep the vectors the conversation's next turn will need: its last context_len sentences."""
+        if self.memory is None:
+            return
+        items = []
+        for i, r in enumerate(requests):
+            if r.conversation_id:
+                window = (texts[i] + [text for text, _ in generated[i]])[-self.context_len :]
+                items.append((r.conversation_id, {s: known[i][s] for s in window if s in known[i]}))
+        if items:
+            self.memory.remember(items)
 
     def _decode_groups(self, active: list[int], requests: Sequence[ChatInput]) -> list[tuple[list[int], int]]:
         """Rows that can share one decoder call: all of them for the bank, per step count otherwise."""

@@ -81,6 +81,8 @@ class ChatResult(BaseModel):
     decode_steps_used: int
     batch_size: int
     context_sentences: int
+    cache_hits: int = Field(0, description="Context sentences whose vectors came from the conversation cache.")
+    cache_misses: int = Field(0, description="Context sentences encoded for this request.")
     latency_breakdown: LatencyBreakdown
     schema_version: Literal[1] = SCHEMA_VERSION
 
@@ -88,7 +90,7 @@ class ChatResult(BaseModel):
 class ChatError(BaseModel):
     """What a failed job says, stored in the job's meta under ``error``."""
 
-    error: str = Field(description="invalid_request | wrong_model | bad_payload | internal")
+    error: str = Field(description="invalid_request | wrong_model | bad_payload | abandoned | internal")
     message: str
     fields: list[dict[str, str]] = Field(default_factory=list, description="[{field, reason}] for invalid_request")
     job_id: str | None = None

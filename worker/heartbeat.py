@@ -20,6 +20,9 @@ from redis import Redis
 from redis.exceptions import RedisError
 
 from producer.schema import HEARTBEAT_PREFIX
+from worker.logs import get_logger
+
+log = get_logger("lvmq.heartbeat")
 
 STATUSES = ("starting", "ready", "busy", "draining", "error")
 
@@ -29,12 +32,20 @@ def _iso(ts: float) -> str:
 
 
 class Heartbeat:
-    def __init__(self, connection: Redis, worker_name: str, period: float, info: Callable[[], dict[str, Any]]):
+    def __init__(
+        self,
+        connection: Redis,
+        worker_name: str,
+        period: float,
+        info: Callable[[], dict[str, Any]],
+        on_beat: Callable[[Redis], None] | None = None,
+    ):
         self.connection = connection
         self.key = HEARTBEAT_PREFIX + worker_name
         self.period = period
         self.ttl_ms = int(period * 3 * 1000)
         self.info = info
+        self.on_beat = on_beat  # extra periodic work on this thread (orphaned-job recovery)
         self.status = "starting"
         self.error: str | None = None
         self.started_at = time.time()
@@ -76,6 +87,11 @@ class Heartbeat:
     def _run(self) -> None:
         while not self._stop.wait(self.period):
             self.beat()
+            if self.on_beat is not None:
+                try:
+                    self.on_beat(self.connection)
+                except Exception as exc:  # noqa: BLE001 - never let housekeeping stop the heartbeat
+                    log.warning("heartbeat housekeeping failed", error=f"{type(exc).__name__}: {exc}")
 
     def stop(self, delete: bool = True) -> None:
         self._stop.set()

@@ -35,9 +35,41 @@ def record_error(job, error: ChatError) -> None:
         log.warning("could not save error meta", job_id=job.id)
 
 
+def log_outcome(job, model: str, result: dict | None = None, error: ChatError | None = None) -> None:
+    """One event per job: ids, model, latency fields and outcome."""
+    request = job.args[0] if job is not None and job.args else None
+    if result is not None:
+        log.info(
+            "job",
+            job_id=job.id if job else None,
+            conversation_id=result["conversation_id"],
+            model=result["model"],
+            outcome="finished",
+            batch_size=result["batch_size"],
+            cache_hits=result["cache_hits"],
+            **result["latency_breakdown"],
+        )
+    else:
+        assert error is not None
+        log.info(
+            "job",
+            job_id=job.id if job else None,
+            conversation_id=_conversation(request),
+            model=model,
+            outcome="failed",
+            error=error.error,
+            reason=error.message,
+        )
+
+
 def chat(request: Any) -> dict:
+    """The job function: one request, answered by the worker's loaded runtime.
+
+    LVMWorker runs chat jobs in micro-batches through the same runtime and never calls this
+    per job; it runs when a job is performed the plain RQ way inside a process that loaded a
+    runtime, and otherwise fails saying where chat jobs belong.
+    """
     job = get_current_job()
-    job_id = job.id if job else None
     if _runtime is None:
         error = ChatError(
             error="internal",
@@ -49,29 +81,14 @@ def chat(request: Any) -> dict:
         result = _runtime.handle(request, job.enqueued_at if job else None, job.started_at if job else None)
     except RequestRejected as exc:
         record_error(job, exc.error)
-        log.info(
-            "job",
-            job_id=job_id,
-            model=_runtime.model_name,
-            outcome="rejected",
-            error=exc.error.error,
-            reason=str(exc),
-            conversation_id=_conversation(request),
-        )
+        log_outcome(job, _runtime.model_name, error=exc.error)
         raise
     except Exception as exc:
-        record_error(job, ChatError(error="internal", message=f"{type(exc).__name__}: {exc}"))
-        log.error("job", job_id=job_id, model=_runtime.model_name, outcome="error", exc_info=True)
+        error = ChatError(error="internal", message=f"{type(exc).__name__}: {exc}")
+        record_error(job, error)
+        log_outcome(job, _runtime.model_name, error=error)
         raise
-    log.info(
-        "job",
-        job_id=job_id,
-        conversation_id=result["conversation_id"],
-        model=result["model"],
-        outcome="finished",
-        batch_size=result["batch_size"],
-        **result["latency_breakdown"],
-    )
+    log_outcome(job, _runtime.model_name, result=result)
     return result
 
 
@@ -83,7 +100,5 @@ def reject(error: dict) -> None:
     """Run in place of a job whose payload could not be accepted; always fails, with the reason."""
     err = ChatError.model_validate(error)
     record_error(get_current_job(), err)
-    log.info(
-        "job", job_id=getattr(get_current_job(), "id", None), outcome="rejected", error=err.error, reason=err.message
-    )
+    log_outcome(get_current_job(), "-", error=err)
     raise RequestRejected(err)

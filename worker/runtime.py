@@ -63,7 +63,7 @@ class Runtime:
     latencies_ms: list[float] = field(default_factory=list)
 
     @classmethod
-    def load(cls, settings: Settings, model_name: str, worker_name: str) -> Runtime:
+    def load(cls, settings: Settings, model_name: str, worker_name: str, redis: Any = None) -> Runtime:
         """Load everything once; any failure raises with the loader's own message."""
         from lvm.threads import set_threads
 
@@ -86,7 +86,12 @@ class Runtime:
         decoder = build_decoder(
             settings, encoder, SentenceBank.load(settings.bank_path) if settings.decoder != "vec2text" else None
         )
-        pipeline = ChatPipeline(encoder, model, decoder, max_decode_steps=settings.max_decode_steps)
+        memory = None
+        if settings.conversation_cache and redis is not None:
+            from worker.conversation_cache import RedisVectorMemory
+
+            memory = RedisVectorMemory(redis, encoder.name, encoder.dim, settings.conversation_ttl)
+        pipeline = ChatPipeline(encoder, model, decoder, max_decode_steps=settings.max_decode_steps, memory=memory)
         for _ in range(2):  # warm-up: first calls pay for allocator and kernel set-up
             pipeline.run([ChatInput(messages=["Warm-up sentence for the worker."])])
         return cls(
@@ -154,6 +159,8 @@ class Runtime:
             decode_steps_used=output.decode_steps_used,
             batch_size=output.batch_size,
             context_sentences=output.context_sentences,
+            cache_hits=output.cache_hits,
+            cache_misses=output.cache_misses,
             latency_breakdown=LatencyBreakdown(
                 queue_wait_ms=queue_wait_ms,
                 encoding_ms=t.encoding_ms,
@@ -166,11 +173,47 @@ class Runtime:
         return result.model_dump(mode="json")
 
     def handle(self, payload: Any, enqueued_at: datetime | None = None, started_at: datetime | None = None) -> dict:
+        outcome = self.handle_batch([(payload, enqueued_at, started_at)])[0]
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    def handle_batch(self, items: list[tuple[Any, datetime | None, datetime | None]]) -> list[dict | BaseException]:
+        """Answer many jobs with one pipeline run; each bad one fails alone.
+
+        A request that fails validation is rejected before the batch runs. If the batch run
+        itself raises, it is split in halves and each half retried, down to the single request
+        that raises: one poisoned request cannot fail the others.
+        """
         from lvm.pipeline import ChatInput
 
-        request = self.parse(payload)
-        output = self.pipeline.run([ChatInput(request.messages, request.response_sentences, request.decode_steps)])[0]
-        return self.answer(request, output, enqueued_at, started_at)
+        outcomes: list[dict | BaseException | None] = [None] * len(items)
+        valid: list[tuple[int, ChatRequest]] = []
+        for i, (payload, _, _) in enumerate(items):
+            try:
+                valid.append((i, self.parse(payload)))
+            except RequestRejected as exc:
+                outcomes[i] = exc
+        inputs = [
+            ChatInput(r.messages, r.response_sentences, r.decode_steps, conversation_id=r.conversation_id)
+            for _, r in valid
+        ]
+        outputs = self._run_isolating(inputs) if inputs else []
+        for (i, request), output in zip(valid, outputs, strict=True):
+            if isinstance(output, BaseException):
+                outcomes[i] = output
+            else:
+                outcomes[i] = self.answer(request, output, items[i][1], items[i][2])
+        return outcomes  # type: ignore[return-value]
+
+    def _run_isolating(self, inputs: list[Any]) -> list[Any]:
+        try:
+            return self.pipeline.run(inputs)
+        except Exception as exc:  # noqa: BLE001 - find the culprit
+            if len(inputs) == 1:
+                return [exc]
+            mid = len(inputs) // 2
+            return self._run_isolating(inputs[:mid]) + self._run_isolating(inputs[mid:])
 
     def p50_ms(self) -> float | None:
         if not self.latencies_ms:

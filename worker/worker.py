@@ -15,12 +15,14 @@ or ``lvmq worker --model lstm --device cpu``.
 from __future__ import annotations
 
 import time
+from collections import deque
 from typing import Any
 
 from redis import Redis
 from rq import Queue, SimpleWorker
 from rq.job import Job
 from rq.serializers import JSONSerializer
+from rq.timeouts import JobTimeoutException
 
 from config import Settings, load_settings
 from producer.schema import JOB_FUNCTION, ChatError
@@ -28,7 +30,8 @@ from worker import jobs
 from worker.heartbeat import Heartbeat
 from worker.logs import configure_logging, get_logger
 from worker.queue import LVMQueue
-from worker.runtime import Runtime
+from worker.recovery import recover_orphans
+from worker.runtime import RequestRejected, Runtime
 
 log = get_logger("lvmq.worker")
 
@@ -51,17 +54,19 @@ class LVMWorker(SimpleWorker):
         self.jobs_done = 0
         self.jobs_failed = 0
         self.current_job: tuple[str, float] | None = None
+        self.batch_sizes: deque[int] = deque(maxlen=200)
         self.runtime: Runtime | None = None
         self.pulse = Heartbeat(
             Redis(connection_pool=self.connection.connection_pool),
             self.name,
             settings.heartbeat_seconds,
             self._heartbeat_info,
+            on_beat=self._recover,
         )
         self.pulse.start()
         log.info("worker starting", worker=self.name, model=self.model_name, queues=names, device=settings.device)
         try:
-            self.runtime = Runtime.load(settings, self.model_name, self.name)
+            self.runtime = Runtime.load(settings, self.model_name, self.name, redis=self.connection)
         except Exception as exc:
             self.pulse.set("error", f"{type(exc).__name__}: {exc}")
             self.pulse.stop(delete=False)  # leave the error visible until the key's TTL
@@ -107,26 +112,111 @@ class LVMWorker(SimpleWorker):
             "jobs_failed": self.jobs_failed,
             "current_job": current,
             "latency_p50_ms": rt.p50_ms() if rt else None,
+            "max_batch": self.settings.max_batch,
+            "last_batch_size": self.batch_sizes[-1] if self.batch_sizes else None,
+            "mean_batch_size": round(sum(self.batch_sizes) / len(self.batch_sizes), 2) if self.batch_sizes else None,
         }
 
-    # -- job execution -----------------------------------------------------------------------
+    def _recover(self, connection: Redis) -> None:
+        """Runs on each heartbeat: re-run or fail jobs whose worker died mid-batch."""
+        if self.runtime is not None:
+            recover_orphans(connection, self.queues, self.name)
+
+    # -- job execution: micro-batches ---------------------------------------------------------
     def execute_job(self, job: Job, queue: Queue) -> None:
+        """Run the dequeued job together with whatever else is already waiting (up to max_batch)."""
         self.current_job = (job.id, time.time())
         self.pulse.set("busy")
         try:
-            reject = payload_error(job)
-            if reject is not None:
-                turn_into_rejection(job, reject)
-            execution = self.prepare_execution(job)
-            ok = self.perform_job(job, queue, execution)
-            if ok:
-                self.jobs_done += 1
-            else:
-                self.jobs_failed += 1
+            batch = [(job, queue)]
+            if self.settings.max_batch > 1:
+                batch += self.claim_waiting(self.settings.max_batch - 1)
+            chat_jobs = []
+            for item in batch:
+                reject = payload_error(item[0])
+                if reject is None:
+                    chat_jobs.append(item)
+                else:  # fails alone, through RQ's own path, with the reason
+                    turn_into_rejection(item[0], reject)
+                    self._count(self.perform_job(item[0], item[1], self.prepare_execution(item[0])))
+            if chat_jobs:
+                self.perform_batch(chat_jobs)
         finally:
             self.current_job = None
             self.set_state("idle")
             self.pulse.set("draining" if self._stop_requested else "ready")
+
+    def claim_waiting(self, limit: int) -> list[tuple[Job, Queue]]:
+        """Move up to ``limit`` waiting job ids into the queues' intermediate lists, in one round
+        trip per queue, and fetch them. Claimed jobs go into the started registry before any
+        runs (see perform_batch), so a worker that dies mid-batch leaves them recoverable."""
+        claimed: list[tuple[Job, Queue]] = []
+        deadline = time.monotonic() + self.settings.max_batch_wait_ms / 1000.0
+        while True:
+            for queue in self.queues:
+                want = limit - len(claimed)
+                if want <= 0:
+                    break
+                intermediate = queue.intermediate_queue.key
+                with self.connection.pipeline(transaction=False) as pipe:
+                    for _ in range(want):
+                        pipe.lmove(queue.key, intermediate, "LEFT", "RIGHT")
+                    ids = [i for i in pipe.execute() if i is not None]
+                valid = []
+                for raw in ids:
+                    try:
+                        valid.append(raw.decode("utf-8") if isinstance(raw, bytes) else raw)
+                    except UnicodeDecodeError:
+                        self.connection.lrem(intermediate, 1, raw)
+                        log.warning("dropped an entry that is not a job id", queue=queue.name, entry=repr(raw[:64]))
+                jobs = Job.fetch_many(valid, connection=self.connection, serializer=JSONSerializer) if valid else []
+                for job_id, job in zip(valid, jobs, strict=True):
+                    if job is None:  # expired (queue_ttl) between enqueue and claim
+                        self.connection.lrem(intermediate, 1, job_id)
+                    else:
+                        claimed.append((job, queue))
+            if len(claimed) >= limit or time.monotonic() >= deadline:
+                return claimed
+            time.sleep(0.001)
+
+    def perform_batch(self, items: list[tuple[Job, Queue]]) -> None:
+        """RQ's perform_job, for many jobs at once: prepare each, run one pipeline, finalise each."""
+        prepared = []
+        for job, queue in items:
+            execution = self.prepare_execution(job)
+            self.prepare_job_execution(job, remove_from_intermediate_queue=True)
+            prepared.append((job, queue, execution))
+        self.batch_sizes.append(len(prepared))
+        timeout = min(job.timeout or self.queue_class.DEFAULT_TIMEOUT for job, _, _ in prepared)
+        assert self.runtime is not None
+        try:
+            with self.death_penalty_class(timeout, JobTimeoutException, job_id=prepared[0][0].id):
+                outcomes: list[Any] = self.runtime.handle_batch(
+                    [(job.args[0], job.enqueued_at, job.started_at) for job, _, _ in prepared]
+                )
+        except Exception as exc:  # noqa: BLE001 - e.g. the batch ran past its timeout: every job fails
+            outcomes = [exc] * len(prepared)
+        for (job, queue, execution), outcome in zip(prepared, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                error = (
+                    outcome.error
+                    if isinstance(outcome, RequestRejected)
+                    else ChatError(error="internal", message=f"{type(outcome).__name__}: {outcome}")
+                )
+                jobs.record_error(job, error)
+                jobs.log_outcome(job, self.model_name, error=error)
+                self._finalize_failure(job, queue, execution, (type(outcome), outcome, outcome.__traceback__))
+                self._count(False)
+            else:
+                jobs.log_outcome(job, self.model_name, result=outcome)
+                self._finalize_success(job, queue, execution, outcome)
+                self._count(True)
+
+    def _count(self, ok: bool) -> None:
+        if ok:
+            self.jobs_done += 1
+        else:
+            self.jobs_failed += 1
 
     def teardown(self) -> None:
         try:

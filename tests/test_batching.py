@@ -1,0 +1,201 @@
+"""Micro-batching, the conversation cache and recovery of a worker killed mid-batch."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import fakeredis
+import numpy as np
+import pytest
+from redis import Redis
+from rq import Queue
+from rq.job import Job
+from rq.serializers import JSONSerializer
+
+from bench.processes import start_worker, stop, wait_ready
+from config import load_settings
+from producer.client import ChatClient
+from producer.errors import ChatFailed
+from producer.schema import JOB_FUNCTION
+from worker.conversation_cache import RedisVectorMemory
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _env(redis_url, artifacts, **extra):
+    env = {
+        "LVM_REDIS_URL": redis_url,
+        "LVM_MODELS__LSTM": str(artifacts["lstm"]),
+        "LVM_BANK_PATH": str(artifacts["bank"]),
+        "LVM_HEARTBEAT_SECONDS": "0.5",
+        "LVM_LOG_FORMAT": "json",
+        "PYTHONPATH": str(ROOT),
+    }
+    env.update(extra)
+    return env
+
+
+def _burst(env, name):
+    """`lvmq worker --burst`: started after the jobs are queued, so its first batch takes them all."""
+    out = subprocess.run(
+        [sys.executable, "-m", "producer.cli", "worker", "--model", "lstm", "--burst", "--name", name],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=ROOT,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+
+
+REQUESTS = [
+    {"messages": ["What is diabetes?"]},
+    {"messages": ["The river flows through the old town.", "Boats carry goods."], "response_sentences": 2},
+    {"messages": ["Mozart wrote his first symphony as a child."]},
+    {"messages": ["Mars is red. Jupiter is large. Rockets fly."], "response_sentences": 3},
+    {"messages": ["Bread is made from flour."]},
+    {"messages": ["The war ended.", "The treaty was signed."]},
+]
+
+
+@pytest.mark.integration
+def test_batched_results_match_one_at_a_time(redis_url, serving_artifacts):
+    client = ChatClient(redis_url, load_settings())
+    single_ids = client.submit_many(REQUESTS)
+    _burst(_env(redis_url, serving_artifacts, LVM_MAX_BATCH="1"), "single")
+    batch_ids = client.submit_many(REQUESTS)
+    _burst(_env(redis_url, serving_artifacts, LVM_MAX_BATCH="8"), "batched")
+    singles = [client.result(i) for i in single_ids]
+    batched = [client.result(i) for i in batch_ids]
+    assert {r.batch_size for r in singles} == {1}
+    assert {r.batch_size for r in batched} == {len(REQUESTS)}
+    for one, many in zip(singles, batched, strict=True):
+        assert one.sentences == many.sentences
+        assert one.confidence == pytest.approx(many.confidence, abs=1e-4)
+        assert many.latency_breakdown.total_latency_ms >= many.latency_breakdown.encoding_ms
+    info = Redis.from_url(redis_url)
+    assert Queue("lvm-lstm", connection=info).count == 0
+
+
+@pytest.mark.integration
+def test_a_poisoned_job_fails_alone(redis_url, serving_artifacts, tmp_path, minilm):
+    from lvm.bank import SentenceBank
+
+    small = ["Cats purr.", "Dogs bark.", "Birds sing.", "Fish swim.", "Cows moo.", "Owls hoot."]
+    bank = SentenceBank(small, minilm.encode(small)).save(tmp_path / "small.npz")
+    env = _env(redis_url, serving_artifacts, LVM_MAX_BATCH="16", LVM_BANK_PATH=str(bank))
+    queue = Queue("lvm-lstm", connection=Redis.from_url(redis_url), serializer=JSONSerializer)
+    client = ChatClient(redis_url, load_settings())
+
+    # Rejected before the batch runs: the others still share one forward.
+    good = [queue.enqueue(JOB_FUNCTION, {"messages": [f"Tell me about animal number {i}."]}) for i in range(4)]
+    invalid = queue.enqueue(JOB_FUNCTION, {"messages": [""]})
+    garbage = queue.enqueue("os.getcwd")
+    _burst(env, "poison-1")
+    assert [client.result(j.id).batch_size for j in good] == [4, 4, 4, 4]
+    with pytest.raises(ChatFailed, match="message 0 is empty"):
+        client.result(invalid.id)
+    with pytest.raises(ChatFailed, match="runs only worker.jobs.chat"):
+        client.result(garbage.id)
+
+    # Raises inside the pipeline (exhausts the 6-sentence bank): bisected out, the rest succeed.
+    good = [queue.enqueue(JOB_FUNCTION, {"messages": [f"Tell me about animal number {i}."]}) for i in range(5)]
+    exhausts = queue.enqueue(JOB_FUNCTION, {"messages": ["Cats purr. Dogs bark."], "response_sentences": 8})
+    _burst(env, "poison-2")
+    results = [client.result(j.id) for j in good]
+    assert all(r is not None and r.response for r in results)
+    assert max(r.batch_size for r in results) >= 2
+    with pytest.raises(ChatFailed, match="internal: BankError: every bank sentence is excluded"):
+        client.result(exhausts.id)
+
+
+@pytest.mark.integration
+def test_second_turn_hits_the_conversation_cache(redis_url, serving_artifacts, tmp_path):
+    env = _env(redis_url, serving_artifacts)
+    proc, name = start_worker("lvm-lstm", env, log_path=tmp_path / "w.log")
+    try:
+        wait_ready(Redis.from_url(redis_url), name, proc)
+        client = ChatClient(redis_url, load_settings())
+        first = client.chat(["What is diabetes?"], conversation_id="conv-7")
+        assert (first.cache_hits, first.cache_misses) == (0, 1)
+        history = ["What is diabetes?", first.response, "Tell me more about insulin."]
+        second = client.chat(history, conversation_id="conv-7")
+        assert (second.cache_hits, second.cache_misses) == (2, 1)
+        other = client.chat(history, conversation_id="conv-8")  # another conversation shares nothing
+        assert (other.cache_hits, other.cache_misses) == (0, 3)
+        plain = client.chat(history)  # no conversation id: no cache
+        assert (plain.cache_hits, plain.cache_misses) == (0, 3)
+        assert second.sentences == other.sentences == plain.sentences
+        keys = Redis.from_url(redis_url).keys("lvm:conv:*")
+        assert sorted(k.decode() for k in keys) == [
+            "lvm:conv:all-MiniLM-L6-v2:384:conv-7",
+            "lvm:conv:all-MiniLM-L6-v2:384:conv-8",
+        ]
+        assert 0 < Redis.from_url(redis_url).ttl(keys[0]) <= 3600
+    finally:
+        stop(proc)
+
+
+def test_cache_is_isolated_between_encoders():
+    redis = fakeredis.FakeRedis()
+    minilm = RedisVectorMemory(redis, "all-MiniLM-L6-v2", 384, ttl=60)
+    other = RedisVectorMemory(redis, "other-encoder", 384, ttl=60)
+    gtr = RedisVectorMemory(redis, "all-MiniLM-L6-v2", 768, ttl=60)
+    vec = np.arange(384, dtype=np.float32)
+    minilm.remember([("c1", {"Hello there.": vec})])
+    assert np.array_equal(minilm.recall([("c1", ["Hello there."])])[0]["Hello there."], vec)
+    assert other.recall([("c1", ["Hello there."])]) == [{}]
+    assert gtr.recall([("c1", ["Hello there."])]) == [{}]
+    assert minilm.recall([("c2", ["Hello there."])]) == [{}]
+    minilm.remember([("c1", {"New.": vec})])  # each turn replaces the window: bounded
+    assert minilm.recall([("c1", ["Hello there.", "New."])])[0].keys() == {"New."}
+
+
+@pytest.mark.integration
+def test_jobs_of_a_worker_killed_mid_batch_are_rerun_or_failed(redis_url, serving_artifacts, tmp_path):
+    redis = Redis.from_url(redis_url)
+    queue = Queue("lvm-lstm", connection=redis, serializer=JSONSerializer)
+    long_message = " ".join(f"Sentence {i} is long and has many words in it to encode slowly." for i in range(60))
+    jobs = [queue.enqueue(JOB_FUNCTION, {"messages": [long_message] * 5, "response_sentences": 8}) for _ in range(8)]
+    jobs[0].meta["lvm_reruns"] = 1  # this one already survived a dead worker once: it must fail now
+    jobs[0].save_meta()
+    env = _env(redis_url, serving_artifacts, LVM_MAX_BATCH="8")
+    victim, name = start_worker("lvm-lstm", env, log_path=tmp_path / "victim.log")
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if all(j.get_status(refresh=True).value == "started" for j in jobs):
+            break
+        assert victim.poll() is None, (tmp_path / "victim.log").read_text()[-2000:]
+        time.sleep(0.005)
+    else:
+        pytest.fail("the batch never started")
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.wait()
+    assert all(j.get_status(refresh=True).value == "started" for j in jobs)  # claimed, mid-batch
+
+    rescuer, rescuer_name = start_worker("lvm-lstm", _env(redis_url, serving_artifacts), log_path=tmp_path / "r.log")
+    try:
+        wait_ready(redis, rescuer_name, rescuer)
+        client = ChatClient(redis_url, load_settings())
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not all(
+            j.get_status(refresh=True).value in ("finished", "failed") for j in jobs
+        ):
+            time.sleep(0.1)
+        statuses = [j.get_status(refresh=True).value for j in jobs]
+        assert statuses == ["failed"] + ["finished"] * 7, statuses
+        with pytest.raises(ChatFailed, match=f"abandoned: worker {name} died"):
+            client.result(jobs[0].id)
+        for job in jobs[1:]:
+            assert client.result(job.id).worker == rescuer_name
+            assert Job.fetch(job.id, connection=redis, serializer=JSONSerializer).meta["lvm_reruns"] == 1
+    finally:
+        stop(rescuer)
+    heartbeat_info = redis.get(f"lvm:heartbeat:{name}")
+    assert heartbeat_info is None or json.loads(heartbeat_info)["status"] != "busy"
