@@ -33,6 +33,45 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--json", action="store_true")
     q.set_defaults(func=cmd_queue)
 
+    _register_load(bsub)
+
+
+def _register_load(bsub) -> None:
+    load = bsub.add_parser(
+        "load",
+        help="simulated chat users: batched+cached workers vs a one-job-at-a-time baseline, same run",
+        description="Starts its own redis-server (or uses --redis-url, on private queue names) and N workers, "
+        "simulates C users in multi-turn conversations (each request carries the last <= 5 messages), then runs "
+        "the same workload against a baseline worker (max_batch=1, no conversation cache) and prints ratios. "
+        "Stops everything it started.",
+    )
+    load.add_argument("--model", default="lstm")
+    load.add_argument("--users", "-c", type=int, default=32, help="concurrent users (default 32)")
+    load.add_argument("--requests", "-n", type=int, default=640, help="requests per variant (default 640)")
+    load.add_argument("--workers", type=int, default=1)
+    load.add_argument("--max-batch", type=int, help="default LVM_MAX_BATCH")
+    load.add_argument("--idle-turns", type=int, default=40, help="sequential warm-conversation turns measured first")
+    load.add_argument("--redis-url")
+    load.add_argument("--json", action="store_true")
+    load.set_defaults(func=cmd_load)
+
+
+def cmd_load(args: argparse.Namespace) -> int:
+    from bench import load
+    from config import load_settings
+
+    res = load.run(
+        load_settings(),
+        model=args.model,
+        users=args.users,
+        requests=args.requests,
+        workers=args.workers,
+        redis_url=args.redis_url,
+        max_batch=args.max_batch,
+        idle_turns=args.idle_turns,
+    )
+    return _emit(res, args.json, load.format_result)
+
 
 def _emit(res: dict, as_json: bool, fmt) -> int:
     print(json.dumps(res, indent=2) if as_json else fmt(res))

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from lvm.decoders import Decoded
 from lvm.text import normalize
@@ -35,6 +36,9 @@ class SentenceBank:
             raise BankError("the bank is empty")
         self.sentences = sentences
         self.vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        # torch shares the numpy memory; its matmul uses torch's intra-op threads (LVM_TORCH_THREADS),
+        # whereas numpy's BLAS is pinned to one thread for the encoder's sake.
+        self._matrix = torch.from_numpy(self.vectors)
         self.meta = meta or {}
         self.dim = int(self.vectors.shape[1])
         self._rows_of: dict[str, list[int]] = {}  # normalised text -> bank rows, for exclusion
@@ -55,8 +59,9 @@ class SentenceBank:
         One [B, D] x [D, N] product for the whole batch; excluded sentences are found by a
         dictionary lookup and masked before the argmax, so exclusion costs nothing extra.
         """
-        queries = np.asarray(vectors, dtype=np.float32).reshape(-1, self.dim)
-        scores = queries @ self.vectors.T
+        queries = np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1, self.dim)
+        with torch.inference_mode():
+            scores = torch.mm(torch.from_numpy(queries), self._matrix.T).numpy()
         results: list[Decoded] = []
         for row, row_scores in enumerate(scores):
             for text in exclude[row] if exclude is not None else ():

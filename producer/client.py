@@ -96,8 +96,11 @@ class ChatClient:
         """Block until the job ends (on RQ's result stream) or ``timeout`` seconds pass."""
         if self._blocking is None:
             self._blocking = connect(self.url, socket_timeout=None)  # bounded by XREAD BLOCK itself
-        job = self._job(job_id, self._blocking)
+        # The result stream needs only the id: skip fetching the job hash on the happy path.
+        job = Job(job_id, connection=self._blocking, serializer=JSONSerializer)
         res = job.latest_result(timeout=max(1, int(round(timeout))) if timeout > 0 else 0)
+        if res is None and not self._blocking.exists(job.key):
+            self._job(job_id)  # raises JobNotFound with the reasons
         outcome = self._outcome(job, res)
         if outcome is None:
             raise ChatTimeout(
@@ -124,7 +127,7 @@ class ChatClient:
         raise ChatFailed(self._error(job, res.exc_string))
 
     def _error(self, job: Job, exc_string: str | None = None) -> ChatError:
-        job.refresh()
+        job = self._job(job.id)
         meta = job.get_meta(refresh=False) if hasattr(job, "get_meta") else job.meta
         if isinstance(meta, dict) and isinstance(meta.get("error"), dict):
             return ChatError.model_validate({**meta["error"], "job_id": job.id})

@@ -74,11 +74,14 @@ class Heartbeat:
         except RedisError:
             pass  # Redis away: the key expires and health says so; the next beat retries
 
-    def set(self, status: str, error: str | None = None) -> None:
+    def set(self, status: str, error: str | None = None, now: bool = True) -> None:
+        """Change status; ``now`` writes it at once (start-up, errors, draining), otherwise the
+        next periodic beat carries it (busy/ready flips on every job would cost a round trip each)."""
         assert status in STATUSES, status
         if status != self.status or error:
             self.status, self.error = status, error or self.error
-            self.beat()  # status changes show at once, not a period later
+            if now:
+                self.beat()
 
     def start(self) -> None:
         self.beat()

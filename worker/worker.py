@@ -35,6 +35,17 @@ from worker.runtime import RequestRejected, Runtime
 
 log = get_logger("lvmq.worker")
 
+# LMOVE up to ARGV[1] ids from the queue (KEYS[1]) to its intermediate list (KEYS[2]), atomically.
+CLAIM_SCRIPT = """
+local claimed = {}
+for i = 1, tonumber(ARGV[1]) do
+  local id = redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT')
+  if not id then break end
+  claimed[i] = id
+end
+return claimed
+"""
+
 
 class LVMWorker(SimpleWorker):
     def __init__(self, queues, *args: Any, settings: Settings | None = None, model: str | None = None, **kwargs: Any):
@@ -63,6 +74,7 @@ class LVMWorker(SimpleWorker):
             self._heartbeat_info,
             on_beat=self._recover,
         )
+        self._claim = self.connection.register_script(CLAIM_SCRIPT)
         self.pulse.start()
         log.info("worker starting", worker=self.name, model=self.model_name, queues=names, device=settings.device)
         try:
@@ -126,7 +138,7 @@ class LVMWorker(SimpleWorker):
     def execute_job(self, job: Job, queue: Queue) -> None:
         """Run the dequeued job together with whatever else is already waiting (up to max_batch)."""
         self.current_job = (job.id, time.time())
-        self.pulse.set("busy")
+        self.pulse.set("busy", now=False)  # shown on the next beat: no extra round trip per job
         try:
             batch = [(job, queue)]
             if self.settings.max_batch > 1:
@@ -144,12 +156,12 @@ class LVMWorker(SimpleWorker):
         finally:
             self.current_job = None
             self.set_state("idle")
-            self.pulse.set("draining" if self._stop_requested else "ready")
+            self.pulse.set("draining" if self._stop_requested else "ready", now=self._stop_requested)
 
     def claim_waiting(self, limit: int) -> list[tuple[Job, Queue]]:
-        """Move up to ``limit`` waiting job ids into the queues' intermediate lists, in one round
-        trip per queue, and fetch them. Claimed jobs go into the started registry before any
-        runs (see perform_batch), so a worker that dies mid-batch leaves them recoverable."""
+        """Move up to ``limit`` waiting job ids into each queue's intermediate list with one
+        script call per queue, and fetch them. Claimed jobs go into the started registry before
+        any runs (see perform_batch), so a worker that dies mid-batch leaves them recoverable."""
         claimed: list[tuple[Job, Queue]] = []
         deadline = time.monotonic() + self.settings.max_batch_wait_ms / 1000.0
         while True:
@@ -158,12 +170,8 @@ class LVMWorker(SimpleWorker):
                 if want <= 0:
                     break
                 intermediate = queue.intermediate_queue.key
-                with self.connection.pipeline(transaction=False) as pipe:
-                    for _ in range(want):
-                        pipe.lmove(queue.key, intermediate, "LEFT", "RIGHT")
-                    ids = [i for i in pipe.execute() if i is not None]
                 valid = []
-                for raw in ids:
+                for raw in self._claim(keys=[queue.key, intermediate], args=[want]):
                     try:
                         valid.append(raw.decode("utf-8") if isinstance(raw, bytes) else raw)
                     except UnicodeDecodeError:
