@@ -33,7 +33,7 @@ class RedisServer:
         self.port = port or free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="lvmq-redis-"))
         self.url = f"redis://127.0.0.1:{self.port}/0"
-        args = [
+        self.args = [
             binary,
             "--port",
             str(self.port),
@@ -50,8 +50,17 @@ class RedisServer:
             "--logfile",
             str(self.dir / "redis.log"),
         ]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.start()
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(self.args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self._wait_ready()
+
+    def halt(self) -> None:
+        """Stop the server but keep its data directory (an appendonly file survives) for ``start()``."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
 
     def _wait_ready(self, timeout: float = 10.0) -> None:
         deadline = time.monotonic() + timeout
@@ -70,13 +79,11 @@ class RedisServer:
         return Redis.from_url(self.url, **kwargs)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        try:
+            self.halt()
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self) -> RedisServer:

@@ -84,6 +84,13 @@ class Settings(BaseSettings):
     failure_ttl: int = Field(86400, ge=1, description="Seconds a failed job is kept.")
     queue_ttl: int = Field(300, ge=1, description="Seconds a request may wait in the queue before it is dropped.")
     job_timeout: int = Field(60, ge=1, description="Seconds one job may run before RQ fails it.")
+    drain_seconds: float = Field(
+        30.0, gt=0, le=3600, description="After SIGTERM, how long a worker may finish its batch before it exits anyway."
+    )
+
+    producer_retries: int = Field(
+        0, ge=0, le=20, description="Times a producer retries (with backoff) when Redis is unreachable."
+    )
 
     # --- Logging -------------------------------------------------------------------------
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

@@ -7,20 +7,56 @@ than that, so waits run on a second connection whose socket timeout covers the w
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from typing import Any
+import functools
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 from redis import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq import Queue
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
 from config import Settings, load_settings
-from producer.errors import ChatFailed, ChatTimeout, JobNotFound
+from producer.errors import ChatFailed, ChatTimeout, JobNotFound, RedisUnavailable
 from producer.schema import JOB_FUNCTION, ChatError, ChatRequest, ChatResult
 
 RequestLike = ChatRequest | dict[str, Any]
+T = TypeVar("T")
+
+
+def safe_url(url: str) -> str:
+    """The URL with any password masked, for error messages and logs."""
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return url
+
+
+def reaching_redis(method: Callable[..., T]) -> Callable[..., T]:
+    """Turn redis-py's connection errors into RedisUnavailable, after the configured retries."""
+
+    @functools.wraps(method)
+    def wrapper(self: ChatClient, *args: Any, **kwargs: Any) -> T:
+        attempts = self.settings.producer_retries + 1
+        for attempt in range(attempts):
+            try:
+                return method(self, *args, **kwargs)
+            except (RedisConnectionError, RedisTimeoutError) as exc:
+                if attempt + 1 == attempts:
+                    raise RedisUnavailable(
+                        f"cannot reach Redis at {safe_url(self.url)} ({exc}); is it running? "
+                        "check LVM_REDIS_URL (retries: LVM_PRODUCER_RETRIES)"
+                    ) from exc
+                time.sleep(min(0.2 * 2**attempt, 5.0))
+        raise AssertionError("unreachable")
+
+    return wrapper
 
 
 def connect(url: str, socket_timeout: float | None = 5.0) -> Redis:
@@ -55,6 +91,7 @@ class ChatClient:
         """Validate here (fail fast, before Redis), enqueue, return the job id."""
         return self.submit_many([request])[0]
 
+    @reaching_redis
     def submit_many(self, requests: Iterable[RequestLike]) -> list[str]:
         """Enqueue many requests, possibly for several models, in one round trip."""
         prepared = [self._prepare(r) for r in requests]
@@ -80,6 +117,7 @@ class ChatClient:
                 f"({self.settings.queue_ttl} s) with no worker, or its result outlived result_ttl"
             ) from None
 
+    @reaching_redis
     def status(self, job_id: str) -> str:
         """queued | started | finished | failed | ... (RQ's JobStatus), or 'unknown'."""
         try:
@@ -87,11 +125,13 @@ class ChatClient:
         except JobNotFound:
             return "unknown"
 
+    @reaching_redis
     def result(self, job_id: str) -> ChatResult | None:
         """Non-blocking: the result, None while pending; raises ChatFailed for a failed job."""
         job = self._job(job_id)
         return self._outcome(job, job.latest_result())
 
+    @reaching_redis
     def wait(self, job_id: str, timeout: float = 30.0) -> ChatResult:
         """Block until the job ends (on RQ's result stream) or ``timeout`` seconds pass."""
         if self._blocking is None:
@@ -115,6 +155,7 @@ class ChatClient:
             messages = [messages]
         return self.wait(self.submit({"messages": list(messages), **fields}), timeout=timeout)
 
+    @reaching_redis
     def error(self, job_id: str) -> ChatError | None:
         job = self._job(job_id)
         return self._error(job) if job.get_status() == JobStatus.FAILED else None

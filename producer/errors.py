@@ -24,3 +24,7 @@ class ChatTimeout(LVMQueueError, TimeoutError):
 
 class JobNotFound(LVMQueueError, KeyError):
     pass
+
+
+class RedisUnavailable(LVMQueueError, ConnectionError):
+    """Redis did not answer; the message names the URL (password hidden) and what to check."""

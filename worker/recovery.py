@@ -30,8 +30,12 @@ log = get_logger("lvmq.recovery")
 MAX_RERUNS = 1
 
 
-def recover_orphans(connection: Redis, queues: list[Queue], me: str) -> list[tuple[str, str]]:
-    """Returns [(job_id, "requeued" | "failed")] for what it did."""
+def recover_orphans(connection: Redis, queues: list[Queue], me: str, in_flight: set[str]) -> list[tuple[str, str]]:
+    """Returns [(job_id, "requeued" | "failed")] for what it did.
+
+    ``in_flight`` holds the ids this worker is running now; a job recorded under this worker's
+    own name but not in flight was left by an earlier process with the same name.
+    """
     actions = []
     for queue in queues:
         registry = StartedJobRegistry(queue.name, connection=connection, serializer=JSONSerializer)
@@ -44,9 +48,9 @@ def recover_orphans(connection: Redis, queues: list[Queue], me: str) -> list[tup
                 connection.zrem(registry.key, entry)
                 continue
             owner = job.worker_name
-            if owner == me or job.get_status(refresh=False) != JobStatus.STARTED:
+            if job_id in in_flight or job.get_status(refresh=False) != JobStatus.STARTED:
                 continue
-            if owner and connection.exists(HEARTBEAT_PREFIX + owner):
+            if owner and owner != me and connection.exists(HEARTBEAT_PREFIX + owner):
                 continue  # its worker is alive
             if not connection.zrem(registry.key, entry):
                 continue  # another worker got there first

@@ -14,15 +14,22 @@ or ``lvmq worker --model lstm --device cpu``.
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from redis import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq import Queue, SimpleWorker
 from rq.job import Job
 from rq.serializers import JSONSerializer
 from rq.timeouts import JobTimeoutException
+from rq.worker import WorkerStatus
 
 from config import Settings, load_settings
 from producer.schema import JOB_FUNCTION, ChatError
@@ -34,6 +41,7 @@ from worker.recovery import recover_orphans
 from worker.runtime import RequestRejected, Runtime
 
 log = get_logger("lvmq.worker")
+REDIS_DOWN = (RedisConnectionError, RedisTimeoutError)
 
 # LMOVE up to ARGV[1] ids from the queue (KEYS[1]) to its intermediate list (KEYS[2]), atomically.
 CLAIM_SCRIPT = """
@@ -66,6 +74,7 @@ class LVMWorker(SimpleWorker):
         self.jobs_failed = 0
         self.current_job: tuple[str, float] | None = None
         self.batch_sizes: deque[int] = deque(maxlen=200)
+        self.in_flight: set[str] = set()  # ids of the jobs this process is running now
         self.runtime: Runtime | None = None
         self.pulse = Heartbeat(
             Redis(connection_pool=self.connection.connection_pool),
@@ -132,17 +141,20 @@ class LVMWorker(SimpleWorker):
     def _recover(self, connection: Redis) -> None:
         """Runs on each heartbeat: re-run or fail jobs whose worker died mid-batch."""
         if self.runtime is not None:
-            recover_orphans(connection, self.queues, self.name)
+            recover_orphans(connection, self.queues, self.name, self.in_flight)
 
     # -- job execution: micro-batches ---------------------------------------------------------
     def execute_job(self, job: Job, queue: Queue) -> None:
         """Run the dequeued job together with whatever else is already waiting (up to max_batch)."""
         self.current_job = (job.id, time.time())
+        self._state = WorkerStatus.BUSY  # a SIGTERM from here on waits for this batch (warm shutdown)
         self.pulse.set("busy", now=False)  # shown on the next beat: no extra round trip per job
         try:
             batch = [(job, queue)]
-            if self.settings.max_batch > 1:
-                batch += self.claim_waiting(self.settings.max_batch - 1)
+            self.in_flight = {job.id}
+            if self.settings.max_batch > 1 and not self._stop_requested:
+                batch += self.retry_redis("claim", lambda: self.claim_waiting(self.settings.max_batch - 1))
+            self.in_flight = {j.id for j, _ in batch}
             chat_jobs = []
             for item in batch:
                 reject = payload_error(item[0])
@@ -150,12 +162,18 @@ class LVMWorker(SimpleWorker):
                     chat_jobs.append(item)
                 else:  # fails alone, through RQ's own path, with the reason
                     turn_into_rejection(item[0], reject)
-                    self._count(self.perform_job(item[0], item[1], self.prepare_execution(item[0])))
+                    execution = self.retry_redis("prepare", lambda item=item: self.prepare_execution(item[0]))
+                    self._count(self.perform_job(item[0], item[1], execution))
             if chat_jobs:
                 self.perform_batch(chat_jobs)
         finally:
+            self.in_flight = set()
             self.current_job = None
-            self.set_state("idle")
+            self._state = WorkerStatus.IDLE
+            try:
+                self.set_state(WorkerStatus.IDLE)
+            except REDIS_DOWN:
+                pass  # the dequeue loop reconnects; the state is rewritten there
             self.pulse.set("draining" if self._stop_requested else "ready", now=self._stop_requested)
 
     def claim_waiting(self, limit: int) -> list[tuple[Job, Queue]]:
@@ -191,9 +209,13 @@ class LVMWorker(SimpleWorker):
         """RQ's perform_job, for many jobs at once: prepare each, run one pipeline, finalise each."""
         prepared = []
         for job, queue in items:
-            execution = self.prepare_execution(job)
-            self.prepare_job_execution(job, remove_from_intermediate_queue=True)
-            prepared.append((job, queue, execution))
+
+            def prepare(job=job):
+                execution = self.prepare_execution(job)
+                self.prepare_job_execution(job, remove_from_intermediate_queue=True)
+                return execution
+
+            prepared.append((job, queue, self.retry_redis("prepare", prepare)))
         self.batch_sizes.append(len(prepared))
         timeout = min(job.timeout or self.queue_class.DEFAULT_TIMEOUT for job, _, _ in prepared)
         assert self.runtime is not None
@@ -211,14 +233,84 @@ class LVMWorker(SimpleWorker):
                     if isinstance(outcome, RequestRejected)
                     else ChatError(error="internal", message=f"{type(outcome).__name__}: {outcome}")
                 )
-                jobs.record_error(job, error)
+                exc_info = (type(outcome), outcome, outcome.__traceback__)
+                self.retry_redis("record error", lambda job=job, error=error: jobs.record_error(job, error))
+                self.retry_redis(
+                    "finalise",
+                    lambda job=job, queue=queue, execution=execution, exc_info=exc_info: self._finalize_failure(
+                        job, queue, execution, exc_info
+                    ),
+                )
                 jobs.log_outcome(job, self.model_name, error=error)
-                self._finalize_failure(job, queue, execution, (type(outcome), outcome, outcome.__traceback__))
                 self._count(False)
             else:
+                self.retry_redis(
+                    "finalise",
+                    lambda job=job, queue=queue, execution=execution, outcome=outcome: self._finalize_success(
+                        job, queue, execution, outcome
+                    ),
+                )
                 jobs.log_outcome(job, self.model_name, result=outcome)
-                self._finalize_success(job, queue, execution, outcome)
                 self._count(True)
+
+    # -- Redis outages ------------------------------------------------------------------------
+    def retry_redis(self, what: str, step: Callable[[], Any]) -> Any:
+        """Run ``step``, retrying with backoff while Redis is unreachable.
+
+        Results already computed are held in memory and written once Redis is back, so a
+        restart of Redis loses neither the queued jobs (appendonly) nor the batch in flight.
+        A forced shutdown (second SIGTERM, drain timeout) ends the wait: its jobs stay in the
+        started registry, where orphan recovery finds them.
+        """
+        delay = 0.1
+        while True:
+            try:
+                return step()
+            except REDIS_DOWN as exc:
+                log.warning("redis unreachable; retrying", step=what, retry_in_s=round(delay, 2), error=str(exc))
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
+        try:
+            super().heartbeat(timeout, pipeline)
+        except REDIS_DOWN as exc:  # RQ's loop would quit on this; the dequeue loop backs off instead
+            log.warning("redis unreachable; worker heartbeat skipped", error=str(exc))
+
+    def check_for_suspension(self, burst: bool) -> None:
+        try:
+            super().check_for_suspension(burst)
+        except REDIS_DOWN as exc:
+            log.warning("redis unreachable; suspension check skipped", error=str(exc))
+
+    def run_maintenance_tasks(self) -> None:
+        try:
+            super().run_maintenance_tasks()
+        except REDIS_DOWN as exc:
+            log.warning("redis unreachable; maintenance skipped", error=str(exc))
+
+    # -- graceful shutdown ------------------------------------------------------------------
+    def request_stop(self, signum: int, frame: Any) -> None:
+        """First SIGTERM/SIGINT: stop taking jobs, finish the batch in flight, exit 0.
+
+        The heartbeat says ``draining`` at once. If the batch is not done within
+        LVM_DRAIN_SECONDS, the worker sends itself the second signal: a cold shutdown, whose
+        unfinished jobs stay in the started registry for orphan recovery.
+        """
+        self.pulse.set("draining", now=True)
+        log.info(
+            "draining: finishing the current batch, taking no new jobs",
+            worker=self.name,
+            drain_seconds=self.settings.drain_seconds,
+        )
+        timer = threading.Timer(self.settings.drain_seconds, self._drain_timeout)
+        timer.daemon = True
+        timer.start()
+        super().request_stop(signum, frame)
+
+    def _drain_timeout(self) -> None:
+        log.warning("drain timeout: shutting down now; unfinished jobs will be recovered", worker=self.name)
+        os.kill(os.getpid(), signal.SIGTERM)
 
     def _count(self, ok: bool) -> None:
         if ok:
@@ -227,8 +319,18 @@ class LVMWorker(SimpleWorker):
             self.jobs_failed += 1
 
     def teardown(self) -> None:
+        """On the way out: hand back jobs this process claimed but did not finish (a cold
+        shutdown mid-batch), then drop the heartbeat so the worker leaves `lvmq health`."""
+        self.pulse.stop(delete=False)
+        try:
+            for job_id, action in recover_orphans(self.connection, self.queues, self.name, set()):
+                log.warning("handed back an unfinished job on shutdown", job_id=job_id, action=action)
+        except REDIS_DOWN as exc:
+            log.warning("redis unreachable at shutdown; unfinished jobs await recovery", error=str(exc))
         try:
             super().teardown()
+        except REDIS_DOWN as exc:
+            log.warning("redis unreachable at shutdown", error=str(exc))
         finally:
             self.pulse.stop(delete=True)
             jobs.install(None)

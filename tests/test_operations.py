@@ -1,0 +1,169 @@
+"""Graceful shutdown and Redis outages, with real worker processes and real redis-server."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from redis import Redis
+from rq import Queue
+from rq.serializers import JSONSerializer
+
+from bench.processes import start_worker, stop, wait_ready
+from bench.redis_server import RedisServer
+from config import load_settings
+from producer.client import ChatClient
+from producer.errors import RedisUnavailable
+from producer.schema import HEARTBEAT_PREFIX, JOB_FUNCTION
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[1]
+WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho sigma tau".split()
+
+
+def _env(redis_url, artifacts, **extra):
+    return {
+        "LVM_REDIS_URL": redis_url,
+        "LVM_MODELS__LSTM": str(artifacts["lstm"]),
+        "LVM_BANK_PATH": str(artifacts["bank"]),
+        "LVM_HEARTBEAT_SECONDS": "0.5",
+        "LVM_LOG_FORMAT": "json",
+        "PYTHONPATH": str(ROOT),
+        **extra,
+    }
+
+
+def _heavy_jobs(queue: Queue, n: int) -> list:
+    """Jobs that take a while together: 5 distinct ~200-word sentences each, 8 sentences to generate."""
+    data = []
+    for j in range(n):
+        sentences = [  # distinct per job and part: nothing is shared within the batch
+            f"Job {j} part {s}: " + " ".join(WORDS[(j * 7 + s * 3 + w * w) % len(WORDS)] for w in range(200)) + "."
+            for s in range(5)
+        ]
+        request = {"messages": sentences, "response_sentences": 8}
+        data.append(Queue.prepare_data(JOB_FUNCTION, args=[request], timeout=300))
+    with queue.connection.pipeline() as pipe:  # all at once, so one batch takes them all
+        jobs = queue.enqueue_many(data, pipeline=pipe)
+        pipe.execute()
+    return jobs
+
+
+def _wait_started(jobs, proc, log, timeout=120):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if all(j.get_status(refresh=True).value == "started" for j in jobs):
+            return
+        assert proc.poll() is None, log.read_text()[-2000:]
+        time.sleep(0.005)
+    pytest.fail("the batch never started")
+
+
+def _status(redis, name):
+    raw = redis.get(HEARTBEAT_PREFIX + name)
+    return json.loads(raw)["status"] if raw else None
+
+
+def test_sigterm_finishes_the_batch_then_exits_zero(redis_url, serving_artifacts, tmp_path):
+    redis = Redis.from_url(redis_url)
+    queue = Queue("lvm-lstm", connection=redis, serializer=JSONSerializer)
+    jobs = _heavy_jobs(queue, 12)
+    log = tmp_path / "w.log"
+    proc, name = start_worker("lvm-lstm", _env(redis_url, serving_artifacts, LVM_MAX_BATCH="12"), log_path=log)
+    _wait_started(jobs, proc, log)
+    proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 5
+    while _status(redis, name) != "draining" and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert _status(redis, name) == "draining" or proc.poll() is not None
+    assert proc.wait(timeout=120) == 0, log.read_text()[-2000:]
+    assert [j.get_status(refresh=True).value for j in jobs] == ["finished"] * 12
+    assert not redis.exists(HEARTBEAT_PREFIX + name)
+
+
+def test_drain_timeout_exits_promptly_and_leaves_jobs_recoverable(redis_url, serving_artifacts, tmp_path):
+    redis = Redis.from_url(redis_url)
+    queue = Queue("lvm-lstm", connection=redis, serializer=JSONSerializer)
+    jobs = _heavy_jobs(queue, 24)
+    log = tmp_path / "w.log"
+    env = _env(redis_url, serving_artifacts, LVM_MAX_BATCH="24", LVM_DRAIN_SECONDS="1.2")
+    proc, name = start_worker("lvm-lstm", env, log_path=log)
+    _wait_started(jobs, proc, log)
+    started = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=30)
+    assert time.monotonic() - started < 10
+    statuses = [j.get_status(refresh=True).value for j in jobs]
+    assert set(statuses) <= {"queued", "finished"}, statuses  # nothing left "started"
+    assert "queued" in statuses, "the batch finished before the drain timeout; make it heavier"
+    assert "drain timeout" in log.read_text() and "handed back an unfinished job" in log.read_text()
+    assert not redis.exists(HEARTBEAT_PREFIX + name)
+
+    rescuer, rescuer_name = start_worker("lvm-lstm", _env(redis_url, serving_artifacts), log_path=tmp_path / "r.log")
+    try:
+        wait_ready(redis, rescuer_name, rescuer)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and any(j.get_status(refresh=True).value != "finished" for j in jobs):
+            time.sleep(0.1)
+        assert [j.get_status(refresh=True).value for j in jobs] == ["finished"] * 24
+    finally:
+        stop(rescuer)
+
+
+def test_worker_survives_a_redis_restart(serving_artifacts, tmp_path):
+    server = RedisServer(appendonly=True)
+    log = tmp_path / "w.log"
+    proc = None
+    try:
+        redis = server.client()
+        env = _env(server.url, serving_artifacts, LVM_MAX_BATCH="8")
+        proc, name = start_worker("lvm-lstm", env, log_path=log)
+        wait_ready(redis, name, proc)
+        client = ChatClient(server.url, load_settings())
+        assert client.chat("Before the outage.").response
+
+        queue = Queue("lvm-lstm", connection=redis, serializer=JSONSerializer)
+        running = _heavy_jobs(queue, 8)
+        _wait_started(running, proc, log)
+        waiting = [queue.enqueue(JOB_FUNCTION, {"messages": [f"Queued during the outage {i}."]}) for i in range(3)]
+        server.halt()  # mid-batch; the appendonly file keeps the queue
+        with pytest.raises(RedisUnavailable, match=f"cannot reach Redis at {server.url}"):
+            client.submit({"messages": ["Anyone?"]})
+        time.sleep(5)  # longer than the batch: its results wait in memory for Redis
+        assert proc.poll() is None, log.read_text()[-3000:]
+        server.start()
+
+        deadline = time.monotonic() + 120
+        jobs = running + waiting
+        while time.monotonic() < deadline and any(j.get_status(refresh=True).value != "finished" for j in jobs):
+            assert proc.poll() is None, log.read_text()[-3000:]
+            time.sleep(0.1)
+        assert [j.get_status(refresh=True).value for j in jobs] == ["finished"] * 11
+        assert client.result(running[0].id).worker == name
+        deadline = time.monotonic() + 5
+        while _status(redis, name) is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _status(redis, name) in ("ready", "busy")  # the heartbeat resumed
+        assert client.chat("After the outage.").response
+        assert "redis unreachable" in log.read_text()
+    finally:
+        if proc is not None:
+            stop(proc)
+        server.stop()
+
+
+def test_producer_retries_are_configurable(tmp_path, monkeypatch):
+    from bench.redis_server import free_port
+
+    monkeypatch.setenv("LVM_PRODUCER_RETRIES", "2")
+    client = ChatClient(f"redis://:s3cret@127.0.0.1:{free_port()}/0", load_settings())
+    started = time.monotonic()
+    with pytest.raises(RedisUnavailable) as info:
+        client.submit({"messages": ["Hello?"]})
+    assert time.monotonic() - started >= 0.5  # 0.2 s + 0.4 s of backoff
+    assert "s3cret" not in str(info.value) and ":***@" in str(info.value)
+    assert os.environ["LVM_PRODUCER_RETRIES"] == "2"
