@@ -92,6 +92,10 @@ class Settings(BaseSettings):
         0, ge=0, le=20, description="Times a producer retries (with backoff) when Redis is unreachable."
     )
 
+    metrics_port: int | None = Field(
+        None, ge=1, le=65535, description="Serve Prometheus metrics on this port (off when unset)."
+    )
+
     # --- Logging -------------------------------------------------------------------------
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["auto", "json", "console"] = Field(

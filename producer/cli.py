@@ -45,6 +45,16 @@ def build_parser() -> argparse.ArgumentParser:
     health.add_argument("--json", action="store_true")
     health.set_defaults(func=cmd_health)
 
+    stats = sub.add_parser(
+        "stats",
+        help="queue depths, workers and recent throughput, from Redis alone",
+        description="Reads RQ's queues and registries, worker heartbeats and the per-minute counters workers "
+        "write; needs no Prometheus.",
+    )
+    stats.add_argument("--redis-url", help="default LVM_REDIS_URL")
+    stats.add_argument("--json", action="store_true")
+    stats.set_defaults(func=cmd_stats)
+
     from bench.cli import register as register_bench
     from lvm.cli import register as register_lvm
     from producer.demo import register as register_demo
@@ -103,6 +113,17 @@ def cmd_health(args: argparse.Namespace) -> int:
         return 1
     print(json.dumps(report.to_json(), indent=2) if args.json else format_report(report))
     return 0 if report.ok else 1
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    from config import load_settings
+    from producer.client import connect
+    from producer.stats import collect, format_stats
+
+    settings = load_settings()
+    stats = collect(connect(args.redis_url or settings.redis_url), settings.queue_prefix)
+    print(json.dumps(stats, indent=2) if args.json else format_stats(stats))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

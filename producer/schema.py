@@ -18,6 +18,7 @@ MAX_MESSAGE_CHARS = 4000  # about 700 words; longer input is refused, never sile
 MAX_RESPONSE_SENTENCES = 8
 MAX_DECODE_STEPS = 200
 HEARTBEAT_PREFIX = "lvm:heartbeat:"
+STATS_PREFIX = "lvm:stats:"  # per-minute job counters: lvm:stats:<queue>:<unix minute>:<finished|failed>
 
 
 class ChatRequest(BaseModel):

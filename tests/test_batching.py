@@ -199,3 +199,67 @@ def test_jobs_of_a_worker_killed_mid_batch_are_rerun_or_failed(redis_url, servin
         stop(rescuer)
     heartbeat_info = redis.get(f"lvm:heartbeat:{name}")
     assert heartbeat_info is None or json.loads(heartbeat_info)["status"] != "busy"
+
+
+@pytest.mark.integration
+def test_metrics_endpoint_and_stats(redis_url, serving_artifacts, tmp_path):
+    import urllib.request
+
+    from bench.redis_server import free_port
+
+    port = free_port()
+    env = _env(redis_url, serving_artifacts, LVM_METRICS_PORT=str(port))
+    proc, name = start_worker("lvm-lstm", env, log_path=tmp_path / "w.log")
+    try:
+        wait_ready(Redis.from_url(redis_url), name, proc)
+        client = ChatClient(redis_url, load_settings())
+        ids = client.submit_many([{"messages": [f"Metrics chat {i}."]} for i in range(5)])
+        for job_id in ids:
+            client.wait(job_id, timeout=30)
+        queue = Queue("lvm-lstm", connection=Redis.from_url(redis_url), serializer=JSONSerializer)
+        bad = queue.enqueue(JOB_FUNCTION, {"messages": []})
+        with pytest.raises(ChatFailed):
+            client.wait(bad.id, timeout=30)
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        samples = _parse_metrics(text)
+
+        def value(metric, **labels):
+            want = {"model": "lstm", "worker": name, **labels}
+            return next(v for n, lab, v in samples if n == metric and lab == want)
+
+        assert value("lvm_jobs_total", outcome="finished") == 5
+        assert value("lvm_jobs_total", outcome="failed") == 1
+        assert value("lvm_stage_latency_seconds_count", stage="encoding") == 5
+        assert value("lvm_stage_latency_seconds_count", stage="total_latency") == 5
+        assert value("lvm_batch_size_count") >= 1
+        assert value("lvm_queue_depth") == 0
+        assert value("lvm_model_load_seconds") > 0
+        assert 0 <= value("lvm_heartbeat_age_seconds") < 5
+
+        out = subprocess.run(
+            [sys.executable, "-m", "producer.cli", "stats", "--json"],
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=ROOT,
+        )
+        stats = json.loads(out.stdout)
+        (lstm,) = [q for q in stats["queues"] if q["queue"] == "lvm-lstm"]
+        assert lstm["queued"] == 0 and lstm["throughput"]["15m"]["finished"] == 5
+        assert lstm["throughput"]["15m"]["failed"] == 1 and lstm["failed_kept"] == 1
+        assert any(w["worker"] == name for w in stats["workers"])
+    finally:
+        stop(proc)
+
+
+def _parse_metrics(text: str) -> list[tuple[str, dict[str, str], float]]:
+    import re
+
+    out = []
+    for line in text.splitlines():
+        m = re.match(r"^([a-zA-Z_:][\w:]*)(?:\{(.*)\})? (\S+)$", line)
+        if m:
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2) or ""))
+            out.append((m.group(1), labels, float(m.group(3))))
+    return out

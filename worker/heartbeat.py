@@ -49,6 +49,7 @@ class Heartbeat:
         self.status = "starting"
         self.error: str | None = None
         self.started_at = time.time()
+        self.last_written = 0.0  # time of the last successful write, for the heartbeat-age metric
         self.host = socket.gethostname()
         self.pid = os.getpid()
         self._stop = threading.Event()
@@ -71,6 +72,7 @@ class Heartbeat:
     def beat(self) -> None:
         try:
             self.connection.set(self.key, json.dumps(self.payload()), px=self.ttl_ms)
+            self.last_written = time.time()
         except RedisError:
             pass  # Redis away: the key expires and health says so; the next beat retries
 

@@ -36,6 +36,7 @@ from producer.schema import JOB_FUNCTION, ChatError
 from worker import jobs
 from worker.heartbeat import Heartbeat
 from worker.logs import configure_logging, get_logger
+from worker.metrics import count_minute
 from worker.queue import LVMQueue
 from worker.recovery import recover_orphans
 from worker.runtime import RequestRejected, Runtime
@@ -76,6 +77,7 @@ class LVMWorker(SimpleWorker):
         self.batch_sizes: deque[int] = deque(maxlen=200)
         self.in_flight: set[str] = set()  # ids of the jobs this process is running now
         self.runtime: Runtime | None = None
+        self.metrics: Any = None
         self.pulse = Heartbeat(
             Redis(connection_pool=self.connection.connection_pool),
             self.name,
@@ -94,6 +96,7 @@ class LVMWorker(SimpleWorker):
             log.error("worker failed to load; not serving", worker=self.name, error=str(exc))
             raise
         jobs.install(self.runtime)
+        self.metrics = self._start_metrics()
         log.info(
             "worker ready",
             worker=self.name,
@@ -104,6 +107,23 @@ class LVMWorker(SimpleWorker):
             load_seconds=round(self.runtime.load_seconds, 2),
         )
         self.pulse.set("ready")
+
+    def _start_metrics(self) -> Any:
+        if self.settings.metrics_port is None:
+            return None
+        from worker.metrics import WorkerMetrics
+
+        metrics = WorkerMetrics(
+            self.model_name,
+            self.name,
+            queue_depth=lambda: float(sum(q.count for q in self.queues)),
+            heartbeat_age=lambda: time.time() - self.pulse.last_written,
+        )
+        assert self.runtime is not None
+        metrics.load_seconds.labels(**metrics.labels).set(self.runtime.load_seconds)
+        metrics.serve(self.settings.metrics_port)
+        log.info("metrics served", port=self.settings.metrics_port)
+        return metrics
 
     def _model_for(self, queue_names: list[str], model: str | None) -> str:
         if model:
@@ -163,7 +183,7 @@ class LVMWorker(SimpleWorker):
                 else:  # fails alone, through RQ's own path, with the reason
                     turn_into_rejection(item[0], reject)
                     execution = self.retry_redis("prepare", lambda item=item: self.prepare_execution(item[0]))
-                    self._count(self.perform_job(item[0], item[1], execution))
+                    self._count(self.perform_job(item[0], item[1], execution), batch_size=1)
             if chat_jobs:
                 self.perform_batch(chat_jobs)
         finally:
@@ -226,7 +246,9 @@ class LVMWorker(SimpleWorker):
                 )
         except Exception as exc:  # noqa: BLE001 - e.g. the batch ran past its timeout: every job fails
             outcomes = [exc] * len(prepared)
-        for (job, queue, execution), outcome in zip(prepared, outcomes, strict=True):
+        done_before, failed_before = self.jobs_done, self.jobs_failed
+        for index, ((job, queue, execution), outcome) in enumerate(zip(prepared, outcomes, strict=True)):
+            first = index == 0
             if isinstance(outcome, BaseException):
                 error = (
                     outcome.error
@@ -242,7 +264,7 @@ class LVMWorker(SimpleWorker):
                     ),
                 )
                 jobs.log_outcome(job, self.model_name, error=error)
-                self._count(False)
+                self._count(False, batch_size=len(prepared) if first else None)
             else:
                 self.retry_redis(
                     "finalise",
@@ -251,7 +273,14 @@ class LVMWorker(SimpleWorker):
                     ),
                 )
                 jobs.log_outcome(job, self.model_name, result=outcome)
-                self._count(True)
+                self._count(True, outcome, batch_size=len(prepared) if first else None)
+
+        try:
+            count_minute(
+                self.connection, prepared[0][1].name, self.jobs_done - done_before, self.jobs_failed - failed_before
+            )
+        except REDIS_DOWN:
+            pass  # throughput statistics are best effort
 
     # -- Redis outages ------------------------------------------------------------------------
     def retry_redis(self, what: str, step: Callable[[], Any]) -> Any:
@@ -312,11 +341,13 @@ class LVMWorker(SimpleWorker):
         log.warning("drain timeout: shutting down now; unfinished jobs will be recovered", worker=self.name)
         os.kill(os.getpid(), signal.SIGTERM)
 
-    def _count(self, ok: bool) -> None:
+    def _count(self, ok: bool, result: dict | None = None, batch_size: int | None = None) -> None:
         if ok:
             self.jobs_done += 1
         else:
             self.jobs_failed += 1
+        if self.metrics is not None:
+            self.metrics.observe(result if ok else None, batch_size)
 
     def teardown(self) -> None:
         """On the way out: hand back jobs this process claimed but did not finish (a cold
