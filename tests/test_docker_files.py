@@ -1,0 +1,138 @@
+"""No Docker engine runs here: check that docker/ names only things that exist in the project."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+
+from config import Settings
+from producer.cli import build_parser
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPOSE = yaml.safe_load((ROOT / "docker" / "compose.yml").read_text())
+DOCKERFILE = (ROOT / "docker" / "Dockerfile").read_text()
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    text = re.sub(r"\\\n", " ", DOCKERFILE)
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            op, _, rest = line.partition(" ")
+            out.append((op.upper(), rest.strip()))
+    return out
+
+
+def dockerfile_env() -> dict[str, str]:
+    env = {}
+    for op, rest in dockerfile_instructions():
+        if op == "ENV":
+            env.update(dict(re.findall(r"(\w+)=(\S+)", rest)))
+    return env
+
+
+def check_lvm_variable(name: str) -> None:
+    assert name.startswith("LVM_")
+    field, _, nested = name[4:].lower().partition("__")
+    assert field in Settings.model_fields, f"{name}: no such setting"
+    if nested:
+        assert Settings.model_fields[field].annotation is not str, f"{name}: {field} takes no nested keys"
+
+
+def check_command(cmd: list[str]) -> None:
+    if cmd[0] == "lvmq":
+        if cmd[1:] != ["--help"]:
+            build_parser().parse_args(cmd[1:])  # SystemExit on an unknown command or flag
+    elif cmd[0] == "rq":
+        assert cmd[1] == "worker"
+        args = dict(zip(cmd[2:-1:2], cmd[3:-1:2], strict=False))
+        module, _, cls = args["-w"].rpartition(".")
+        assert hasattr(importlib.import_module(module), cls)
+        assert args["-S"] == "json"
+        assert hasattr(importlib.import_module(args["-c"]), "REDIS_URL")
+        queue = cmd[-1]
+        assert queue.startswith("lvm-")
+        assert f"LVM_MODELS__{queue[4:].upper()}" in dockerfile_env(), f"no checkpoint configured for {queue}"
+    elif cmd[0] in ("redis-server", "redis-cli"):
+        pass
+    else:
+        pytest.fail(f"unknown command {cmd}")
+
+
+def test_dockerfile_names_existing_files_and_pins_torch_like_the_project():
+    for op, rest in dockerfile_instructions():
+        if op == "COPY":
+            *sources, _dest = rest.split()
+            for src in sources:
+                assert (ROOT / src).exists(), f"COPY {src}: not in the project"
+    pin = next(d for d in PYPROJECT["project"]["optional-dependencies"]["engine"] if d.startswith("torch"))
+    assert f"ARG TORCH_VERSION={pin.split('==')[1]}" in DOCKERFILE
+    extras = re.findall(r'pip install "\.\[([\w,]+)\]"', DOCKERFILE)
+    for extra in ",".join(extras).split(","):
+        assert extra in PYPROJECT["project"]["optional-dependencies"]
+    assert re.search(r"^USER lvm$", DOCKERFILE, re.M), "image must not run as root"
+    cmd = next(rest for op, rest in dockerfile_instructions() if op == "CMD")
+    check_command(json.loads(cmd))
+    assert "lvmq" in PYPROJECT["project"]["scripts"]
+
+
+def test_dockerfile_environment_is_known_settings():
+    env = dockerfile_env()
+    for name in env:
+        if name.startswith("LVM_"):
+            check_lvm_variable(name)
+    assert env["LVM_BANK_PATH"].startswith(env["LVM_ARTIFACTS_DIR"])
+
+
+def test_compose_commands_env_and_files():
+    services = COMPOSE["services"]
+    assert {"redis", "prepare", "worker-lstm", "worker-gru", "rq-dashboard"} <= set(services)
+    build = services["prepare"]["build"]
+    assert (ROOT / "docker" / build["context"] / build["dockerfile"]).resolve() == ROOT / "docker" / "Dockerfile"
+    for name, svc in services.items():
+        if "command" in svc and name != "rq-dashboard":
+            check_command(svc["command"])
+        test = svc.get("healthcheck", {}).get("test")
+        if test:
+            check_command(test[1:] if test[0] == "CMD" else test)
+        for var in svc.get("environment") or {}:
+            if var.startswith("LVM_"):
+                check_lvm_variable(var)
+
+
+def test_compose_operational_settings():
+    services = COMPOSE["services"]
+    assert "--appendonly" in services["redis"]["command"] and "yes" in services["redis"]["command"]
+    assert "--requirepass" in services["redis"]["command"]
+    assert services["rq-dashboard"]["profiles"] == ["dashboard"]
+    assert services["prepare"]["restart"] == "no"
+    for name in ("worker-lstm", "worker-gru"):
+        svc = services[name]
+        drain = float(svc["environment"]["LVM_DRAIN_SECONDS"])
+        grace = float(svc["stop_grace_period"].rstrip("s"))
+        assert grace > drain, f"{name}: stop_grace_period must exceed the drain time"
+        assert svc["restart"] == "unless-stopped"
+        assert svc["depends_on"]["prepare"]["condition"] == "service_completed_successfully"
+        assert svc["healthcheck"]["test"][1:3] == ["lvmq", "health"]
+        assert "artifacts:/data" in svc["volumes"]
+
+
+def test_env_example_defines_every_required_variable():
+    text = (ROOT / "docker" / "compose.yml").read_text()
+    required = set(re.findall(r"\$\{(\w+):\?", text))
+    defaulted = set(re.findall(r"\$\{(\w+):-", text))
+    example = dict(
+        line.split("=", 1)
+        for line in (ROOT / "docker" / ".env.example").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
+    assert required <= set(example), required - set(example)
+    assert defaulted <= set(example), defaulted - set(example)
