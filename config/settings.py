@@ -53,6 +53,9 @@ class Settings(BaseSettings):
         le=256,
         description="torch intra-op threads per worker. 1 keeps latency stable on shared 2-core hosts.",
     )
+    search_threads: int = Field(
+        2, ge=1, le=256, description="torch threads for the sentence-bank search only (one large matrix product)."
+    )
     encoder: str = Field(
         "minilm",
         description="Sentence encoder: 'minilm' (packaged all-MiniLM-L6-v2) or a local model directory.",

@@ -33,7 +33,9 @@ def _offline() -> None:
 class SentenceTransformerEncoder:
     """Any sentence-transformers model in a local directory, output L2-normalised."""
 
-    def __init__(self, path: str | Path, name: str | None = None, device: str = "cpu", batch_size: int = 64):
+    def __init__(
+        self, path: str | Path, name: str | None = None, device: str = "cpu", batch_size: int = 64, fast: bool = True
+    ):
         path = Path(path)
         if not (path / "modules.json").is_file() and not (path / "config.json").is_file():
             raise FileNotFoundError(
@@ -47,10 +49,18 @@ class SentenceTransformerEncoder:
         self.name = name or path.name
         self.dim = int(self.model.get_embedding_dimension())
         self.batch_size = batch_size
+        self.device = device
+        self._fast = FastMeanPooling.build(self) if fast else None
 
     def encode(self, texts: list[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
+        if self._fast is not None:
+            return self._fast.encode(list(texts))
+        return self.library_encode(texts)
+
+    def library_encode(self, texts: list[str]) -> np.ndarray:
+        """sentence-transformers' own pipeline: the reference the fast path is checked against."""
         vectors = self.model.encode(
             list(texts),
             batch_size=self.batch_size,
@@ -59,6 +69,86 @@ class SentenceTransformerEncoder:
             show_progress_bar=False,
         )
         return np.ascontiguousarray(vectors, dtype=np.float32)
+
+
+class FastMeanPooling:
+    """The same vectors as sentence-transformers' Transformer -> mean Pooling -> Normalize, faster.
+
+    A chat turn is a handful of tokens, where eager PyTorch's per-operator overhead dominates:
+    one short sentence took 11 ms through ``SentenceTransformer.encode`` and 7 ms through a
+    traced, frozen graph of the same weights (one core). The graph is built only for exactly
+    that module stack, and used only if it reproduces the library's own output on probe
+    sentences (padding included) to 1e-5; otherwise the library path is used.
+    """
+
+    PROBES = ["A short one.", "A somewhat longer sentence, with commas, to exercise padding and the mask."]
+
+    def __init__(self, traced, tokenizer, max_length: int, device: str, batch_size: int):
+        self.traced, self.tokenizer, self.max_length = traced, tokenizer, max_length
+        self.device, self.batch_size = device, batch_size
+
+    @classmethod
+    def build(cls, enc: SentenceTransformerEncoder) -> FastMeanPooling | None:
+        import warnings
+
+        import torch
+
+        modules = list(enc.model)
+        kinds = [type(m).__name__ for m in modules]
+        if kinds not in (["Transformer", "Pooling", "Normalize"], ["Transformer", "Pooling"]):
+            return None
+        if modules[1].get_config_dict().get("pooling_mode") != "mean":
+            return None
+        transformer = modules[0]
+
+        class Forward(torch.nn.Module):
+            def __init__(self, hf):
+                super().__init__()
+                self.hf = hf
+
+            def forward(self, ids, mask):
+                return self.hf(input_ids=ids, attention_mask=mask, return_dict=False)[0]
+
+        example = transformer.tokenizer(cls.PROBES[:1], return_tensors="pt").to(enc.device)
+        try:
+            with warnings.catch_warnings(), torch.inference_mode():
+                warnings.simplefilter("ignore")
+                traced = torch.jit.trace(
+                    Forward(transformer.auto_model).eval(),
+                    (example["input_ids"], example["attention_mask"]),
+                    strict=False,
+                    check_trace=False,
+                )
+                traced = torch.jit.freeze(traced)
+        except Exception:  # noqa: BLE001 - an untraceable model keeps the library path
+            return None
+        fast = cls(traced, transformer.tokenizer, int(transformer.max_seq_length), enc.device, enc.batch_size)
+        if not np.allclose(fast.encode(cls.PROBES), enc.library_encode(cls.PROBES), atol=1e-5):
+            return None
+        return fast
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        import torch
+
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # like lengths share a batch
+        chunks = []
+        with torch.inference_mode():
+            for start in range(0, len(order), self.batch_size):
+                rows = order[start : start + self.batch_size]
+                batch = self.tokenizer(
+                    [texts[i] for i in rows],
+                    padding=True,
+                    truncation=True,
+                    max_length=self.max_length,
+                    return_tensors="pt",
+                ).to(self.device)
+                hidden = self.traced(batch["input_ids"], batch["attention_mask"])
+                mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+                chunks.append(torch.nn.functional.normalize(pooled, dim=-1).float().cpu().numpy())
+        out = np.empty((len(texts), chunks[0].shape[1]), dtype=np.float32)
+        out[order] = np.concatenate(chunks)
+        return out
 
 
 def minilm_path() -> Path:

@@ -96,16 +96,3 @@ def serving_artifacts(tmp_path_factory, minilm):
     paths["bank"] = bank.save(folder / "bank.npz")
     paths["dir"] = folder
     return paths
-
-
-@pytest.fixture
-def worker_env(redis_url, serving_artifacts):
-    return {
-        "LVM_REDIS_URL": redis_url,
-        "LVM_MODELS__LSTM": str(serving_artifacts["lstm"]),
-        "LVM_MODELS__GRU": str(serving_artifacts["gru"]),
-        "LVM_BANK_PATH": str(serving_artifacts["bank"]),
-        "LVM_HEARTBEAT_SECONDS": "0.5",
-        "LVM_LOG_FORMAT": "json",
-        "PYTHONPATH": str(ROOT),
-    }

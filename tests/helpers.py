@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from pathlib import Path
 
 import numpy as np
 
@@ -59,3 +60,17 @@ def generated_corpus(docs_per_topic: int = 12, sentences: int = 8, seed: int = 0
                 sents.append(f"The {w1} came before the {w2} in part {s} of story {d}.")
             out.append(Document(id=f"{topic}-{d}", source="generated", sentences=sents, topic=topic))
     return out
+
+
+def worker_env(redis_url: str, artifacts: dict, **extra: str) -> dict[str, str]:
+    """Environment for a worker process serving the tiny test artifacts (conftest.serving_artifacts)."""
+    env = {
+        "LVM_REDIS_URL": redis_url,
+        "LVM_BANK_PATH": str(artifacts["bank"]),
+        "LVM_HEARTBEAT_SECONDS": "0.5",
+        "LVM_LOG_FORMAT": "json",
+        "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+        **{f"LVM_MODELS__{m.upper()}": str(artifacts[m]) for m in ("lstm", "gru", "transformer", "amn")},
+    }
+    env.update(extra)
+    return env

@@ -20,25 +20,13 @@ from rq.serializers import JSONSerializer
 
 from bench.processes import start_worker, stop, wait_ready
 from config import load_settings
+from helpers import worker_env
 from producer.client import ChatClient
 from producer.errors import ChatFailed
 from producer.schema import JOB_FUNCTION
 from worker.conversation_cache import RedisVectorMemory
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _env(redis_url, artifacts, **extra):
-    env = {
-        "LVM_REDIS_URL": redis_url,
-        "LVM_MODELS__LSTM": str(artifacts["lstm"]),
-        "LVM_BANK_PATH": str(artifacts["bank"]),
-        "LVM_HEARTBEAT_SECONDS": "0.5",
-        "LVM_LOG_FORMAT": "json",
-        "PYTHONPATH": str(ROOT),
-    }
-    env.update(extra)
-    return env
 
 
 def _burst(env, name):
@@ -68,9 +56,9 @@ REQUESTS = [
 def test_batched_results_match_one_at_a_time(redis_url, serving_artifacts):
     client = ChatClient(redis_url, load_settings())
     single_ids = client.submit_many(REQUESTS)
-    _burst(_env(redis_url, serving_artifacts, LVM_MAX_BATCH="1"), "single")
+    _burst(worker_env(redis_url, serving_artifacts, LVM_MAX_BATCH="1"), "single")
     batch_ids = client.submit_many(REQUESTS)
-    _burst(_env(redis_url, serving_artifacts, LVM_MAX_BATCH="8"), "batched")
+    _burst(worker_env(redis_url, serving_artifacts, LVM_MAX_BATCH="8"), "batched")
     singles = [client.result(i) for i in single_ids]
     batched = [client.result(i) for i in batch_ids]
     assert {r.batch_size for r in singles} == {1}
@@ -89,7 +77,7 @@ def test_a_poisoned_job_fails_alone(redis_url, serving_artifacts, tmp_path, mini
 
     small = ["Cats purr.", "Dogs bark.", "Birds sing.", "Fish swim.", "Cows moo.", "Owls hoot."]
     bank = SentenceBank(small, minilm.encode(small)).save(tmp_path / "small.npz")
-    env = _env(redis_url, serving_artifacts, LVM_MAX_BATCH="16", LVM_BANK_PATH=str(bank))
+    env = worker_env(redis_url, serving_artifacts, LVM_MAX_BATCH="16", LVM_BANK_PATH=str(bank))
     queue = Queue("lvm-lstm", connection=Redis.from_url(redis_url), serializer=JSONSerializer)
     client = ChatClient(redis_url, load_settings())
 
@@ -117,7 +105,7 @@ def test_a_poisoned_job_fails_alone(redis_url, serving_artifacts, tmp_path, mini
 
 @pytest.mark.integration
 def test_second_turn_hits_the_conversation_cache(redis_url, serving_artifacts, tmp_path):
-    env = _env(redis_url, serving_artifacts)
+    env = worker_env(redis_url, serving_artifacts)
     proc, name = start_worker("lvm-lstm", env, log_path=tmp_path / "w.log")
     try:
         wait_ready(Redis.from_url(redis_url), name, proc)
@@ -165,7 +153,7 @@ def test_jobs_of_a_worker_killed_mid_batch_are_rerun_or_failed(redis_url, servin
     jobs = [queue.enqueue(JOB_FUNCTION, {"messages": [long_message] * 5, "response_sentences": 8}) for _ in range(8)]
     jobs[0].meta["lvm_reruns"] = 1  # this one already survived a dead worker once: it must fail now
     jobs[0].save_meta()
-    env = _env(redis_url, serving_artifacts, LVM_MAX_BATCH="8")
+    env = worker_env(redis_url, serving_artifacts, LVM_MAX_BATCH="8")
     victim, name = start_worker("lvm-lstm", env, log_path=tmp_path / "victim.log")
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -179,7 +167,9 @@ def test_jobs_of_a_worker_killed_mid_batch_are_rerun_or_failed(redis_url, servin
     victim.wait()
     assert all(j.get_status(refresh=True).value == "started" for j in jobs)  # claimed, mid-batch
 
-    rescuer, rescuer_name = start_worker("lvm-lstm", _env(redis_url, serving_artifacts), log_path=tmp_path / "r.log")
+    rescuer, rescuer_name = start_worker(
+        "lvm-lstm", worker_env(redis_url, serving_artifacts), log_path=tmp_path / "r.log"
+    )
     try:
         wait_ready(redis, rescuer_name, rescuer)
         client = ChatClient(redis_url, load_settings())
@@ -208,7 +198,7 @@ def test_metrics_endpoint_and_stats(redis_url, serving_artifacts, tmp_path):
     from bench.redis_server import free_port
 
     port = free_port()
-    env = _env(redis_url, serving_artifacts, LVM_METRICS_PORT=str(port))
+    env = worker_env(redis_url, serving_artifacts, LVM_METRICS_PORT=str(port))
     proc, name = start_worker("lvm-lstm", env, log_path=tmp_path / "w.log")
     try:
         wait_ready(Redis.from_url(redis_url), name, proc)

@@ -35,3 +35,18 @@ def test_end_to_end_pipeline_with_real_encoder(minilm):
     out = ChatPipeline(minilm, model, bank).run([ChatInput(["Insulin is a hormone made by the pancreas."])])[0]
     assert out.response in SENTENCES and out.response != "Insulin is a hormone made by the pancreas."
     assert out.timings.encoding_ms > 0
+
+
+def test_fast_path_reproduces_the_library_pipeline(minilm):
+    assert minilm._fast is not None, "the traced fast path should build for all-MiniLM-L6-v2"
+    texts = [
+        "Hi.",
+        "What is diabetes?",
+        "A much longer sentence about the rivers, bridges and boats of an old town by the sea.",
+        " ".join(["word"] * 400),  # longer than max_seq_length (256): truncated the same way
+        "Zürich, Genève und Lugano liegen in der Schweiz.",
+    ]
+    fast = minilm.encode(texts)
+    library = minilm.library_encode(texts)
+    assert np.abs(fast - library).max() < 1e-5
+    assert np.allclose(minilm.encode(texts[2:3])[0], fast[2], atol=1e-5)  # batching and order do not matter

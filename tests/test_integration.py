@@ -17,6 +17,7 @@ from rq import Queue
 from rq.serializers import JSONSerializer
 
 from bench.processes import start_worker, stop, wait_ready
+from helpers import worker_env
 from producer.client import ChatClient
 from producer.errors import ChatFailed
 from producer.schema import HEARTBEAT_PREFIX, JOB_FUNCTION
@@ -25,26 +26,10 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _env(redis_url, artifacts, **extra):
-    env = {
-        "LVM_REDIS_URL": redis_url,
-        "LVM_MODELS__LSTM": str(artifacts["lstm"]),
-        "LVM_MODELS__GRU": str(artifacts["gru"]),
-        "LVM_MODELS__TRANSFORMER": str(artifacts["transformer"]),
-        "LVM_MODELS__AMN": str(artifacts["amn"]),
-        "LVM_BANK_PATH": str(artifacts["bank"]),
-        "LVM_HEARTBEAT_SECONDS": "0.5",
-        "LVM_LOG_FORMAT": "json",
-        "PYTHONPATH": str(ROOT),
-    }
-    env.update(extra)
-    return env
-
-
 @pytest.fixture(scope="module")
 def lstm_worker(redis_server, serving_artifacts, tmp_path_factory):
     redis_server.client().flushall()
-    env = _env(redis_server.url, serving_artifacts)
+    env = worker_env(redis_server.url, serving_artifacts)
     log = tmp_path_factory.mktemp("logs") / "lstm.log"
     proc, name = start_worker("lvm-lstm", env, log_path=log)
     try:
@@ -213,7 +198,7 @@ def test_two_workers_two_queues_and_sigkill_heartbeat_expiry(lstm_worker, servin
     from redis import Redis
 
     redis = Redis.from_url(lstm_worker["url"])
-    env = _env(lstm_worker["url"], serving_artifacts)
+    env = worker_env(lstm_worker["url"], serving_artifacts)
     proc, name = start_worker("lvm-gru", env, log_path=tmp_path / "gru.log")
     try:
         wait_ready(redis, name, proc, timeout=120)
@@ -248,7 +233,7 @@ def test_mismatched_checkpoint_stops_the_worker(redis_url, serving_artifacts, tm
     state = raw["model_state_dict"]
     state["blocks.9.lstm.weight_ih_l0"] = state.pop("blocks.1.lstm.weight_ih_l0")
     torch.save(raw, tmp_path / "bad.pt")
-    env = _env(redis_url, serving_artifacts, LVM_MODELS__LSTM=str(tmp_path / "bad.pt"))
+    env = worker_env(redis_url, serving_artifacts, LVM_MODELS__LSTM=str(tmp_path / "bad.pt"))
     proc, name = start_worker("lvm-lstm", env, log_path=tmp_path / "bad.log")
     code = proc.wait(timeout=120)
     log = (tmp_path / "bad.log").read_text()
@@ -276,7 +261,7 @@ def test_lvmq_worker_command_serves_in_burst_mode(redis_url, serving_artifacts):
 
     client = ChatClient(redis_url, load_settings())
     job_id = client.submit({"messages": ["Served by lvmq worker?"], "model": "gru"})
-    env = _env(redis_url, serving_artifacts)
+    env = worker_env(redis_url, serving_artifacts)
     out = _lvmq("worker", "--model", "gru", "--burst", "--name", "burst-1", env=env)
     assert out.returncode == 0, out.stderr[-2000:]
     res = client.result(job_id)
@@ -298,7 +283,7 @@ def test_workers_serve_transformer_and_amn_queues(redis_url, serving_artifacts, 
 
     from config import load_settings
 
-    env = _env(redis_url, serving_artifacts)
+    env = worker_env(redis_url, serving_artifacts)
     redis = Redis.from_url(redis_url)
     procs = {}
     try:

@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import time
-from pathlib import Path
 
 import pytest
 from redis import Redis
@@ -16,25 +15,13 @@ from rq.serializers import JSONSerializer
 from bench.processes import start_worker, stop, wait_ready
 from bench.redis_server import RedisServer
 from config import load_settings
+from helpers import worker_env
 from producer.client import ChatClient
 from producer.errors import RedisUnavailable
 from producer.schema import HEARTBEAT_PREFIX, JOB_FUNCTION
 
 pytestmark = pytest.mark.integration
-ROOT = Path(__file__).resolve().parents[1]
 WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho sigma tau".split()
-
-
-def _env(redis_url, artifacts, **extra):
-    return {
-        "LVM_REDIS_URL": redis_url,
-        "LVM_MODELS__LSTM": str(artifacts["lstm"]),
-        "LVM_BANK_PATH": str(artifacts["bank"]),
-        "LVM_HEARTBEAT_SECONDS": "0.5",
-        "LVM_LOG_FORMAT": "json",
-        "PYTHONPATH": str(ROOT),
-        **extra,
-    }
 
 
 def _heavy_jobs(queue: Queue, n: int) -> list:
@@ -73,7 +60,7 @@ def test_sigterm_finishes_the_batch_then_exits_zero(redis_url, serving_artifacts
     queue = Queue("lvm-lstm", connection=redis, serializer=JSONSerializer)
     jobs = _heavy_jobs(queue, 12)
     log = tmp_path / "w.log"
-    proc, name = start_worker("lvm-lstm", _env(redis_url, serving_artifacts, LVM_MAX_BATCH="12"), log_path=log)
+    proc, name = start_worker("lvm-lstm", worker_env(redis_url, serving_artifacts, LVM_MAX_BATCH="12"), log_path=log)
     _wait_started(jobs, proc, log)
     proc.send_signal(signal.SIGTERM)
     deadline = time.monotonic() + 5
@@ -90,7 +77,7 @@ def test_drain_timeout_exits_promptly_and_leaves_jobs_recoverable(redis_url, ser
     queue = Queue("lvm-lstm", connection=redis, serializer=JSONSerializer)
     jobs = _heavy_jobs(queue, 24)
     log = tmp_path / "w.log"
-    env = _env(redis_url, serving_artifacts, LVM_MAX_BATCH="24", LVM_DRAIN_SECONDS="1.2")
+    env = worker_env(redis_url, serving_artifacts, LVM_MAX_BATCH="24", LVM_DRAIN_SECONDS="1.2")
     proc, name = start_worker("lvm-lstm", env, log_path=log)
     _wait_started(jobs, proc, log)
     started = time.monotonic()
@@ -103,7 +90,9 @@ def test_drain_timeout_exits_promptly_and_leaves_jobs_recoverable(redis_url, ser
     assert "drain timeout" in log.read_text() and "handed back an unfinished job" in log.read_text()
     assert not redis.exists(HEARTBEAT_PREFIX + name)
 
-    rescuer, rescuer_name = start_worker("lvm-lstm", _env(redis_url, serving_artifacts), log_path=tmp_path / "r.log")
+    rescuer, rescuer_name = start_worker(
+        "lvm-lstm", worker_env(redis_url, serving_artifacts), log_path=tmp_path / "r.log"
+    )
     try:
         wait_ready(redis, rescuer_name, rescuer)
         deadline = time.monotonic() + 120
@@ -120,7 +109,7 @@ def test_worker_survives_a_redis_restart(serving_artifacts, tmp_path):
     proc = None
     try:
         redis = server.client()
-        env = _env(server.url, serving_artifacts, LVM_MAX_BATCH="8")
+        env = worker_env(server.url, serving_artifacts, LVM_MAX_BATCH="8")
         proc, name = start_worker("lvm-lstm", env, log_path=log)
         wait_ready(redis, name, proc)
         client = ChatClient(server.url, load_settings())

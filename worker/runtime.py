@@ -83,9 +83,10 @@ class Runtime:
         device = resolve_device(settings.device)
         encoder = load_encoder(settings.encoder, device=device)
         model = load_model(checkpoint, device=device, expected_dim=encoder.dim)
-        decoder = build_decoder(
-            settings, encoder, SentenceBank.load(settings.bank_path) if settings.decoder != "vec2text" else None
-        )
+        bank = SentenceBank.load(settings.bank_path) if settings.decoder != "vec2text" else None
+        if bank is not None:
+            bank.search_threads = settings.search_threads
+        decoder = build_decoder(settings, encoder, bank)
         memory = None
         if settings.conversation_cache and redis is not None:
             from worker.conversation_cache import RedisVectorMemory
