@@ -118,3 +118,55 @@ def test_prior_config_spellings_are_understood(tmp_path):
     torch.save(raw, tmp_path / "m.pt")
     with pytest.raises(CheckpointError, match="mis-shaped keys .*output_proj.weight"):
         load_model(tmp_path / "m.pt")
+
+
+@needs_compat
+@pytest.mark.integration
+def test_a_worker_serves_prior_checkpoints_with_a_768d_gtr_style_encoder(redis_url, tmp_path):
+    """The real serving path for the prior system's files: GTR-style T5 encoder from a local
+    directory (a small random one: no hub weights here), a 768-d bank, workers on lvm-amn and
+    lvm-transformer."""
+    import shutil
+
+    from transformers import T5Config, T5EncoderModel
+
+    from bench.processes import start_worker, stop, wait_ready
+    from config import load_settings
+    from conftest import BANK_SENTENCES
+    from helpers import worker_env
+    from lvm.bank import SentenceBank
+    from lvm.encoders import load_encoder, minilm_path
+    from producer.client import ChatClient
+
+    t5 = tmp_path / "t5-768"
+    t5.mkdir()
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        shutil.copy(minilm_path() / name, t5 / name)
+    torch.manual_seed(0)
+    T5EncoderModel(
+        T5Config(vocab_size=30522, d_model=768, d_kv=64, d_ff=256, num_layers=1, num_heads=2)
+    ).save_pretrained(t5)
+    encoder = load_encoder(f"gtr:{t5}")
+    assert encoder.dim == 768
+    bank = SentenceBank(BANK_SENTENCES, encoder.encode(BANK_SENTENCES)).save(tmp_path / "bank768.npz")
+    artifacts = {
+        "bank": bank,
+        "lstm": COMPAT / "lstm_residual.pt",
+        "gru": COMPAT / "gru.pt",
+        "transformer": COMPAT / "transformer.pt",
+        "amn": COMPAT / "amn.pt",
+    }
+    env = worker_env(redis_url, artifacts, LVM_ENCODER=f"gtr:{t5}")
+    from redis import Redis
+
+    procs = {m: start_worker(f"lvm-{m}", env, log_path=tmp_path / f"{m}.log") for m in ("amn", "transformer")}
+    try:
+        for proc, name in procs.values():
+            wait_ready(Redis.from_url(redis_url), name, proc, timeout=180)
+        client = ChatClient(redis_url, load_settings())
+        for model, (_, name) in procs.items():
+            res = client.chat(["What is diabetes?", "Insulin is a hormone."], model=model, timeout=60)
+            assert res.model == model and res.worker == name and res.response in BANK_SENTENCES
+    finally:
+        for proc, _ in procs.values():
+            stop(proc)
