@@ -86,8 +86,34 @@ class ResidualBlock(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        out, _ = getattr(self, self.kind)(h)
+        if self.kind == "lstm" and not self.training and h.shape[0] <= SMALL_BATCH:
+            out = lstm_unrolled(self.lstm, h)
+        else:
+            out, _ = getattr(self, self.kind)(h)
         return self.norm(h + self.dropout(out))
+
+
+# At batch <= 8, nn.LSTM's per-step overhead dominates a 5-step sequence: the same maths
+# unrolled in a few fused calls ran 2.6x faster for one request (0.29 vs 0.74 ms per layer on
+# one core); from batch 32 nn.LSTM is faster again. Same weights, same results (to ~1e-7).
+SMALL_BATCH = 8
+
+
+def lstm_unrolled(lstm: nn.LSTM, x: torch.Tensor) -> torch.Tensor:
+    """Eval-mode forward of a 1-layer, batch-first nn.LSTM from zero state, step by step."""
+    w_hh = lstm.weight_hh_l0
+    bias = lstm.bias_ih_l0 + lstm.bias_hh_l0
+    batch, steps, _ = x.shape
+    pre = torch.addmm(bias, x.reshape(batch * steps, -1), lstm.weight_ih_l0.t()).view(batch, steps, -1)
+    h = x.new_zeros(batch, w_hh.shape[1])
+    c = h
+    outs = []
+    for t in range(steps):
+        i, f, g, o = torch.addmm(pre[:, t], h, w_hh.t()).chunk(4, dim=1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        h = torch.sigmoid(o) * torch.tanh(c)
+        outs.append(h)
+    return torch.stack(outs, dim=1)
 
 
 class ResidualRNN(nn.Module):

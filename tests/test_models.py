@@ -52,3 +52,18 @@ def test_config_rejects_unknown_type():
 def test_default_model_size():
     model = build_model(ModelConfig("lstm", 384, d_model=256, num_layers=4))
     assert 2_000_000 < count_parameters(model) < 2_500_000  # MEASURED.md: 2.3M
+
+
+def test_small_batch_lstm_path_matches_nn_lstm():
+    from lvm.models import SMALL_BATCH, lstm_unrolled
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig("lstm", 16, d_model=12, num_layers=3, mean_residual=True)).eval()
+    x = torch.randn(SMALL_BATCH + 4, 5, 16)
+    with torch.no_grad():
+        big = model(x)  # above SMALL_BATCH: nn.LSTM
+        small = torch.cat([model(x[i : i + 1]) for i in range(len(x))])  # batch 1: unrolled
+        assert torch.allclose(big, small, atol=1e-5)
+        lstm = model.blocks[0].lstm
+        h = torch.randn(2, 5, 12)
+        assert torch.allclose(lstm_unrolled(lstm, h), lstm(h)[0], atol=1e-6)
