@@ -40,6 +40,7 @@ def run(settings, model: str = "lstm", repeats: int = 30, batch: int = 32, threa
     encoder = load_encoder(settings.encoder)
     lvm = load_model(settings.models[model], expected_dim=encoder.dim)
     bank = SentenceBank.load(settings.bank_path)
+    bank.search_threads = settings.search_threads  # as a worker runs it
     pipe = ChatPipeline(encoder, lvm, bank)
     rng = random.Random(0)
     sentences = [s for s in bank.sentences if 4 <= len(s.split()) <= 12]
