@@ -93,6 +93,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         res = client.chat(["Tell me about the history of Rome."], model=args.model, response_sentences=3)
         print("\nthree sentences at once (response_sentences=3):")
         _print_result(["Tell me about the history of Rome."], res)
+        time.sleep(2.2)  # one heartbeat period (LVM_HEARTBEAT_SECONDS=2 here), so the counters below are current
         print("\nhealth (lvmq health):")
         print(format_report(check(connect(url), [queue])))
         return 0

@@ -194,7 +194,7 @@ class LVMWorker(SimpleWorker):
                 self.set_state(WorkerStatus.IDLE)
             except REDIS_DOWN:
                 pass  # the dequeue loop reconnects; the state is rewritten there
-            self.pulse.set("draining" if self._stop_requested else "ready")  # after the results: off the latency path
+            self.pulse.set("draining" if self._stop_requested else "ready", now=self._stop_requested)
 
     def claim_waiting(self, limit: int) -> list[tuple[Job, Queue]]:
         """Move up to ``limit`` waiting job ids into each queue's intermediate list with one
