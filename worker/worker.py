@@ -108,6 +108,11 @@ class LVMWorker(SimpleWorker):
         )
         self.pulse.set("ready")
 
+    def work(self, *args: Any, logging_level: str | None = None, **kwargs: Any) -> bool:
+        """RQ's own per-job log lines repeat the one JSON event per job this worker logs, so RQ
+        logs at WARNING unless `rq worker --logging_level`/`-v` asks for more."""
+        return super().work(*args, logging_level=logging_level or "WARNING", **kwargs)
+
     def _start_metrics(self) -> Any:
         if self.settings.metrics_port is None:
             return None
