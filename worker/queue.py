@@ -16,14 +16,20 @@ from worker.logs import get_logger
 log = get_logger("lvmq.queue")
 
 
-def _is_job_id(value: object) -> bool:
-    if isinstance(value, str):
-        return True
+def job_id_or_drop(
+    raw: bytes | str, queue_key: str, connection=None, intermediate_key: str | None = None
+) -> str | None:
+    """The popped entry as a job id, or None after dropping it (from the intermediate list too,
+    where it was moved) with a warning."""
+    if isinstance(raw, str):
+        return raw
     try:
-        value.decode("utf-8")  # type: ignore[union-attr]
-    except (AttributeError, UnicodeDecodeError):
-        return False
-    return True
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        if intermediate_key is not None:
+            connection.lrem(intermediate_key, 1, raw)
+        log.warning("dropped an entry that is not a job id", queue=queue_key, entry=repr(raw[:64]))
+        return None
 
 
 class LVMQueue(Queue):
@@ -31,15 +37,13 @@ class LVMQueue(Queue):
     def lmove(cls, connection, queue_key, timeout):
         while True:
             result = super().lmove(connection, queue_key, timeout)
-            if result is None or _is_job_id(result[1]):
+            intermediate = IntermediateQueue(queue_key, connection).key if result is not None else None
+            if result is None or job_id_or_drop(result[1], queue_key, connection, intermediate) is not None:
                 return result
-            connection.lrem(IntermediateQueue(queue_key, connection).key, 1, result[1])
-            log.warning("dropped an entry that is not a job id", queue=queue_key, entry=repr(result[1][:64]))
 
     @classmethod
     def lpop(cls, queue_keys, timeout, connection=None):
         while True:
             result = super().lpop(queue_keys, timeout, connection=connection)
-            if result is None or _is_job_id(result[1]):
+            if result is None or job_id_or_drop(result[1], result[0]) is not None:
                 return result
-            log.warning("dropped an entry that is not a job id", queue=result[0], entry=repr(result[1][:64]))

@@ -42,13 +42,15 @@ def recover_orphans(connection: Redis, queues: list[Queue], me: str, in_flight: 
         for raw in connection.zrange(registry.key, 0, -1):
             entry = raw.decode() if isinstance(raw, bytes) else raw
             job_id = entry.split(":", 1)[0]
+            if job_id in in_flight:
+                continue  # running here, now
             try:
                 job = Job.fetch(job_id, connection=connection, serializer=JSONSerializer)
             except NoSuchJobError:
                 connection.zrem(registry.key, entry)
                 continue
             owner = job.worker_name
-            if job_id in in_flight or job.get_status(refresh=False) != JobStatus.STARTED:
+            if job.get_status(refresh=False) != JobStatus.STARTED:
                 continue
             if owner and owner != me and connection.exists(HEARTBEAT_PREFIX + owner):
                 continue  # its worker is alive

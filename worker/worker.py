@@ -39,7 +39,7 @@ from worker import jobs
 from worker.heartbeat import Heartbeat
 from worker.logs import configure_logging, get_logger
 from worker.metrics import count_minute
-from worker.queue import LVMQueue
+from worker.queue import LVMQueue, job_id_or_drop
 from worker.recovery import recover_orphans
 from worker.runtime import RequestRejected, Runtime
 
@@ -215,13 +215,9 @@ class LVMWorker(SimpleWorker):
                 if want <= 0:
                     break
                 intermediate = queue.intermediate_queue.key
-                valid = []
-                for raw in self._claim(keys=[queue.key, intermediate], args=[want]):
-                    try:
-                        valid.append(raw.decode("utf-8") if isinstance(raw, bytes) else raw)
-                    except UnicodeDecodeError:
-                        self.connection.lrem(intermediate, 1, raw)
-                        log.warning("dropped an entry that is not a job id", queue=queue.name, entry=repr(raw[:64]))
+                raws = self._claim(keys=[queue.key, intermediate], args=[want])
+                ids = (job_id_or_drop(raw, queue.key, self.connection, intermediate) for raw in raws)
+                valid = [job_id for job_id in ids if job_id is not None]
                 jobs = Job.fetch_many(valid, connection=self.connection, serializer=JSONSerializer) if valid else []
                 for job_id, job in zip(valid, jobs, strict=True):
                     if job is None:  # expired (queue_ttl) between enqueue and claim
@@ -246,7 +242,6 @@ class LVMWorker(SimpleWorker):
                 )
         except Exception as exc:  # noqa: BLE001 - e.g. the batch ran past its timeout: every job fails
             outcomes = [exc] * len(prepared)
-        done_before, failed_before = self.jobs_done, self.jobs_failed
         for index, ((job, queue, execution), outcome) in enumerate(zip(prepared, outcomes, strict=True)):
             first = index == 0
             if isinstance(outcome, BaseException):
@@ -275,10 +270,9 @@ class LVMWorker(SimpleWorker):
                 jobs.log_outcome(job, self.model_name, result=outcome)
                 self._count(True, outcome, batch_size=len(prepared) if first else None)
 
+        failed = sum(isinstance(outcome, BaseException) for outcome in outcomes)
         try:
-            count_minute(
-                self.connection, prepared[0][1].name, self.jobs_done - done_before, self.jobs_failed - failed_before
-            )
+            count_minute(self.connection, prepared[0][1].name, len(outcomes) - failed, failed)
         except REDIS_DOWN:
             pass  # throughput statistics are best effort
 
