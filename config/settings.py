@@ -13,6 +13,8 @@ from typing import Literal
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from config.urls import safe_url
+
 ENV_PREFIX = "LVM_"
 
 
@@ -83,10 +85,41 @@ class Settings(BaseSettings):
 
     # --- Timing and retention ------------------------------------------------------------
     heartbeat_seconds: float = Field(5.0, gt=0, le=300, description="Heartbeat period; key TTL is 3x.")
-    result_ttl: int = Field(3600, ge=1, description="Seconds a successful result is kept.")
-    failure_ttl: int = Field(86400, ge=1, description="Seconds a failed job is kept.")
-    queue_ttl: int = Field(300, ge=1, description="Seconds a request may wait in the queue before it is dropped.")
-    job_timeout: int = Field(60, ge=1, description="Seconds one job may run before RQ fails it.")
+    lease_seconds: float | None = Field(
+        None,
+        gt=0,
+        le=3600,
+        description="A claimed job's lease, renewed every heartbeat while its batch runs. A job whose lease "
+        "ran out and whose worker stopped renewing is recovered within about lease + one heartbeat. "
+        "Default: 2 x LVM_HEARTBEAT_SECONDS (10 s).",
+    )
+    max_reruns: int = Field(
+        1, ge=0, le=10, description="Times a job whose worker died mid-batch is re-queued before it fails 'abandoned'."
+    )
+    max_job_bytes: int = Field(
+        1_048_576,
+        ge=4096,
+        le=64 * 1_048_576,
+        description="Cap on any field of a job hash, and on its data after decompression (a zlib bomb stops here).",
+    )
+    result_ttl: int = Field(
+        3600,
+        ge=1,
+        description="Seconds a successful result is kept: the producer's default for new jobs, and "
+        "the worker's for jobs that name none.",
+    )
+    failure_ttl: int = Field(
+        86400, ge=1, description="Seconds a failed job is kept (producer default; worker default, rejected jobs)."
+    )
+    queue_ttl: int = Field(
+        300, ge=1, description="Seconds a request may wait in the queue before it expires (set by the producer)."
+    )
+    job_timeout: int = Field(
+        60,
+        ge=1,
+        description="Producers: the timeout put on new jobs. Workers: the most any job may ask for; a batch "
+        "runs under the longest timeout among its jobs and stops computing when it passes (jobs end 'timeout').",
+    )
     drain_seconds: float = Field(
         30.0, gt=0, le=3600, description="After SIGTERM, how long a worker may finish its batch before it exits anyway."
     )
@@ -122,6 +155,10 @@ class Settings(BaseSettings):
             return value
         raise ValueError("must be cpu, cuda, cuda:N, mps or auto")
 
+    @property
+    def lease_s(self) -> float:
+        return self.lease_seconds or 2 * self.heartbeat_seconds
+
     def queue_name(self, model: str) -> str:
         return f"{self.queue_prefix}{model}"
 
@@ -139,5 +176,7 @@ def load_settings(**overrides: object) -> Settings:
         lines = []
         for err in exc.errors():
             field = "__".join(str(part) for part in err["loc"]).upper()
-            lines.append(f"{ENV_PREFIX}{field}: {err['msg']} (got {err.get('input')!r})")
+            got = err.get("input")
+            shown = safe_url(got) if isinstance(got, str) else got  # never echo a password
+            lines.append(f"{ENV_PREFIX}{field}: {err['msg']} (got {shown!r})")
         raise SettingsError("invalid settings:\n  " + "\n  ".join(lines)) from None

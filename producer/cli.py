@@ -38,9 +38,15 @@ def build_parser() -> argparse.ArgumentParser:
         "health",
         help="list workers from their heartbeats; exit 0 only if every queue is served",
         description="Exit 0 when every named queue (default: every queue a worker announced) has at least one "
-        "ready or busy worker with a fresh heartbeat, else 1. Usable as a container healthcheck.",
+        "ready or busy worker with a fresh heartbeat that is not busy past its batch deadline, else 1. "
+        "Usable as a container healthcheck (with --worker for the container's own worker).",
     )
     health.add_argument("--queue", action="append", help="queue that must be served (repeatable)")
+    health.add_argument(
+        "--worker",
+        help="check one worker only: its name, or the host part of a default name (e.g. $HOSTNAME in a "
+        "container); exit 1 if it has no fresh heartbeat, is not ready/busy, or is busy past its batch deadline",
+    )
     health.add_argument("--redis-url", help="default LVM_REDIS_URL")
     health.add_argument("--json", action="store_true")
     health.set_defaults(func=cmd_health)
@@ -107,7 +113,7 @@ def cmd_health(args: argparse.Namespace) -> int:
 
     redis = connect(args.redis_url or load_settings().redis_url)
     try:
-        report = check(redis, args.queue)
+        report = check(redis, args.queue, worker=args.worker)
     except Exception as exc:  # noqa: BLE001 - a healthcheck must answer, not crash
         print(f"error: cannot read heartbeats: {exc}", file=sys.stderr)
         return 1

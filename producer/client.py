@@ -8,10 +8,11 @@ than that, so waits run on a second connection whose socket timeout covers the w
 from __future__ import annotations
 
 import functools
+import hashlib
 import time
 from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
 from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -20,22 +21,17 @@ from rq import Queue
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
+from rq.utils import now
 
 from config import Settings, load_settings
+from config.urls import safe_url
 from producer.errors import ChatFailed, ChatTimeout, JobNotFound, RedisUnavailable
 from producer.schema import JOB_FUNCTION, ChatError, ChatRequest, ChatResult
 
 RequestLike = ChatRequest | dict[str, Any]
+SUBMIT_SCRIPT = Path(__file__).with_name("submit.lua")
+IDEMPOTENCY_PREFIX = "lvm:idem:"
 T = TypeVar("T")
-
-
-def safe_url(url: str) -> str:
-    """The URL with any password masked, for error messages and logs."""
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-        return urlunsplit(parts._replace(netloc=netloc))
-    return url
 
 
 def reaching_redis(method: Callable[..., T]) -> Callable[..., T]:
@@ -69,43 +65,65 @@ class ChatClient:
         self.url = redis_url or self.settings.redis_url
         self.redis = connect(self.url)
         self._blocking: Redis | None = None
+        self._submit = self.redis.register_script(SUBMIT_SCRIPT.read_text())
 
     # -- submitting ------------------------------------------------------------------------
     def queue(self, model: str) -> Queue:
         return Queue(self.settings.queue_name(model), connection=self.redis, serializer=JSONSerializer)
 
-    def _prepare(self, request: RequestLike):
+    def _prepare(self, request: RequestLike, idempotency_key: str | None) -> tuple[list[str], list[Any]]:
+        """KEYS and ARGV of submit.lua for one request: RQ's own job hash, with its id fixed
+        here so that a retried round trip names the same job."""
         req = request if isinstance(request, ChatRequest) else ChatRequest.model_validate(request)
-        data = Queue.prepare_data(
+        queue = self.settings.queue_name(req.model)
+        s = self.settings
+        job = Job.create(
             JOB_FUNCTION,
             args=[req.model_dump(mode="json")],
-            timeout=self.settings.job_timeout,
-            result_ttl=self.settings.result_ttl,
-            failure_ttl=self.settings.failure_ttl,
-            ttl=self.settings.queue_ttl,
+            connection=self.redis,
+            serializer=JSONSerializer,
+            timeout=s.job_timeout,
+            result_ttl=s.result_ttl,
+            failure_ttl=s.failure_ttl,
+            ttl=s.queue_ttl,
             description=f"chat model={req.model} conversation={req.conversation_id or '-'}",
+            origin=queue,
+            status=JobStatus.QUEUED,
         )
-        return req.model, data
+        job.enqueued_at = now()
+        fields = [part for name, value in job.to_dict().items() for part in (name, value)]
+        if idempotency_key is None:
+            idem_key, idem_ttl = job.key, 0
+        else:
+            digest = hashlib.sha256(idempotency_key.encode("utf-8")).hexdigest()
+            idem_key, idem_ttl = f"{IDEMPOTENCY_PREFIX}{queue}:{digest}", s.queue_ttl + max(s.result_ttl, s.failure_ttl)
+        keys = [job.key, f"rq:queue:{queue}", "rq:queues", idem_key]
+        return keys, [job.id, s.queue_ttl, idem_ttl, *fields]
 
-    def submit(self, request: RequestLike) -> str:
-        """Validate here (fail fast, before Redis), enqueue, return the job id."""
-        return self.submit_many([request])[0]
+    def submit(self, request: RequestLike, idempotency_key: str | None = None) -> str:
+        """Validate here (fail fast, before Redis), enqueue, return the job id.
+
+        With ``idempotency_key``, a repeated submit (a retry after a timeout whose first try
+        may have reached Redis) returns the first job's id instead of enqueuing again, for
+        queue_ttl + result_ttl seconds.
+        """
+        return self.submit_many([request], None if idempotency_key is None else [idempotency_key])[0]
+
+    def submit_many(self, requests: Iterable[RequestLike], idempotency_keys: Sequence[str] | None = None) -> list[str]:
+        """Enqueue many requests, possibly for several models, in one round trip. Each is one
+        atomic submit.lua call: a retry after an ambiguous failure never enqueues twice."""
+        requests = list(requests)
+        keys = list(idempotency_keys) if idempotency_keys is not None else [None] * len(requests)
+        if len(keys) != len(requests):
+            raise ValueError("give one idempotency key per request")
+        return self._enqueue([self._prepare(r, k) for r, k in zip(requests, keys, strict=True)])
 
     @reaching_redis
-    def submit_many(self, requests: Iterable[RequestLike]) -> list[str]:
-        """Enqueue many requests, possibly for several models, in one round trip."""
-        prepared = [self._prepare(r) for r in requests]
-        by_model: dict[str, list[int]] = {}
-        for i, (model, _) in enumerate(prepared):
-            by_model.setdefault(model, []).append(i)
-        ids: list[str | None] = [None] * len(prepared)
-        with self.redis.pipeline() as pipe:
-            for model, rows in by_model.items():
-                jobs = self.queue(model).enqueue_many([prepared[i][1] for i in rows], pipeline=pipe)
-                for i, job in zip(rows, jobs, strict=True):
-                    ids[i] = job.id
-            pipe.execute()
-        return [i for i in ids if i is not None]
+    def _enqueue(self, prepared: list[tuple[list[str], list[Any]]]) -> list[str]:
+        with self.redis.pipeline(transaction=False) as pipe:
+            for keys, args in prepared:
+                self._submit(keys=keys, args=args, client=pipe)
+            return [i.decode() if isinstance(i, bytes) else i for i in pipe.execute()]
 
     # -- reading ---------------------------------------------------------------------------
     def _job(self, job_id: str, connection: Redis | None = None) -> Job:

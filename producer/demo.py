@@ -11,6 +11,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from config.urls import safe_url
+
 SINGLE_TURN = [
     "What is diabetes?",
     "The Moon orbits the Earth.",
@@ -59,11 +61,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     server = None
     url = settings.redis_url
     if reachable(url):
-        print(f"using Redis at {url}")
+        print(f"using Redis at {safe_url(url)}")
     else:
         server = RedisServer()
         url = server.url
-        print(f"no Redis at {settings.redis_url}; started redis-server on {url}")
+        print(f"no Redis at {safe_url(settings.redis_url)}; started redis-server on {url}")
     worker = None
     try:
         log = Path(tempfile.mkdtemp(prefix="lvmq-demo-")) / "worker.log"

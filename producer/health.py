@@ -1,4 +1,9 @@
-"""Health from heartbeat keys alone: which workers are alive, and is every queue served?"""
+"""Health from heartbeat keys alone: which workers are alive, and is every queue served?
+
+A worker counts as serving when its heartbeat is fresh, says ready or busy, and, when busy, its
+batch is not past its deadline plus a grace of three heartbeats: a main thread wedged in a
+batch keeps the heartbeat thread alive, and must still read as unhealthy.
+"""
 
 from __future__ import annotations
 
@@ -65,13 +70,37 @@ def read_workers(redis: Redis) -> list[dict[str, Any]]:
     return workers
 
 
-def check(redis: Redis, queues: list[str] | None = None) -> HealthReport:
+def problem(worker: dict[str, Any], now: float | None = None) -> str | None:
+    """Why this worker is not serving, or None."""
+    now = time.time() if now is None else now
+    period = float(worker.get("period_s") or 5)
+    if worker.get("status") not in SERVING:
+        return f"is {worker.get('status')}" + (f" ({worker['error']})" if worker.get("error") else "")
+    if worker.get("age_s") is None or worker["age_s"] > 3 * period:
+        return f"heartbeat is stale ({worker.get('age_s')} s old)"
+    deadline = worker.get("busy_deadline_at")
+    if isinstance(deadline, (int, float)) and now > deadline + 3 * period:
+        return f"is busy {now - deadline:.0f} s past its batch deadline (wedged?)"
+    return None
+
+
+def matches(worker: dict[str, Any], name: str) -> bool:
+    """A worker named exactly ``name``, or one whose default name starts with host ``name``."""
+    full = str(worker.get("worker", ""))
+    return full == name or full.startswith(name + ".") or worker.get("host") == name
+
+
+def check(redis: Redis, queues: list[str] | None = None, worker: str | None = None) -> HealthReport:
     workers = read_workers(redis)
-    now_fresh = [
-        w
-        for w in workers
-        if w.get("status") in SERVING and w.get("age_s") is not None and w["age_s"] <= 3 * float(w.get("period_s") or 5)
-    ]
+    if worker is not None:
+        mine = [w for w in workers if matches(w, worker)]
+        why = [f"{w['worker']} {problem(w)}" for w in mine if problem(w)]
+        ok = bool(mine) and not why
+        reason = "; ".join(why) if mine else f"no heartbeat from worker {worker}"
+        return HealthReport(
+            mine, [QueueHealth(f"worker {worker}", ok, [w["worker"] for w in mine] if ok else [], reason)]
+        )
+    now_fresh = [w for w in workers if problem(w) is None]
     named = queues or sorted({q for w in workers for q in w.get("queues", [])})
     report = []
     for queue in named:
@@ -81,10 +110,7 @@ def check(redis: Redis, queues: list[str] | None = None) -> HealthReport:
             continue
         present = [w for w in workers if queue in w.get("queues", [])]
         if present:
-            states = ", ".join(
-                f"{w['worker']} is {w.get('status')}" + (f" ({w['error']})" if w.get("error") else "") for w in present
-            )
-            reason = f"no ready worker: {states}"
+            reason = "no ready worker: " + ", ".join(f"{w['worker']} {problem(w)}" for w in present)
         else:
             reason = f"no worker heartbeat for {queue}; start one: lvmq worker --model {queue.split('-', 1)[-1]}"
         report.append(QueueHealth(queue, False, [], reason))
@@ -92,12 +118,13 @@ def check(redis: Redis, queues: list[str] | None = None) -> HealthReport:
 
 
 def format_report(report: HealthReport) -> str:
-    rows = [("WORKER", "STATUS", "MODEL", "DEVICE", "QUEUES", "DONE/FAILED", "P50 ms", "AGE s", "CURRENT")]
+    rows = [("WORKER", "HOST", "STATUS", "MODEL", "DEVICE", "QUEUES", "DONE/FAILED", "P50 ms", "AGE s", "CURRENT")]
     for w in report.workers:
         current = w.get("current_job") or {}
         rows.append(
             (
-                str(w.get("worker", "?"))[:20],
+                str(w.get("worker", "?"))[:32],
+                str(w.get("host", "?"))[:24],
                 str(w.get("status", "?")),
                 str(w.get("model", "?")),
                 str(w.get("device", "?")),

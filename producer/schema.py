@@ -21,8 +21,18 @@ HEARTBEAT_PREFIX = "lvm:heartbeat:"
 STATS_PREFIX = "lvm:stats:"  # per-minute job counters: lvm:stats:<queue>:<unix minute>:<finished|failed>
 
 
+def _encodable(text: str, what: str) -> str:
+    """Lone surrogates survive JSON parsing but no tokenizer takes them: refuse them here."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"{what} is not valid Unicode text (character {exc.start} is a lone surrogate)") from None
+    return text
+
+
 class ChatRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
+    # strict: "2", true and 1.0 are not the integer 2, and a number is not a string
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=False, strict=True)
 
     messages: list[str] = Field(
         ...,
@@ -58,7 +68,13 @@ class ChatRequest(BaseModel):
                 raise ValueError(f"message {i} is empty")
             if len(message) > MAX_MESSAGE_CHARS:
                 raise ValueError(f"message {i} has {len(message)} characters; the limit is {MAX_MESSAGE_CHARS}")
+            _encodable(message, f"message {i}")
         return messages
+
+    @field_validator("conversation_id")
+    @classmethod
+    def _conversation_id(cls, value: str | None) -> str | None:
+        return None if value is None else _encodable(value, "conversation_id")
 
 
 class LatencyBreakdown(BaseModel):

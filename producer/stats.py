@@ -1,4 +1,8 @@
-"""`lvmq stats`: queues, workers and recent throughput, from Redis alone."""
+"""`lvmq stats`: queues, workers and recent throughput, from Redis alone.
+
+Read-only by construction: plain LLEN/ZCARD/MGET on RQ's keys. RQ's registry objects run their
+cleanup on `.count`, which fetches job hashes and, with RQ's default serializer, unpickles them.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +10,6 @@ import time
 from typing import Any
 
 from redis import Redis
-from rq import Queue
-from rq.registry import FailedJobRegistry, FinishedJobRegistry, StartedJobRegistry
 
 from producer.health import read_workers
 from producer.schema import STATS_PREFIX
@@ -16,7 +18,7 @@ WINDOWS_MIN = (1, 5, 15)
 
 
 def _queue_names(redis: Redis, prefix: str) -> list[str]:
-    names = {m.decode().removeprefix("rq:queue:") for m in redis.smembers("rq:queues")}
+    names = {m.decode("utf-8", "replace").removeprefix("rq:queue:") for m in redis.smembers("rq:queues")}
     return sorted(n for n in names if n.startswith(prefix))
 
 
@@ -24,7 +26,6 @@ def collect(redis: Redis, prefix: str = "lvm-") -> dict[str, Any]:
     now_min = int(time.time() // 60)
     queues = []
     for name in _queue_names(redis, prefix):
-        q = Queue(name, connection=redis)
         keys = [
             f"{STATS_PREFIX}{name}:{m}:{o}"
             for m in range(now_min - max(WINDOWS_MIN) + 1, now_min + 1)
@@ -41,10 +42,10 @@ def collect(redis: Redis, prefix: str = "lvm-") -> dict[str, Any]:
         queues.append(
             {
                 "queue": name,
-                "queued": q.count,
-                "started": StartedJobRegistry(name, connection=redis).count,
-                "finished_kept": FinishedJobRegistry(name, connection=redis).count,
-                "failed_kept": FailedJobRegistry(name, connection=redis).count,
+                "queued": redis.llen(f"rq:queue:{name}"),
+                "started": redis.zcard(f"rq:wip:{name}"),
+                "finished_kept": redis.zcount(f"rq:finished:{name}", time.time(), "+inf"),
+                "failed_kept": redis.zcount(f"rq:failed:{name}", time.time(), "+inf"),
                 "throughput": throughput,
             }
         )
@@ -53,6 +54,7 @@ def collect(redis: Redis, prefix: str = "lvm-") -> dict[str, Any]:
             k: w.get(k)
             for k in (
                 "worker",
+                "host",
                 "status",
                 "model",
                 "device",

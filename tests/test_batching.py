@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 from redis import Redis
 from rq import Queue
-from rq.job import Job
 from rq.serializers import JSONSerializer
 
 from bench.processes import start_worker, stop, wait_ready
@@ -82,9 +81,12 @@ def test_a_poisoned_job_fails_alone(redis_url, serving_artifacts, tmp_path, mini
     client = ChatClient(redis_url, load_settings())
 
     # Rejected before the batch runs: the others still share one forward.
-    good = [queue.enqueue(JOB_FUNCTION, {"messages": [f"Tell me about animal number {i}."]}) for i in range(4)]
-    invalid = queue.enqueue(JOB_FUNCTION, {"messages": [""]})
-    garbage = queue.enqueue("os.getcwd")
+    good = [
+        queue.enqueue(JOB_FUNCTION, {"messages": [f"Tell me about animal number {i}."]}, job_timeout=60)
+        for i in range(4)
+    ]
+    invalid = queue.enqueue(JOB_FUNCTION, {"messages": [""]}, job_timeout=60)
+    garbage = queue.enqueue("os.getcwd", job_timeout=60)
     _burst(env, "poison-1")
     assert [client.result(j.id).batch_size for j in good] == [4, 4, 4, 4]
     with pytest.raises(ChatFailed, match="message 0 is empty"):
@@ -93,8 +95,13 @@ def test_a_poisoned_job_fails_alone(redis_url, serving_artifacts, tmp_path, mini
         client.result(garbage.id)
 
     # Raises inside the pipeline (exhausts the 6-sentence bank): bisected out, the rest succeed.
-    good = [queue.enqueue(JOB_FUNCTION, {"messages": [f"Tell me about animal number {i}."]}) for i in range(5)]
-    exhausts = queue.enqueue(JOB_FUNCTION, {"messages": ["Cats purr. Dogs bark."], "response_sentences": 8})
+    good = [
+        queue.enqueue(JOB_FUNCTION, {"messages": [f"Tell me about animal number {i}."]}, job_timeout=60)
+        for i in range(5)
+    ]
+    exhausts = queue.enqueue(
+        JOB_FUNCTION, {"messages": ["Cats purr. Dogs bark."], "response_sentences": 8}, job_timeout=60
+    )
     _burst(env, "poison-2")
     results = [client.result(j.id) for j in good]
     assert all(r is not None and r.response for r in results)
@@ -150,9 +157,11 @@ def test_jobs_of_a_worker_killed_mid_batch_are_rerun_or_failed(redis_url, servin
     redis = Redis.from_url(redis_url)
     queue = Queue("lvm-lstm", connection=redis, serializer=JSONSerializer)
     long_message = " ".join(f"Sentence {i} is long and has many words in it to encode slowly." for i in range(60))
-    jobs = [queue.enqueue(JOB_FUNCTION, {"messages": [long_message] * 5, "response_sentences": 8}) for _ in range(8)]
-    jobs[0].meta["lvm_reruns"] = 1  # this one already survived a dead worker once: it must fail now
-    jobs[0].save_meta()
+    jobs = [
+        queue.enqueue(JOB_FUNCTION, {"messages": [long_message] * 5, "response_sentences": 8}, job_timeout=60)
+        for _ in range(8)
+    ]
+    redis.hset(jobs[0].key, "lvm_reruns", 1)  # this one already survived a dead worker once: it must fail now
     env = worker_env(redis_url, serving_artifacts, LVM_MAX_BATCH="8")
     victim, name = start_worker("lvm-lstm", env, log_path=tmp_path / "victim.log")
     deadline = time.monotonic() + 120
@@ -180,11 +189,12 @@ def test_jobs_of_a_worker_killed_mid_batch_are_rerun_or_failed(redis_url, servin
             time.sleep(0.1)
         statuses = [j.get_status(refresh=True).value for j in jobs]
         assert statuses == ["failed"] + ["finished"] * 7, statuses
-        with pytest.raises(ChatFailed, match=f"abandoned: worker {name} died"):
+        with pytest.raises(ChatFailed, match=f"abandoned: worker {name} stopped renewing its lease"):
             client.result(jobs[0].id)
         for job in jobs[1:]:
             assert client.result(job.id).worker == rescuer_name
-            assert Job.fetch(job.id, connection=redis, serializer=JSONSerializer).meta["lvm_reruns"] == 1
+            assert redis.hget(job.key, "lvm_reruns") == b"1"
+            assert redis.hget(job.key, "lvm_history").decode().startswith(f"{name}@")
     finally:
         stop(rescuer)
     heartbeat_info = redis.get(f"lvm:heartbeat:{name}")
@@ -207,7 +217,7 @@ def test_metrics_endpoint_and_stats(redis_url, serving_artifacts, tmp_path):
         for job_id in ids:
             client.wait(job_id, timeout=30)
         queue = Queue("lvm-lstm", connection=Redis.from_url(redis_url), serializer=JSONSerializer)
-        bad = queue.enqueue(JOB_FUNCTION, {"messages": []})
+        bad = queue.enqueue(JOB_FUNCTION, {"messages": []}, job_timeout=60)
         with pytest.raises(ChatFailed):
             client.wait(bad.id, timeout=30)
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()

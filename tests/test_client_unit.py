@@ -1,4 +1,4 @@
-"""Fast unit tests of the producer and health on fakeredis (integration tests use a real Redis)."""
+"""Fast unit tests of the producer (on the private redis-server) and health rules (on fakeredis)."""
 
 import json
 import time
@@ -15,12 +15,9 @@ from producer.schema import HEARTBEAT_PREFIX, JOB_FUNCTION
 
 
 @pytest.fixture
-def client(monkeypatch):
-    server = fakeredis.FakeServer()
-    c = ChatClient("redis://fake", load_settings())
-    c.redis = fakeredis.FakeRedis(server=server)
-    c._blocking = fakeredis.FakeRedis(server=server)
-    return c
+def client(redis_url):
+    """Submits run a Lua script (submit.lua), so these use the session's real redis-server."""
+    return ChatClient(redis_url, load_settings())
 
 
 def test_jobs_are_json_not_pickle(client):

@@ -74,14 +74,15 @@ def _raw_enqueue(url, payload, queue="lvm-lstm"):
     from redis import Redis
 
     q = Queue(queue, connection=Redis.from_url(url), serializer=JSONSerializer)
-    return q.enqueue(JOB_FUNCTION, payload, result_ttl=600, failure_ttl=600).id
+    return q.enqueue(JOB_FUNCTION, payload, result_ttl=600, failure_ttl=600, job_timeout=60).id
 
 
 @pytest.mark.parametrize(
     "payload, error, needle",
     [
         ({"messages": []}, "invalid_request", "messages"),
-        ({"messages": ["x" * 10_000_000]}, "invalid_request", "limit is 4000"),
+        ({"messages": ["x" * 5_000]}, "invalid_request", "limit is 4000"),
+        ({"messages": ["x" * 10_000_000]}, "bad_payload", "decompresses past the cap"),
         ({"messages": [1, {"a": 2}]}, "invalid_request", "messages.0"),
         ({"messages": "hello", "response_sentences": "many"}, "invalid_request", "response_sentences"),
         ({"messages": ["Hello there."], "model": "gru"}, "wrong_model", "serves model 'lstm'"),
@@ -121,7 +122,7 @@ def test_raw_bytes_on_the_queue_do_not_kill_the_worker(client, lstm_worker):
     redis.rpush("rq:queue:lvm-lstm", job_id)
     # And bytes pushed straight onto the list, naming no job at all.
     redis.rpush("rq:queue:lvm-lstm", b"\xff\x00not-a-job-id")
-    with pytest.raises(ChatFailed, match="bad_payload: job data is not a JSON job"):
+    with pytest.raises(ChatFailed, match="bad_payload: job field 'data' refused: is not a JSON job"):
         client.wait(job_id, timeout=30)
     assert client.chat("Still serving after garbage?").response
     assert lstm_worker["proc"].poll() is None
@@ -131,7 +132,7 @@ def test_only_the_chat_function_runs(client, lstm_worker):
     from redis import Redis
 
     q = Queue("lvm-lstm", connection=Redis.from_url(lstm_worker["url"]), serializer=JSONSerializer)
-    job = q.enqueue("os.getcwd", result_ttl=600, failure_ttl=600)
+    job = q.enqueue("os.getcwd", result_ttl=600, failure_ttl=600, job_timeout=60)
     with pytest.raises(ChatFailed, match="runs only worker.jobs.chat"):
         client.wait(job.id, timeout=30)
 

@@ -29,6 +29,14 @@ def test_request_defaults_and_json():
         ({"messages": ["hi"], "model": "LSTM!"}, "model"),
         ({"messages": ["hi"], "temperature": 0.7}, "temperature"),
         ({"messages": ["hi"], "schema_version": 2}, "schema_version"),
+        # strict: no coercion of strings, booleans or floats into integers
+        ({"messages": ["hi"], "response_sentences": "2"}, "response_sentences"),
+        ({"messages": ["hi"], "response_sentences": True}, "response_sentences"),
+        ({"messages": ["hi"], "decode_steps": 1.0}, "decode_steps"),
+        ({"messages": ["hi"], "conversation_id": 7}, "conversation_id"),
+        # text the encoder cannot take
+        ({"messages": ["ok", "bad \ud800 surrogate"]}, "messages"),
+        ({"messages": ["hi"], "conversation_id": "\udfff"}, "conversation_id"),
     ],
 )
 def test_invalid_requests_name_the_field(payload, field):

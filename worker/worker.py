@@ -1,9 +1,13 @@
-"""LVMWorker: an RQ SimpleWorker bound to one model on one device.
+"""LVMWorker: the RQ adapter. An RQ SimpleWorker bound to one model on one device.
 
 SimpleWorker runs jobs in its own process: forking after torch has loaded deadlocked on
 these machines (libgomp), and CUDA/MPS cannot fork at all. The model, encoder and bank load
 once in ``__init__``, so a checkpoint that fails strict loading stops `rq worker` with a
 non-zero exit and the loader's message before a single job is taken.
+
+RQ's registration, `rq info`, `rq suspend` and the job statuses producers read all stay. RQ's
+per-job dequeue and bookkeeping are replaced by ``worker.lifecycle``: one script claims a batch,
+one writes its outcomes. Hostile job hashes are read by ``worker.jobdata`` and fail alone.
 
 Start it with the plain RQ CLI (settings from ``LVM_*`` variables)::
 
@@ -16,7 +20,7 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
+import socket
 import time
 from collections import deque
 from collections.abc import Callable
@@ -26,58 +30,60 @@ from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq import Queue, SimpleWorker
-from rq.executions import Execution
-from rq.job import Job
 from rq.serializers import JSONSerializer
-from rq.timeouts import JobTimeoutException
-from rq.utils import now
-from rq.worker import WorkerStatus
+from rq.suspension import is_suspended
+from rq.worker_registration import clean_worker_registry
 
 from config import Settings, load_settings
-from producer.schema import JOB_FUNCTION, ChatError
-from worker import jobs
+from producer.schema import ChatError
+from worker import faults
+from worker.deadline import Alarm, Interrupted
 from worker.heartbeat import Heartbeat
+from worker.jobdata import ChatJob, JobRejected, parse
+from worker.lifecycle import Claim, Lifecycle, Outcome
 from worker.logs import configure_logging, get_logger
-from worker.metrics import count_minute
-from worker.queue import LVMQueue, job_id_or_drop
-from worker.recovery import recover_orphans
 from worker.runtime import RequestRejected, Runtime
 
 log = get_logger("lvmq.worker")
 REDIS_DOWN = (RedisConnectionError, RedisTimeoutError)
+IDLE_BLOCK_S = 1  # longest a blocked claim waits before the loop looks at signals and maintenance
+MAINTENANCE_S = 60
 
-# LMOVE up to ARGV[1] ids from the queue (KEYS[1]) to its intermediate list (KEYS[2]), atomically.
-CLAIM_SCRIPT = """
-local claimed = {}
-for i = 1, tonumber(ARGV[1]) do
-  local id = redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT')
-  if not id then break end
-  claimed[i] = id
-end
-return claimed
-"""
+
+class GiveUp(Exception):
+    """A forced stop ended a wait for Redis; the leased jobs are left for recovery."""
+
+
+def default_name() -> str:
+    """Unique across hosts and restarts: host, pid and a random suffix."""
+    return f"{socket.gethostname()[:40]}.{os.getpid()}.{os.urandom(2).hex()}"
 
 
 class LVMWorker(SimpleWorker):
     def __init__(self, queues, *args: Any, settings: Settings | None = None, model: str | None = None, **kwargs: Any):
         settings = settings or load_settings()
         configure_logging(settings.log_level, settings.log_format)
-        # Jobs are JSON, never pickle, whatever serializer the command line asked for.
-        kwargs["serializer"] = JSONSerializer
-        kwargs["queue_class"] = LVMQueue
+        kwargs["serializer"] = JSONSerializer  # jobs are JSON, never pickle, whatever -S said
+        kwargs["name"] = kwargs.get("name") or default_name()
         names = [
             q if isinstance(q, str) else q.name for q in ([queues] if isinstance(queues, (str, Queue)) else queues)
         ]
         connection = kwargs.get("connection")
-        queues = [LVMQueue(n, connection=connection, serializer=JSONSerializer) for n in names]
+        queues = [Queue(n, connection=connection, serializer=JSONSerializer) for n in names]
         super().__init__(queues, *args, **kwargs)
         self.settings = settings
         self.model_name = self._model_for(names, model or settings.model)
         self.jobs_done = 0
         self.jobs_failed = 0
-        self.current_job: tuple[str, float] | None = None
         self.batch_sizes: deque[int] = deque(maxlen=200)
-        self.in_flight: set[str] = set()  # ids of the jobs this process is running now
+        self.lifecycle = Lifecycle(
+            self.connection, self.name, settings.lease_s, settings.max_reruns, settings.max_job_bytes
+        )
+        # The batch in flight as one tuple (queue, token, ids, started, deadline), replaced whole:
+        # the heartbeat thread reads it without a lock and renews exactly these leases.
+        self.lease: tuple[str, str, tuple[str, ...], float, float] = ("", "", (), 0.0, 0.0)
+        self.stop_signals = 0  # set by the signal handler; everything else reads it
+        self.alarm = Alarm()
         self.runtime: Runtime | None = None
         self.metrics: Any = None
         self.pulse = Heartbeat(
@@ -85,9 +91,8 @@ class LVMWorker(SimpleWorker):
             self.name,
             settings.heartbeat_seconds,
             self._heartbeat_info,
-            on_beat=self._recover,
+            on_beat=self._on_beat,
         )
-        self._claim = self.connection.register_script(CLAIM_SCRIPT)
         self.pulse.start()
         log.info("worker starting", worker=self.name, model=self.model_name, queues=names, device=settings.device)
         try:
@@ -97,7 +102,6 @@ class LVMWorker(SimpleWorker):
             self.pulse.stop(delete=False)  # leave the error visible until the key's TTL
             log.error("worker failed to load; not serving", worker=self.name, error=str(exc))
             raise
-        jobs.install(self.runtime)
         self.metrics = self._start_metrics()
         log.info(
             "worker ready",
@@ -109,11 +113,6 @@ class LVMWorker(SimpleWorker):
             load_seconds=round(self.runtime.load_seconds, 2),
         )
         self.pulse.set("ready")
-
-    def work(self, *args: Any, logging_level: str | None = None, **kwargs: Any) -> bool:
-        """RQ's own per-job log lines repeat the one JSON event per job this worker logs, so RQ
-        logs at WARNING unless `rq worker --logging_level`/`-v` asks for more."""
-        return super().work(*args, logging_level=logging_level or "WARNING", **kwargs)
 
     def _start_metrics(self) -> Any:
         if self.settings.metrics_port is None:
@@ -145,12 +144,10 @@ class LVMWorker(SimpleWorker):
 
     def _heartbeat_info(self) -> dict[str, Any]:
         rt = self.runtime
-        current = None
-        if self.current_job:
-            job_id, since = self.current_job
-            current = {"id": job_id, "running_s": round(time.time() - since, 3)}
-        return {
+        _, _, ids, started, deadline = self.lease
+        info: dict[str, Any] = {
             "worker": self.name,
+            "incarnation": self.lifecycle.incarnation,
             "model": self.model_name,
             "model_version": rt.model_version if rt else None,
             "checkpoint": str(self.settings.models.get(self.model_name, "")),
@@ -158,160 +155,252 @@ class LVMWorker(SimpleWorker):
             "queues": self.queue_names(),
             "jobs_done": self.jobs_done,
             "jobs_failed": self.jobs_failed,
-            "current_job": current,
+            "current_job": {"id": ids[0], "jobs": len(ids), "running_s": round(time.time() - started, 3)}
+            if ids
+            else None,
+            "busy_deadline_at": deadline if ids else None,
             "latency_p50_ms": rt.p50_ms() if rt else None,
             "max_batch": self.settings.max_batch,
             "last_batch_size": self.batch_sizes[-1] if self.batch_sizes else None,
             "mean_batch_size": round(sum(self.batch_sizes) / len(self.batch_sizes), 2) if self.batch_sizes else None,
         }
+        if self.stop_signals and self.pulse.status in ("ready", "busy"):
+            info["status"] = "draining"
+        return info
 
-    def _recover(self, connection: Redis) -> None:
-        """Runs on each heartbeat: re-run or fail jobs whose worker died mid-batch."""
-        if self.runtime is not None:
-            recover_orphans(connection, self.queues, self.name, self.in_flight)
+    def _on_beat(self, connection: Redis) -> None:
+        """Heartbeat thread: renew this worker's leases, then recover other workers' orphans."""
+        queue, token, ids, _, _ = self.lease
+        lost = self.lifecycle.renew(self.queue_names(), token, list(ids), connection=connection)
+        if lost:
+            log.warning("lost the lease of running jobs; their results will be discarded", job_ids=lost)
+        for name in self.queue_names():
+            for job_id, action, owner in self.lifecycle.recover(
+                name, token, self.settings.failure_ttl, connection=connection
+            ):
+                if action != "cleared":
+                    log.warning("recovered a job from a silent worker", job_id=job_id, action=action, owner=owner)
 
-    # -- job execution: micro-batches ---------------------------------------------------------
-    def execute_job(self, job: Job, queue: Queue) -> None:
-        """Run the dequeued job together with whatever else is already waiting (up to max_batch)."""
-        self.current_job = (job.id, time.time())
-        self._state = WorkerStatus.BUSY  # a SIGTERM from here on waits for this batch (warm shutdown)
-        self.pulse.set("busy", now=False)  # shown on the next beat: no extra round trip per job
+    # -- the work loop ----------------------------------------------------------------------
+    def work(
+        self,
+        burst: bool = False,
+        logging_level: str | None = None,
+        date_format: str = "%H:%M:%S",
+        log_format: str = "%(asctime)s %(message)s",
+        max_jobs: int | None = None,
+        max_idle_time: int | None = None,
+        **_: Any,
+    ) -> bool:
+        """RQ's loop, on the lifecycle scripts. RQ's own log lines stay at WARNING unless
+        `rq worker --logging_level`/`-v` asks for more: the worker logs one JSON event per job.
+        ``max_jobs`` counts jobs, not batches."""
+        self.bootstrap(logging_level or "WARNING", date_format, log_format)
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        done = 0
+        idle_since = time.monotonic()
+        next_maintenance = 0.0
         try:
-            batch = [(job, queue)]
-            self.in_flight = {job.id}
-            if self.settings.max_batch > 1 and not self._stop_requested:
-                batch += self.retry_redis("claim", lambda: self.claim_waiting(self.settings.max_batch - 1))
-            self.in_flight = {j.id for j, _ in batch}
-            chat_jobs = []
-            for item in batch:
-                reject = payload_error(item[0])
-                if reject is None:
-                    chat_jobs.append(item)
-                else:  # fails alone, through RQ's own path, with the reason
-                    turn_into_rejection(item[0], reject)
-                    execution = self.retry_redis("prepare", lambda item=item: self.prepare_execution(item[0]))
-                    self._count(self.perform_job(item[0], item[1], execution), batch_size=1)
-            if chat_jobs:
-                self.perform_batch(chat_jobs)
-        finally:
-            self.in_flight = set()
-            self.current_job = None
-            self._state = WorkerStatus.IDLE
-            try:
-                self.set_state(WorkerStatus.IDLE)
-            except REDIS_DOWN:
-                pass  # the dequeue loop reconnects; the state is rewritten there
-            self.pulse.set("draining" if self._stop_requested else "ready", now=self._stop_requested)
-
-    def claim_waiting(self, limit: int) -> list[tuple[Job, Queue]]:
-        """Move up to ``limit`` waiting job ids into each queue's intermediate list with one
-        script call per queue, and fetch them. Claimed jobs go into the started registry before
-        any runs (see perform_batch), so a worker that dies mid-batch leaves them recoverable."""
-        claimed: list[tuple[Job, Queue]] = []
-        deadline = time.monotonic() + self.settings.max_batch_wait_ms / 1000.0
-        while True:
-            for queue in self.queues:
-                want = limit - len(claimed)
-                if want <= 0:
+            while not self.stop_signals:
+                if time.monotonic() >= next_maintenance:
+                    self._maintain()
+                    next_maintenance = time.monotonic() + MAINTENANCE_S
+                if self._suspended(burst):
+                    continue
+                taken = self._serve_once(block=not burst, limit=self._limit(max_jobs, done))
+                if taken:
+                    done += taken
+                    idle_since = time.monotonic()
+                    if max_jobs is not None and done >= max_jobs:
+                        break
+                elif burst or (max_idle_time is not None and time.monotonic() - idle_since > max_idle_time):
                     break
-                intermediate = queue.intermediate_queue.key
-                raws = self._claim(keys=[queue.key, intermediate], args=[want])
-                ids = (job_id_or_drop(raw, queue.key, self.connection, intermediate) for raw in raws)
-                valid = [job_id for job_id in ids if job_id is not None]
-                jobs = Job.fetch_many(valid, connection=self.connection, serializer=JSONSerializer) if valid else []
-                for job_id, job in zip(valid, jobs, strict=True):
-                    if job is None:  # expired (queue_ttl) between enqueue and claim
-                        self.connection.lrem(intermediate, 1, job_id)
-                    else:
-                        claimed.append((job, queue))
-            if len(claimed) >= limit or time.monotonic() >= deadline:
-                return claimed
-            time.sleep(0.001)
+        except GiveUp:
+            pass
+        finally:
+            self.teardown()
+        return bool(done)
 
-    def perform_batch(self, items: list[tuple[Job, Queue]]) -> None:
-        """RQ's perform_job, for many jobs at once: prepare each, run one pipeline, finalise each."""
-        executions = self.retry_redis("prepare", lambda: self.prepare_many(items))
-        prepared = [(job, queue, execution) for (job, queue), execution in zip(items, executions, strict=True)]
-        self.batch_sizes.append(len(prepared))
-        timeout = min(job.timeout or self.queue_class.DEFAULT_TIMEOUT for job, _, _ in prepared)
-        assert self.runtime is not None
-        try:
-            with self.death_penalty_class(timeout, JobTimeoutException, job_id=prepared[0][0].id):
-                outcomes: list[Any] = self.runtime.handle_batch(
-                    [(job.args[0], job.enqueued_at, job.started_at) for job, _, _ in prepared]
-                )
-        except Exception as exc:  # noqa: BLE001 - e.g. the batch ran past its timeout: every job fails
-            outcomes = [exc] * len(prepared)
-        for index, ((job, queue, execution), outcome) in enumerate(zip(prepared, outcomes, strict=True)):
-            first = index == 0
-            if isinstance(outcome, BaseException):
-                error = (
-                    outcome.error
-                    if isinstance(outcome, RequestRejected)
-                    else ChatError(error="internal", message=f"{type(outcome).__name__}: {outcome}")
-                )
-                exc_info = (type(outcome), outcome, outcome.__traceback__)
-                self.retry_redis("record error", lambda job=job, error=error: jobs.record_error(job, error))
-                self.retry_redis(
-                    "finalise",
-                    lambda job=job, queue=queue, execution=execution, exc_info=exc_info: self._finalize_failure(
-                        job, queue, execution, exc_info
-                    ),
-                )
-                jobs.log_outcome(job, self.model_name, error=error)
-                self._count(False, batch_size=len(prepared) if first else None)
-            else:
-                self.retry_redis(
-                    "finalise",
-                    lambda job=job, queue=queue, execution=execution, outcome=outcome: self._finalize_success(
-                        job, queue, execution, outcome
-                    ),
-                )
-                jobs.log_outcome(job, self.model_name, result=outcome)
-                self._count(True, outcome, batch_size=len(prepared) if first else None)
+    def _limit(self, max_jobs: int | None, done: int) -> int:
+        return self.settings.max_batch if max_jobs is None else max(1, min(self.settings.max_batch, max_jobs - done))
 
-        failed = sum(isinstance(outcome, BaseException) for outcome in outcomes)
+    def _suspended(self, burst: bool) -> bool:
         try:
-            count_minute(self.connection, prepared[0][1].name, len(outcomes) - failed, failed)
+            suspended = is_suspended(self.connection, self)
         except REDIS_DOWN:
-            pass  # throughput statistics are best effort
+            return self._redis_down_pause("suspension check")
+        if suspended:
+            if burst:
+                self.stop_signals = self.stop_signals or 1
+            time.sleep(1)
+        return suspended
 
-    def prepare_many(self, items: list[tuple[Job, Queue]]) -> list[Execution]:
-        """RQ's prepare_execution + prepare_job_execution for every job of a batch, in one
-        transaction (two round trips per job otherwise): each job gets its execution in the
-        started registry, status started, its worker name, and leaves the intermediate list."""
-        executions = []
-        with self.connection.pipeline() as pipe:
-            self.set_state(WorkerStatus.BUSY, pipeline=pipe)
-            ttl = 0
-            for job, queue in items:
-                job_ttl = self.get_heartbeat_ttl(job)
-                ttl = max(ttl, job_ttl)
-                execution = Execution.create(job, job_ttl, pipeline=pipe, worker_name=self.name)
-                self.executions[execution.id] = execution
-                job.heartbeat(now(), job_ttl, pipeline=pipe)
-                job.prepare_for_execution(self.name, pipeline=pipe)
-                pipe.persist(job.key)
-                pipe.lrem(queue.intermediate_queue.key, 1, job.id)
-                executions.append(execution)
-            self.heartbeat(ttl, pipeline=pipe)
-            pipe.execute()
-        return executions
+    def _maintain(self) -> None:
+        """RQ's worker key and worker registry; never RQ's job-registry cleanup, which would
+        race ``recover`` and unpickle or call what hostile jobs name."""
+        try:
+            self.heartbeat()
+            for queue in self.queues:
+                clean_worker_registry(queue)
+        except REDIS_DOWN as exc:
+            log.warning("redis unreachable; maintenance skipped", error=str(exc))
+
+    def _redis_down_pause(self, what: str) -> bool:
+        log.warning("redis unreachable; retrying", step=what, retry_in_s=1.0)
+        time.sleep(1.0)
+        return True
+
+    def _serve_once(self, block: bool, limit: int) -> int:
+        """Claim and run one batch from the first queue with work; returns the jobs taken."""
+        for queue in self.queue_names():
+            while True:
+                claim = self._claim(queue, limit)
+                if claim.jobs:
+                    self.run_batch(claim)
+                    return len(claim.jobs)
+                if not claim.dropped:
+                    break  # empty; a claim of dropped entries only goes on to the next entries
+        if block and not self.stop_signals:
+            self._wait_for_work()
+        return 0
+
+    def _claim(self, queue: str, limit: int) -> Claim:
+        token = self.lifecycle.next_token()
+        claim = self.retry_redis("claim", lambda: self.lifecycle.claim(queue, limit, token))
+        wait_until = time.monotonic() + self.settings.max_batch_wait_ms / 1000.0
+        while claim.jobs and len(claim.jobs) < limit and time.monotonic() < wait_until and not self.stop_signals:
+            time.sleep(0.001)
+            more = self.retry_redis("claim", lambda: self.lifecycle.claim(queue, limit - len(claim.jobs), token))
+            claim.jobs += more.jobs
+            claim.dropped += more.dropped
+        for entry, why in claim.dropped:
+            log.warning("dropped a queue entry that names no runnable job", queue=queue, entry=entry, reason=why)
+        return claim
+
+    def _wait_for_work(self) -> None:
+        """Block until a queue has an entry, without taking it: BLMOVE of a list onto itself,
+        tail to tail, leaves it as it was, so a kill here can lose nothing."""
+        keys = [q.key for q in self.queues]
+        try:
+            if len(keys) == 1:
+                self.connection.blmove(keys[0], keys[0], IDLE_BLOCK_S, "RIGHT", "RIGHT")
+            else:
+                time.sleep(0.02)
+        except REDIS_DOWN:
+            self._redis_down_pause("wait for jobs")
+
+    # -- one batch --------------------------------------------------------------------------
+    def run_batch(self, claim: Claim) -> None:
+        """Parse every claimed job, run the valid ones through one pipeline call, write every
+        outcome in one script call. A job that cannot be read fails alone, with its reason."""
+        queue, token = claim.queue, claim.token
+        s = self.settings
+        started = time.time()
+        self.lease = (queue, token, tuple(j.id for j in claim.jobs), started, started + s.job_timeout)
+        self.pulse.set("busy", now=False)  # shown on the next beat: no extra round trip per batch
+        faults.reached("after_claim")
+        outcomes: dict[str, Outcome] = {}
+        chat_jobs: list[ChatJob] = []
+        requests: dict[str, Any] = {}
+        for claimed in claim.jobs:
+            try:
+                job = parse(claimed, queue, s.job_timeout, s.result_ttl, s.failure_ttl, s.max_job_bytes)
+            except JobRejected as exc:
+                outcomes[claimed.id] = failure(claimed.id, {}, s.failure_ttl, exc.error())
+                continue
+            chat_jobs.append(job)
+            requests[job.id] = job.request
+        faults.reached("after_prepare")
+        try:
+            for job, answer in zip(chat_jobs, self._compute(chat_jobs), strict=True):
+                outcomes[job.id] = (
+                    failure(job.id, job.meta, job.failure_ttl, answer)
+                    if isinstance(answer, ChatError)
+                    else Outcome(job.id, True, job.result_ttl, answer)
+                )
+        except Interrupted:  # a stop request outlived the drain: hand the computing jobs back
+            handed = self.retry_redis("release", lambda: self.lifecycle.release(queue, token, list(requests)))
+            log.warning("drain timeout or forced stop: handed unfinished jobs back to the queue", job_ids=handed)
+        faults.reached("mid_batch")
+        ordered = [outcomes[j.id] for j in claim.jobs if j.id in outcomes]
+        written = self.retry_redis("finish", lambda: self.lifecycle.finish(queue, token, ordered)) if ordered else []
+        faults.reached("after_finish")
+        self.lease = (queue, "", (), 0.0, 0.0)
+        self.batch_sizes.append(len(chat_jobs))
+        for outcome, state in zip(ordered, written, strict=True):
+            self._record(outcome, state, requests.get(outcome.id), len(chat_jobs))
+        self.pulse.set("draining" if self.stop_signals else "ready", now=bool(self.stop_signals))
+
+    def _compute(self, chat_jobs: list[ChatJob]) -> list[dict | ChatError]:
+        """Answers for the jobs, under one deadline: the longest of their own timeouts (each at
+        most LVM_JOB_TIMEOUT), so a job with a short timeout cannot shorten its batch-mates'.
+        A job answered after its own timeout ends ``timeout`` all the same."""
+        if not chat_jobs:
+            return []
+        assert self.runtime is not None
+        deadline = max(job.timeout for job in chat_jobs)
+        queue, token, ids, started, _ = self.lease
+        self.lease = (queue, token, ids, started, started + deadline)
+        try:
+            with self.alarm.deadline(deadline):
+                answers = self.runtime.handle_batch([(j.request, j.enqueued_at, j.started_at) for j in chat_jobs])
+        except Interrupted as exc:
+            if exc.reason == "stop":
+                raise
+            message = f"the batch ran past its deadline of {deadline} s (job timeout, at most LVM_JOB_TIMEOUT)"
+            return [ChatError(error="timeout", message=message + "; computing stopped")] * len(chat_jobs)
+        elapsed = time.time() - started
+        out: list[dict | ChatError] = []
+        for job, answer in zip(chat_jobs, answers, strict=True):
+            if isinstance(answer, RequestRejected):
+                out.append(answer.error)
+            elif isinstance(answer, BaseException):
+                out.append(ChatError(error="internal", message=f"{type(answer).__name__}: {answer}"))
+            elif elapsed > job.timeout:
+                out.append(ChatError(error="timeout", message=f"answered after {elapsed:.1f} s, past the "
+                                     f"job's own timeout of {job.timeout} s"))  # fmt: skip
+            else:
+                out.append(answer)
+        return out
+
+    def _record(self, outcome: Outcome, state: str, request: Any, batch_size: int) -> None:
+        """One log event per job, counters and metrics. ``state`` is what finish did."""
+        if state == "stale":
+            log.warning("discarded a result: the job was recovered while this worker was cut off", job_id=outcome.id)
+            return
+        conversation = request.get("conversation_id") if isinstance(request, dict) else None
+        if outcome.ok:
+            self.jobs_done += 1
+            result = outcome.value
+            log.info("job", job_id=outcome.id, conversation_id=result["conversation_id"], model=result["model"],
+                     outcome="finished", batch_size=result["batch_size"], cache_hits=result["cache_hits"],
+                     **result["latency_breakdown"])  # fmt: skip
+        else:
+            self.jobs_failed += 1
+            error = (outcome.meta or {}).get("error", {})
+            conversation = conversation if isinstance(conversation, str) else None
+            log.info("job", job_id=outcome.id, conversation_id=conversation, model=self.model_name,
+                     outcome="failed", error=error.get("error"), reason=error.get("message"))  # fmt: skip
+        if self.metrics is not None:
+            self.metrics.observe(outcome.value if outcome.ok else None, batch_size)
 
     # -- Redis outages ------------------------------------------------------------------------
     def retry_redis(self, what: str, step: Callable[[], Any]) -> Any:
-        """Run ``step``, retrying with backoff while Redis is unreachable.
+        """The worker's one retry policy: run ``step``, backing off while Redis is unreachable.
 
-        Results already computed are held in memory and written once Redis is back, so a
-        restart of Redis loses neither the queued jobs (appendonly) nor the batch in flight.
-        A forced shutdown (second SIGTERM, drain timeout) ends the wait: its jobs stay in the
-        started registry, where orphan recovery finds them.
+        Every step it wraps is a lifecycle script that is safe to repeat (finish and release
+        check the token; a repeated claim only takes other jobs), so results computed during an
+        outage are written once Redis is back. A forced stop ends the wait (GiveUp): leased jobs
+        then return to the queue through recovery when their lease runs out.
         """
         delay = 0.1
         while True:
             try:
                 return step()
             except REDIS_DOWN as exc:
+                if self.stop_signals > 1 or (self.alarm.stop_at is not None and time.monotonic() > self.alarm.stop_at):
+                    raise GiveUp(what) from exc
                 log.warning("redis unreachable; retrying", step=what, retry_in_s=round(delay, 2), error=str(exc))
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
@@ -319,59 +408,29 @@ class LVMWorker(SimpleWorker):
     def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
         try:
             super().heartbeat(timeout, pipeline)
-        except REDIS_DOWN as exc:  # RQ's loop would quit on this; the dequeue loop backs off instead
+        except REDIS_DOWN as exc:
             log.warning("redis unreachable; worker heartbeat skipped", error=str(exc))
 
-    def check_for_suspension(self, burst: bool) -> None:
-        try:
-            super().check_for_suspension(burst)
-        except REDIS_DOWN as exc:
-            log.warning("redis unreachable; suspension check skipped", error=str(exc))
-
-    def run_maintenance_tasks(self) -> None:
-        try:
-            super().run_maintenance_tasks()
-        except REDIS_DOWN as exc:
-            log.warning("redis unreachable; maintenance skipped", error=str(exc))
-
-    # -- graceful shutdown ------------------------------------------------------------------
-    def request_stop(self, signum: int, frame: Any) -> None:
-        """First SIGTERM/SIGINT: stop taking jobs, finish the batch in flight, exit 0.
-
-        The heartbeat says ``draining`` at once. If the batch is not done within
-        LVM_DRAIN_SECONDS, the worker sends itself the second signal: a cold shutdown, whose
-        unfinished jobs stay in the started registry for orphan recovery.
-        """
-        self.pulse.set("draining", now=True)
-        log.info(
-            "draining: finishing the current batch, taking no new jobs",
-            worker=self.name,
-            drain_seconds=self.settings.drain_seconds,
-        )
-        timer = threading.Timer(self.settings.drain_seconds, self._drain_timeout)
-        timer.daemon = True
-        timer.start()
-        super().request_stop(signum, frame)
-
-    def _drain_timeout(self) -> None:
-        log.warning("drain timeout: shutting down now; unfinished jobs will be recovered", worker=self.name)
-        os.kill(os.getpid(), signal.SIGTERM)
-
-    def _count(self, ok: bool, result: dict | None = None, batch_size: int | None = None) -> None:
-        if ok:
-            self.jobs_done += 1
-        else:
-            self.jobs_failed += 1
-        if self.metrics is not None:
-            self.metrics.observe(result if ok else None, batch_size)
+    # -- shutdown -----------------------------------------------------------------------------
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        """SIGTERM/SIGINT. Only sets state: the first asks for a drain (finish the batch within
+        LVM_DRAIN_SECONDS, then exit 0), the second for a stop now. Logging, Redis writes and
+        the hand-back happen on the main loop; a handler that logged could deadlock on the
+        logger's lock if the signal landed while the main thread held it."""
+        self.stop_signals += 1
+        self.alarm.stop_within(self.settings.drain_seconds if self.stop_signals == 1 else 0.0)
 
     def teardown(self) -> None:
-        """On the way out: hand back jobs this process claimed but did not finish (a cold
-        shutdown mid-batch), then drop the heartbeat so the worker leaves `lvmq health`."""
+        """On the way out: hand back any jobs still leased (a stop mid-batch), then drop the
+        heartbeat so the worker leaves `lvmq health`."""
+        if self.stop_signals:
+            log.info("stopped on request", worker=self.name, signals=self.stop_signals)
         self.pulse.stop(delete=False)
+        queue, token, ids, _, _ = self.lease
         try:
-            for job_id, action in recover_orphans(self.connection, self.queues, self.name, set()):
-                log.warning("handed back an unfinished job on shutdown", job_id=job_id, action=action)
+            if ids:
+                handed = self.lifecycle.release(queue, token, list(ids))
+                log.warning("handed unfinished jobs back to the queue", job_ids=handed)
         except REDIS_DOWN as exc:
             log.warning("redis unreachable at shutdown; unfinished jobs await recovery", error=str(exc))
         try:
@@ -380,35 +439,10 @@ class LVMWorker(SimpleWorker):
             log.warning("redis unreachable at shutdown", error=str(exc))
         finally:
             self.pulse.stop(delete=True)
-            jobs.install(None)
 
 
-def payload_error(job: Job) -> ChatError | None:
-    """Why this job must not run here, or None. Only ``worker.jobs.chat(request)`` may run:
-    with a JSON job naming any importable function, RQ would otherwise call it."""
-    try:
-        func, args, kwargs = job.func_name, job.args, job.kwargs
-    except Exception as exc:  # DeserializationError: raw bytes, bad zlib, not JSON
-        cause = exc.__cause__ or exc
-        return ChatError(
-            error="bad_payload",
-            message=f"job data is not a JSON job ({type(cause).__name__}: {cause}); "
-            "enqueue with RQ's JSON serializer (rq.serializers.JSONSerializer)",
-        )
-    if func != JOB_FUNCTION:
-        return ChatError(error="bad_payload", message=f"this worker runs only {JOB_FUNCTION}, not {func!r}")
-    if len(args) != 1 or kwargs:
-        return ChatError(error="bad_payload", message=f"{JOB_FUNCTION} takes exactly one argument, the request object")
-    if any(getattr(job, f"_{k}_callback_name", None) for k in ("success", "failure", "stopped")):
-        return ChatError(error="bad_payload", message="chat jobs may not carry callbacks")
-    return None
-
-
-def turn_into_rejection(job: Job, error: ChatError) -> None:
-    """Make the job call ``worker.jobs.reject(error)`` so RQ fails it through its own path."""
-    job.func_name = "worker.jobs.reject"
-    job.instance = None
-    job.args = (error.model_dump(mode="json"),)
-    job.kwargs = {}
-    for kind in ("success", "failure", "stopped"):
-        setattr(job, f"_{kind}_callback_name", None)
+def failure(job_id: str, meta: dict, ttl: int, error: ChatError) -> Outcome:
+    """A failed outcome: the structured error in ``meta.error``, its text as RQ's exc_string."""
+    return Outcome(
+        job_id, False, ttl, f"{error.error}: {error.message}", {**meta, "error": error.model_dump(mode="json")}
+    )

@@ -1,0 +1,255 @@
+"""The lifecycle scripts and the hostile-hash reader, against the private redis-server (no worker)."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import time
+import zlib
+
+import pytest
+from redis import Redis
+
+from config import load_settings
+from producer.client import ChatClient
+from producer.errors import ChatFailed
+from producer.schema import JOB_FUNCTION, ChatError
+from worker.jobdata import JobRejected, parse
+from worker.lifecycle import ALIVE_KEY, Claimed, Lifecycle, Outcome
+
+Q = "lvm-lstm"
+
+
+@pytest.fixture
+def redis(redis_url):
+    return Redis.from_url(redis_url)
+
+
+@pytest.fixture
+def client(redis_url):
+    return ChatClient(redis_url, load_settings())
+
+
+def _life(redis, name="w1", lease_s=0.2, reruns=1):
+    return Lifecycle(redis, name, lease_s, reruns, 1_048_576)
+
+
+def _claim(life, limit=10):
+    token = life.next_token()
+    return life.claim(Q, limit, token)
+
+
+def _ok(job_id, text="hi"):
+    return Outcome(job_id, True, 600, {"response": text})
+
+
+def test_claim_leases_atomically_and_drops_what_names_no_job(redis, client):
+    good = client.submit({"messages": ["Hello."]})
+    redis.rpush(f"rq:queue:{Q}", b"\xff\x00bytes", "not a valid id!", "missing-job", "a-string-key")
+    redis.set("rq:job:a-string-key", "x")
+    claim = _claim(_life(redis))
+    assert [j.id for j in claim.jobs] == [good]
+    reasons = dict(claim.dropped)
+    assert reasons["missing-job"].startswith("no job hash") and "is a string" in reasons["a-string-key"]
+    assert len(claim.dropped) == 4
+    assert redis.llen(f"rq:queue:{Q}") == 0
+    member = f"{good}:{claim.token}".encode()
+    assert redis.zscore(f"lvm:leases:{Q}", member) and redis.zscore(f"rq:wip:{Q}", member)
+    assert redis.hget(f"rq:job:{good}", "status") == b"started" and redis.ttl(f"rq:job:{good}") == -1
+    assert client.status(good) == "started"
+
+
+def test_an_id_queued_twice_runs_once(redis, client):
+    job_id = client.submit({"messages": ["Hello."]})
+    redis.rpush(f"rq:queue:{Q}", job_id)
+    life = _life(redis)
+    first = _claim(life)
+    assert [j.id for j in first.jobs] == [job_id]
+    assert first.dropped == [(job_id, "job is already started (its id was queued twice)")]
+
+
+def test_finish_is_fenced_by_the_token(redis, client):
+    job_id = client.submit({"messages": ["Hello."]})
+    life = _life(redis)
+    claim = _claim(life)
+    assert life.finish(Q, "someone-else-1", [_ok(job_id)]) == ["stale"]
+    assert client.status(job_id) == "started"
+    assert life.finish(Q, claim.token, [_ok(job_id)]) == ["written"]
+    assert life.finish(Q, claim.token, [_ok(job_id, "again")]) == ["already"]  # a retried round trip
+    assert redis.xlen(f"rq:results:{job_id}") == 1
+    assert client.status(job_id) == "finished"
+    assert client.redis.zcard(f"rq:wip:{Q}") == 0 and client.redis.zcard(f"lvm:leases:{Q}") == 0
+
+
+def test_failure_carries_the_structured_error(redis, client):
+    from worker.worker import failure
+
+    job_id = client.submit({"messages": ["Hello."]})
+    life = _life(redis)
+    claim = _claim(life)
+    err = ChatError(
+        error="bad_payload", message="job field 'timeout' refused", fields=[{"field": "timeout", "reason": "x"}]
+    )
+    assert life.finish(Q, claim.token, [failure(job_id, {}, 600, err)]) == ["written"]
+    with pytest.raises(ChatFailed, match="bad_payload: job field 'timeout' refused") as info:
+        client.result(job_id)
+    assert info.value.error.fields == [{"field": "timeout", "reason": "x"}]
+
+
+def test_recover_requeues_once_then_fails_abandoned_and_never_twice(redis, client):
+    job_id = client.submit({"messages": ["Hello."]})
+    dead, peer = _life(redis, "dead"), _life(redis, "peer")
+    dead.renew([Q], "", [])
+    claim = _claim(dead)
+    assert peer.recover(Q, "", 60) == []  # lease still running
+    time.sleep(0.3)
+    actions = peer.recover(Q, "", 60)
+    assert actions == [(job_id, "requeued", "dead")]
+    assert peer.recover(Q, "", 60) == []  # a second recoverer finds nothing
+    assert redis.lrange(f"rq:queue:{Q}", 0, -1) == [job_id.encode()]
+    assert redis.hget(f"rq:job:{job_id}", "lvm_reruns") == b"1"
+    assert dead.finish(Q, claim.token, [_ok(job_id)]) == ["stale"]  # the late owner is fenced off
+
+    again = _claim(dead)  # the same job dies a second time
+    time.sleep(0.3)
+    assert peer.recover(Q, "", 60) == [(job_id, "failed", "dead")]
+    assert dead.finish(Q, again.token, [_ok(job_id)]) == ["stale"]
+    with pytest.raises(ChatFailed, match="abandoned: worker dead stopped renewing its lease"):
+        client.result(job_id)
+    assert redis.xlen(f"rq:results:{job_id}") == 1
+
+
+def test_a_renewing_owner_keeps_its_jobs(redis, client):
+    job_id = client.submit({"messages": ["Hello."]})
+    owner, peer = _life(redis, "owner", lease_s=0.3), _life(redis, "peer")
+    claim = _claim(owner)
+    for _ in range(4):
+        time.sleep(0.15)
+        assert owner.renew([Q], claim.token, [job_id]) == []
+        assert peer.recover(Q, "", 60) == []
+    assert owner.recover(Q, claim.token, 60) == []  # its own running batch is not an orphan
+    assert redis.zscore(ALIVE_KEY, owner.incarnation)
+
+
+def test_jobs_of_an_unanswered_claim_return_without_counting_a_rerun(redis, client):
+    job_id = client.submit({"messages": ["Hello."]})
+    life = _life(redis)
+    _claim(life)  # as if the reply were lost: the worker never learns this token
+    life.renew([Q], "", [])
+    time.sleep(0.3)
+    assert life.recover(Q, "", 60) == [(job_id, "requeued", "w1")]
+    assert redis.hget(f"rq:job:{job_id}", "lvm_reruns") is None
+
+
+def test_release_hands_back_in_order(redis, client):
+    ids = client.submit_many([{"messages": [f"m{i}."]} for i in range(3)])
+    life = _life(redis)
+    claim = _claim(life)
+    assert life.release(Q, claim.token, ids) == list(reversed(ids))
+    assert [i.decode() for i in redis.lrange(f"rq:queue:{Q}", 0, -1)] == ids
+    assert {client.status(i) for i in ids} == {"queued"}
+
+
+def test_idempotent_submit(redis, client):
+    first = client.submit({"messages": ["Once."]}, idempotency_key="order-17")
+    again = client.submit({"messages": ["Once."]}, idempotency_key="order-17")
+    other = client.submit({"messages": ["Once."]}, idempotency_key="order-18")
+    assert first == again != other
+    assert redis.llen(f"rq:queue:{Q}") == 2
+    # a retried round trip (same prepared job id) does not enqueue again either
+    prepared = [client._prepare({"messages": ["Retry."]}, None)]
+    assert client._enqueue(prepared) == client._enqueue(prepared)
+    assert redis.llen(f"rq:queue:{Q}") == 3
+
+
+def test_stats_and_health_never_unpickle(redis, client, redis_url, tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    canary = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {canary}",))
+
+    job_id = client.submit({"messages": ["Hello."]})
+    redis.hset(f"rq:job:{job_id}", mapping={"meta": pickle.dumps(Payload()), "status": "started"})
+    redis.hset(f"rq:job:{job_id}", "failure_callback_name", "os.getcwd")
+    redis.zadd(f"rq:wip:{Q}", {f"{job_id}:x": 1})  # long expired: RQ's cleanup would act on it
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "LVM_REDIS_URL": redis_url, "PYTHONPATH": str(root)}
+    for cmd in (["stats", "--json"], ["health", "--json"]):
+        subprocess.run([sys.executable, "-m", "producer.cli", *cmd], env=env, cwd=root, capture_output=True, timeout=60)
+    assert not canary.exists()
+    assert redis.zcard(f"rq:wip:{Q}") == 1  # read-only: no cleanup ran
+
+
+def _claimed(fields: dict, status="queued", stripped=()) -> Claimed:
+    raw = {k.encode(): (v if isinstance(v, bytes) else str(v).encode()) for k, v in fields.items()}
+    return Claimed("j1", raw, list(stripped), status)
+
+
+def _data(request=None, func=JOB_FUNCTION, args=None, kwargs=None):
+    return zlib.compress(
+        json.dumps([func, None, args if args is not None else [request or {"messages": ["x"]}], kwargs or {}]).encode()
+    )
+
+
+GOOD = {"data": _data(), "status": "queued", "origin": Q, "timeout": "30", "created_at": "2026-01-01T00:00:00.000000Z"}
+
+
+@pytest.mark.parametrize(
+    "change, field",
+    [
+        ({"data": _data(func="os.system")}, "data.function"),
+        ({"data": _data(args=5)}, "data.args"),
+        ({"data": zlib.compress(json.dumps([JOB_FUNCTION, None, {"a": 1}, {}]).encode())}, "data.args"),
+        ({"data": _data(kwargs={"x": 1})}, "data.kwargs"),
+        ({"data": pickle.dumps(("os.system", None, ["id"], {}))}, "data"),
+        ({"data": zlib.compress(b"[" * 10 + b"x" * 5_000_000)}, "data"),  # bomb: 5 MB from a few KB
+        ({"data": b"\xff\xfe not utf-8"}, "data"),
+        ({"timeout": "abc"}, "timeout"),
+        ({"timeout": "-1"}, "timeout"),
+        ({"timeout": "3600"}, "timeout"),
+        ({"result_ttl": "1.5"}, "result_ttl"),
+        ({"failure_ttl": "x"}, "failure_ttl"),
+        ({"created_at": "yesterday"}, "created_at"),
+        ({"meta": pickle.dumps({"a": 1})}, "meta"),
+        ({"meta": "[1, 2]"}, "meta"),
+        ({"origin": "lvm-gru"}, "origin"),
+        ({"description": b"\xff"}, "description"),
+        ({"webhooks": "[]"}, "webhooks"),
+        ({"exotic": "1"}, "exotic"),
+    ],
+)
+def test_hostile_fields_are_refused_by_name(change, field):
+    with pytest.raises(JobRejected) as info:
+        parse(_claimed({**GOOD, **change}), Q, 60, 3600, 86400, 1_048_576)
+    assert info.value.field == field
+    assert info.value.error().error == "bad_payload" and field in info.value.error().message
+
+
+def test_hostile_status_missing_data_and_stripped_fields():
+    with pytest.raises(JobRejected, match="status"):
+        parse(_claimed(GOOD, status="bogus"), Q, 60, 3600, 86400, 1_048_576)
+    with pytest.raises(JobRejected, match="data: is missing"):
+        parse(_claimed({k: v for k, v in GOOD.items() if k != "data"}), Q, 60, 3600, 86400, 1_048_576)
+    with pytest.raises(JobRejected, match="failure_callback_name"):
+        parse(_claimed(GOOD, stripped=["failure_callback_name"]), Q, 60, 3600, 86400, 1_048_576)
+    with pytest.raises(JobRejected, match="is 2000000 bytes"):
+        parse(_claimed({**GOOD, "description": "\x00oversize:2000000"}), Q, 60, 3600, 86400, 1_048_576)
+
+
+def test_what_producers_write_is_accepted(redis, client):
+    """RQ's own enqueue, ChatClient and the raw protocol's fields all parse."""
+    from rq import Queue
+    from rq.serializers import JSONSerializer
+
+    Queue(Q, connection=redis, serializer=JSONSerializer).enqueue(JOB_FUNCTION, {"messages": ["rq."]}, job_timeout=60)
+    client.submit({"messages": ["client."]})
+    claim = _claim(_life(redis))
+    jobs = [parse(c, Q, 60, 3600, 86400, 1_048_576) for c in claim.jobs]
+    assert [j.request["messages"] for j in jobs] == [["rq."], ["client."]]
+    assert jobs[1].timeout == 60 and jobs[1].enqueued_at is not None

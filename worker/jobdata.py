@@ -1,0 +1,180 @@
+"""Read a claimed job hash as hostile input: a producer may be any program that can write Redis.
+
+Nothing here calls RQ's ``Job.restore`` (which raises on garbled fields, decompresses without a
+bound and unpickles with the default serializer). Every field is checked by name and value; the
+first problem becomes a ``bad_payload`` error naming the field, and the job fails alone.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import zlib
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from producer.schema import JOB_FUNCTION, ChatError
+from worker.lifecycle import ACTED_ON_FIELDS, OVERSIZE_MARK, Claimed
+
+# What RQ's enqueue (and the documented raw protocol, and a re-queued job) writes on a chat job.
+KNOWN_FIELDS = frozenset(
+    {
+        "data", "status", "origin", "description", "created_at", "enqueued_at", "started_at", "ended_at",
+        "last_heartbeat", "worker_name", "timeout", "result_ttl", "failure_ttl", "ttl", "meta", "group_id",
+        "lvm_token", "lvm_reruns", "lvm_history", "number_of_retries",
+    }
+)  # fmt: skip
+MAX_TTL_S = 30 * 86400
+MAX_META_BYTES = 64 * 1024
+INTEGER = re.compile(rb"^-?[0-9]{1,12}$")
+
+
+class JobRejected(Exception):
+    def __init__(self, field: str, reason: str):
+        self.field, self.reason = field, reason
+        super().__init__(f"{field}: {reason}")
+
+    def error(self) -> ChatError:
+        return ChatError(
+            error="bad_payload",
+            message=f"job field {self.field!r} refused: {self.reason}",
+            fields=[{"field": self.field, "reason": self.reason}],
+        )
+
+
+@dataclass
+class ChatJob:
+    id: str
+    request: Any  # the single argument, validated later as a ChatRequest
+    timeout: int
+    result_ttl: int
+    failure_ttl: int
+    meta: dict
+    enqueued_at: datetime | None
+    started_at: datetime
+
+
+def parse(claimed: Claimed, queue: str, job_timeout: int, result_ttl: int, failure_ttl: int, cap: int) -> ChatJob:
+    """The chat job in ``claimed``, or ``JobRejected`` naming the first field that is wrong."""
+    if claimed.stripped:
+        raise JobRejected(claimed.stripped[0], "chat jobs may not carry callbacks, dependencies, repeats, "
+                          "retries, webhooks or rate limits; removed unread")  # fmt: skip
+    fields: dict[str, bytes] = {}
+    for name, value in claimed.fields.items():
+        try:
+            text_name = name.decode("utf-8")
+        except UnicodeDecodeError:
+            raise JobRejected(repr(name[:40]), "field name is not UTF-8") from None
+        if text_name == "\x00fields":
+            raise JobRejected("(hash)", f"has {value.decode()} fields; a chat job has at most 20")
+        if value.startswith(OVERSIZE_MARK.encode()):
+            size = value[len(OVERSIZE_MARK) :].decode()
+            raise JobRejected(text_name, f"is {size} bytes; the cap is {cap} (LVM_MAX_JOB_BYTES)")
+        fields[text_name] = value
+    for name in fields:
+        if name not in KNOWN_FIELDS:
+            why = "is acted on by RQ; chat jobs may not carry it" if name in ACTED_ON_FIELDS else "is unknown"
+            raise JobRejected(name, why)
+    if claimed.status != "queued":
+        raise JobRejected("status", f"was {claimed.status or 'missing'!r}; a job on the queue must be 'queued'")
+    origin = _text(fields, "origin")
+    if origin not in (None, "", queue):
+        raise JobRejected("origin", f"names queue {origin[:80]!r}, but the job was on {queue!r}")
+    for name in ("description", "worker_name", "group_id", "lvm_token", "lvm_history"):
+        _text(fields, name)  # each must at least be text
+    for name in ("created_at", "started_at", "ended_at", "last_heartbeat"):
+        _date(fields, name)
+    _int(fields, "ttl", 0, -1, MAX_TTL_S)
+    _int(fields, "lvm_reruns", 0, 0, 1000)
+    _int(fields, "number_of_retries", 0, 0, 1000)
+    return ChatJob(
+        id=claimed.id,
+        request=_request(fields.get("data"), cap),
+        timeout=_int(fields, "timeout", job_timeout, 1, job_timeout),
+        result_ttl=_int(fields, "result_ttl", result_ttl, 1, MAX_TTL_S),
+        failure_ttl=_int(fields, "failure_ttl", failure_ttl, 1, MAX_TTL_S),
+        meta=_meta(fields.get("meta")),
+        enqueued_at=_date(fields, "enqueued_at"),
+        started_at=datetime.now(UTC),
+    )
+
+
+def _text(fields: dict[str, bytes], name: str) -> str | None:
+    value = fields.get(name)
+    if value is None:
+        return None
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        raise JobRejected(name, "is not UTF-8 text") from None
+
+
+def _int(fields: dict[str, bytes], name: str, default: int, low: int, high: int) -> int:
+    value = fields.get(name)
+    if value is None or value == b"":
+        return default
+    if not INTEGER.match(value):
+        raise JobRejected(name, f"must be a whole number of seconds, got {value[:40]!r}")
+    number = int(value)
+    if not low <= number <= high:
+        raise JobRejected(name, f"must be between {low} and {high}, got {number}")
+    return number
+
+
+def _date(fields: dict[str, bytes], name: str) -> datetime | None:
+    text = _text(fields, name)
+    if not text:
+        return None
+    try:
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise JobRejected(name, f"is not an ISO 8601 time: {text[:40]!r}") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _meta(value: bytes | None) -> dict:
+    if value is None or value == b"":
+        return {}
+    if len(value) > MAX_META_BYTES:
+        raise JobRejected("meta", f"is {len(value)} bytes; the cap is {MAX_META_BYTES}")
+    try:
+        meta = json.loads(value.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise JobRejected("meta", "is not JSON (jobs are JSON, never pickle)") from None
+    if not isinstance(meta, dict):
+        raise JobRejected("meta", f"must be a JSON object, got {type(meta).__name__}")
+    return meta
+
+
+def _request(data: bytes | None, cap: int) -> Any:
+    """RQ's ``data``: JSON ``[function, instance, args, kwargs]``, raw or zlib-compressed.
+
+    Decompression is bounded (a zlib bomb stops at ``cap`` bytes) and nothing is unpickled.
+    """
+    if not data:
+        raise JobRejected("data", "is missing")
+    raw = data
+    try:
+        inflater = zlib.decompressobj()
+        raw = inflater.decompress(data, cap + 1)
+        if len(raw) > cap or inflater.unconsumed_tail:
+            raise JobRejected("data", f"decompresses past the cap of {cap} bytes (LVM_MAX_JOB_BYTES)")
+    except zlib.error:
+        raw = data  # RQ accepts uncompressed data too
+    try:
+        job = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise JobRejected("data", "is not a JSON job; enqueue with RQ's JSONSerializer (never pickle)") from None
+    if not isinstance(job, list) or len(job) != 4:
+        raise JobRejected("data", "must be the JSON array [function, instance, args, kwargs]")
+    function, instance, args, kwargs = job
+    if function != JOB_FUNCTION:
+        raise JobRejected("data.function", f"this worker runs only {JOB_FUNCTION}, not {str(function)[:80]!r}")
+    if instance is not None:
+        raise JobRejected("data.instance", "must be null")
+    if kwargs not in ({}, None):
+        raise JobRejected("data.kwargs", f"{JOB_FUNCTION} takes no keyword arguments")
+    if not isinstance(args, list) or len(args) != 1:
+        raise JobRejected("data.args", f"{JOB_FUNCTION} takes exactly one argument, the request object")
+    return args[0]
