@@ -7,6 +7,7 @@ stopped (and its directory removed) by ``stop()``.
 from __future__ import annotations
 
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -23,7 +24,7 @@ def free_port() -> int:
 
 
 class RedisServer:
-    def __init__(self, port: int | None = None, appendonly: bool = False):
+    def __init__(self, port: int | None = None, appendonly: bool = False, fsync: str = "everysec"):
         binary = shutil.which("redis-server")
         if binary is None:
             raise FileNotFoundError(
@@ -45,6 +46,8 @@ class RedisServer:
             "",
             "--appendonly",
             "yes" if appendonly else "no",
+            "--appendfsync",
+            fsync,
             "--daemonize",
             "no",
             "--logfile",
@@ -61,6 +64,18 @@ class RedisServer:
         if self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait(timeout=10)
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown save; only what the appendonly file already holds survives."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+    def pause(self) -> None:
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self.proc.send_signal(signal.SIGCONT)
 
     def _wait_ready(self, timeout: float = 10.0) -> None:
         deadline = time.monotonic() + timeout

@@ -1,0 +1,67 @@
+"""Fault injection with real redis-server and real worker processes (bench/chaos.py).
+
+`make test` runs each scenario small; `make chaos` runs them full size (LVM_CHAOS_FULL=1)
+and prints the table. Every scenario must show 0 lost, 0 completed twice and no worker exit
+caused by a job.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from bench import chaos
+from helpers import worker_env
+
+pytestmark = [pytest.mark.integration, pytest.mark.chaos]
+FULL = os.environ.get("LVM_CHAOS_FULL") == "1"
+
+
+@pytest.fixture
+def env(serving_artifacts):
+    # heartbeat 0.5 s, so a lease is 1 s; the URL is each scenario's own redis-server
+    return {k: v for k, v in worker_env("unused", serving_artifacts).items() if k != "LVM_REDIS_URL"}
+
+
+def _check(t: chaos.Tally) -> None:
+    chaos.record(t)
+    print("\n" + chaos.HEADER + "\n" + t.row())
+    assert (t.lost, t.twice, t.job_exits) == (0, 0, 0), t.row()
+
+
+@pytest.mark.parametrize("point", ["after_claim", "after_prepare", "mid_batch", "after_finish"])
+def test_sigkill_at_each_lifecycle_point(point, env, tmp_path):
+    t = chaos.kill_at(point, env, tmp_path, jobs=40 if FULL else 20)
+    _check(t)
+    assert t.finished == t.submitted
+
+
+def test_random_sigkills_under_load(env, tmp_path):
+    _check(chaos.random_kills(env, tmp_path, kills=5 if FULL else 1, rate=20))
+
+
+def test_redis_sigkill_and_restart(env, tmp_path):
+    t = chaos.redis_restart(env, tmp_path, jobs=400 if FULL else 60)
+    _check(t)
+    assert t.finished == t.submitted
+
+
+def test_redis_paused_longer_than_the_lease_with_two_workers(env, tmp_path):
+    t = chaos.redis_pause(env, tmp_path, jobs=64 if FULL else 32)
+    _check(t)
+    assert t.finished == t.submitted
+
+
+def test_repeated_sigterm(env, tmp_path):
+    t = chaos.repeated_sigterm(env, tmp_path, jobs=32 if FULL else 16)
+    _check(t)
+    assert t.finished == t.submitted and "exit code 0" in t.notes
+
+
+def test_hostile_job_hashes(env, tmp_path):
+    t = chaos.hostile_corpus(env, tmp_path, hostile=1000 if FULL else 300)
+    _check(t)
+    assert t.finished + sum(t.failed.values()) + t.dropped == t.submitted
+    assert set(t.failed) <= {"bad_payload", "invalid_request", "wrong_model"}, t.failed  # valid chats all finished
+    assert "canary file absent" in t.notes and "rq info exit 0" in t.notes and "wrong outcomes: none" in t.notes
