@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import socket
 import sys
 
 
@@ -44,8 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
     health.add_argument("--queue", action="append", help="queue that must be served (repeatable)")
     health.add_argument(
         "--worker",
-        help="check one worker only: its name, or the host part of a default name (e.g. $HOSTNAME in a "
-        "container); exit 1 if it has no fresh heartbeat, is not ready/busy, or is busy past its batch deadline",
+        nargs="?",
+        const="",
+        metavar="NAME",
+        help="check workers one by one instead of queues: NAME is a worker name or a host (default names are "
+        "<host>.<pid>.<random>); with no NAME, the workers of this host (a container's healthcheck). Exit 1 if "
+        "none has a fresh heartbeat, or one is not ready/busy, or is busy past its batch deadline",
     )
     health.add_argument("--redis-url", help="default LVM_REDIS_URL")
     health.add_argument("--json", action="store_true")
@@ -113,7 +118,8 @@ def cmd_health(args: argparse.Namespace) -> int:
 
     redis = connect(args.redis_url or load_settings().redis_url)
     try:
-        report = check(redis, args.queue, worker=args.worker)
+        worker = (args.worker or socket.gethostname()) if args.worker is not None else None
+        report = check(redis, args.queue, worker=worker)
     except Exception as exc:  # noqa: BLE001 - a healthcheck must answer, not crash
         print(f"error: cannot read heartbeats: {exc}", file=sys.stderr)
         return 1

@@ -99,3 +99,44 @@ def test_health_rules():
     _beat(redis, "w1", "busy", ["lvm-lstm"])
     text = format_report(check(redis, ["lvm-lstm"]))
     assert "w1" in text and "busy" in text and "lvm-lstm: OK" in text and text.endswith("healthy")
+
+
+def test_health_flags_a_worker_busy_past_its_deadline_and_checks_one_worker():
+    redis = fakeredis.FakeRedis()
+    _beat(redis, "host-a.12.ab12", "busy", ["lvm-lstm"])
+    body = json.loads(redis.get(HEARTBEAT_PREFIX + "host-a.12.ab12"))
+    body.update(host="host-a", busy_deadline_at=time.time() + 5)
+    redis.set(HEARTBEAT_PREFIX + "host-a.12.ab12", json.dumps(body))
+    assert check(redis, ["lvm-lstm"]).ok
+    assert check(redis, worker="host-a").ok and check(redis, worker="host-a.12.ab12").ok
+    assert not check(redis, worker="host-b").ok
+    assert "no heartbeat from worker host-b" in check(redis, worker="host-b").queues[0].reason
+    body["busy_deadline_at"] = time.time() - 60  # wedged: 60 s past its deadline, grace is 3 x 5 s
+    redis.set(HEARTBEAT_PREFIX + "host-a.12.ab12", json.dumps(body))
+    report = check(redis, worker="host-a")
+    assert not report.ok and "past its batch deadline" in report.queues[0].reason
+    assert not check(redis, ["lvm-lstm"]).ok
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://:s3cret@127.0.0.1:6379/0",
+        "redis://user:s3cret@127.0.0.1:6379/0",
+        "rediss://user:s3cret@cache.example:6380/1",
+        "redis://127.0.0.1:6379/0?password=s3cret&db=2",
+        "unix://:s3cret@/run/redis.sock?db=0",
+        "unix:///run/redis.sock?db=0&password=s3cret",
+        "redis://:s3cret@",  # invalid: exactly what ends up in an error message
+        "http://:s3cret@host",
+    ],
+)
+def test_no_password_survives_masking(url, monkeypatch):
+    from config import SettingsError
+    from config.urls import safe_url
+
+    assert "s3cret" not in safe_url(url) and "***" in safe_url(url)
+    monkeypatch.setenv("LVM_REDIS_URL", "x" + url)  # an invalid scheme: the URL lands in the error
+    with pytest.raises(SettingsError) as info:
+        load_settings()
+    assert "s3cret" not in str(info.value)

@@ -17,14 +17,14 @@ from bench.redis_server import RedisServer
 from config import load_settings
 from helpers import worker_env
 from producer.client import ChatClient
-from producer.errors import RedisUnavailable
+from producer.errors import ChatFailed, RedisUnavailable
 from producer.schema import HEARTBEAT_PREFIX, JOB_FUNCTION
 
 pytestmark = pytest.mark.integration
 WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho sigma tau".split()
 
 
-def _heavy_jobs(queue: Queue, n: int) -> list:
+def _heavy_jobs(queue: Queue, n: int, timeouts: list[int] | None = None) -> list:
     """Jobs that take a while together: 5 distinct ~200-word sentences each, 8 sentences to generate."""
     data = []
     for j in range(n):
@@ -33,7 +33,7 @@ def _heavy_jobs(queue: Queue, n: int) -> list:
             for s in range(5)
         ]
         request = {"messages": sentences, "response_sentences": 8}
-        data.append(Queue.prepare_data(JOB_FUNCTION, args=[request], timeout=60))
+        data.append(Queue.prepare_data(JOB_FUNCTION, args=[request], timeout=timeouts[j] if timeouts else 60))
     with queue.connection.pipeline() as pipe:  # all at once, so one batch takes them all
         jobs = queue.enqueue_many(data, pipeline=pipe)
         pipe.execute()
@@ -159,3 +159,49 @@ def test_producer_retries_are_configurable(tmp_path, monkeypatch):
     assert time.monotonic() - started >= 0.5  # 0.2 s + 0.4 s of backoff
     assert "s3cret" not in str(info.value) and ":***@" in str(info.value)
     assert os.environ["LVM_PRODUCER_RETRIES"] == "2"
+
+
+def _wait_ended(redis, jobs, timeout=120):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        statuses = [j.get_status(refresh=True).value for j in jobs]
+        if set(statuses) <= {"finished", "failed"}:
+            return statuses
+        time.sleep(0.05)
+    pytest.fail(f"jobs did not end: {statuses}")
+
+
+def test_a_batch_past_its_deadline_stops_computing_and_ends_timeout(redis_url, serving_artifacts, tmp_path):
+    redis = Redis.from_url(redis_url)
+    queue = Queue("lvm-lstm", connection=redis, serializer=JSONSerializer)
+    jobs = _heavy_jobs(queue, 24, timeouts=[1] * 24)
+    log = tmp_path / "w.log"
+    env = worker_env(redis_url, serving_artifacts, LVM_MAX_BATCH="24", LVM_JOB_TIMEOUT="1")
+    proc, name = start_worker("lvm-lstm", env, log_path=log)
+    try:
+        started = time.monotonic()
+        assert _wait_ended(redis, jobs) == ["failed"] * 24
+        client = ChatClient(redis_url, load_settings())
+        for job in jobs:
+            with pytest.raises(ChatFailed, match="timeout: the batch ran past its deadline of 1 s"):
+                client.result(job.id)
+        assert time.monotonic() - started < 60
+        light = queue.enqueue(JOB_FUNCTION, {"messages": ["Still serving?"]}, job_timeout=1)
+        assert client.wait(light.id, timeout=30).response  # the worker carried on
+        assert proc.poll() is None
+    finally:
+        stop(proc)
+
+
+def test_a_short_job_timeout_does_not_shorten_its_batch_mates(redis_url, serving_artifacts, tmp_path):
+    redis = Redis.from_url(redis_url)
+    queue = Queue("lvm-lstm", connection=redis, serializer=JSONSerializer)
+    jobs = _heavy_jobs(queue, 24, timeouts=[1] + [60] * 23)
+    env = worker_env(redis_url, serving_artifacts, LVM_MAX_BATCH="24")
+    proc, _ = start_worker("lvm-lstm", env, log_path=tmp_path / "w.log")
+    try:
+        assert _wait_ended(redis, jobs) == ["failed"] + ["finished"] * 23
+        with pytest.raises(ChatFailed, match="timeout: answered after .* past the job's own timeout of 1 s"):
+            ChatClient(redis_url, load_settings()).result(jobs[0].id)
+    finally:
+        stop(proc)

@@ -123,3 +123,41 @@ def test_the_shipped_redis_cli_example(worker_url):
         timeout=60,
     )
     assert bad.returncode == 2 and "is a worker serving lvm-nosuchmodel" in bad.stderr
+
+
+@pytest.mark.skipif(shutil.which("redis-cli") is None, reason="redis-cli not installed")
+def test_redis_cli_example_keeps_the_password_off_the_command_line(tmp_path):
+    """A password-protected Redis: the script moves the URL's password into REDISCLI_AUTH,
+    and a repeated run with the same idempotency key answers with the first job."""
+    from bench.redis_server import RedisServer
+
+    server = RedisServer()
+    try:
+        server.client().config_set("requirepass", "s3cret")
+        url = server.url.replace("redis://", "redis://:s3cret@")
+        spy = tmp_path / "bin"
+        spy.mkdir()
+        (spy / "redis-cli").write_text(
+            f'#!/bin/sh\necho "$@" >> {tmp_path}/argv\nexec {shutil.which("redis-cli")} "$@"\n'
+        )
+        (spy / "redis-cli").chmod(0o755)
+        env = {**os.environ, "LVM_REDIS_URL": url, "LVM_WAIT_SECONDS": "1", "PATH": f"{spy}:{os.environ['PATH']}",
+               "LVM_IDEMPOTENCY_KEY": "order-1"}  # fmt: skip
+        runs = [
+            subprocess.run(
+                [str(ROOT / "producer" / "redis_cli_chat.sh"), "Hi"],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )  # fmt: skip
+            for _ in range(2)
+        ]
+        assert [r.returncode for r in runs] == [2, 2], runs[0].stderr  # no worker here: no answer
+        first, second = (r.stderr.split("job ")[1].split(" ")[0] for r in runs)
+        assert first == second
+        redis = Redis.from_url(url)
+        assert redis.llen("rq:queue:lvm-lstm") == 1
+        assert "s3cret" not in (tmp_path / "argv").read_text()
+    finally:
+        server.stop()

@@ -83,6 +83,7 @@ class LVMWorker(SimpleWorker):
         # the heartbeat thread reads it without a lock and renews exactly these leases.
         self.lease: tuple[str, str, tuple[str, ...], float, float] = ("", "", (), 0.0, 0.0)
         self.stop_signals = 0  # set by the signal handler; everything else reads it
+        self._suspension_checked = 0.0
         self.alarm = Alarm()
         self.runtime: Runtime | None = None
         self.metrics: Any = None
@@ -226,10 +227,14 @@ class LVMWorker(SimpleWorker):
         return self.settings.max_batch if max_jobs is None else max(1, min(self.settings.max_batch, max_jobs - done))
 
     def _suspended(self, burst: bool) -> bool:
+        """`rq suspend` honoured within a second; checked at most once a second, not per batch."""
+        if time.monotonic() < self._suspension_checked + 1.0:
+            return False
         try:
             suspended = is_suspended(self.connection, self)
         except REDIS_DOWN:
             return self._redis_down_pause("suspension check")
+        self._suspension_checked = 0.0 if suspended else time.monotonic()
         if suspended:
             if burst:
                 self.stop_signals = self.stop_signals or 1
