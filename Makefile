@@ -7,7 +7,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: setup redis-server model demo test test-fast lint bench clean-artifacts
+.PHONY: setup redis-server model demo test test-fast chaos lint bench clean-artifacts
 
 setup: $(STAMP)
 
@@ -39,6 +39,13 @@ test: setup redis-server
 
 test-fast: setup
 	$(BIN)/pytest -q -m "not integration and not slow"
+
+# The fault-injection suite at full size (SIGKILLs, Redis restarts and pauses, 1,000 hostile
+# job hashes), then its table. `make test` runs the same scenarios small.
+chaos: setup redis-server
+	@rm -f .chaos.jsonl
+	LVM_CHAOS_FULL=1 LVM_CHAOS_REPORT=.chaos.jsonl $(BIN)/pytest -q -m chaos
+	@$(BIN)/python -m bench.chaos report .chaos.jsonl
 
 lint: setup
 	$(BIN)/ruff check .

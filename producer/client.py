@@ -31,6 +31,7 @@ from producer.schema import JOB_FUNCTION, ChatError, ChatRequest, ChatResult
 RequestLike = ChatRequest | dict[str, Any]
 SUBMIT_SCRIPT = Path(__file__).with_name("submit.lua")
 IDEMPOTENCY_PREFIX = "lvm:idem:"
+WAIT_MARGIN_S = 5.0
 T = TypeVar("T")
 
 
@@ -65,6 +66,7 @@ class ChatClient:
         self.url = redis_url or self.settings.redis_url
         self.redis = connect(self.url)
         self._blocking: Redis | None = None
+        self._blocking_timeout = 0.0
         self._submit = self.redis.register_script(SUBMIT_SCRIPT.read_text())
 
     # -- submitting ------------------------------------------------------------------------
@@ -152,8 +154,11 @@ class ChatClient:
     @reaching_redis
     def wait(self, job_id: str, timeout: float = 30.0) -> ChatResult:
         """Block until the job ends (on RQ's result stream) or ``timeout`` seconds pass."""
-        if self._blocking is None:
-            self._blocking = connect(self.url, socket_timeout=None)  # bounded by XREAD BLOCK itself
+        if self._blocking is None or self._blocking_timeout < timeout + WAIT_MARGIN_S:
+            # The socket timeout outlasts XREAD BLOCK by a margin: long enough for the blocking
+            # read, short enough that a half-open connection raises instead of hanging forever.
+            self._blocking_timeout = timeout + WAIT_MARGIN_S
+            self._blocking = connect(self.url, socket_timeout=self._blocking_timeout)
         # The result stream needs only the id: skip fetching the job hash on the happy path.
         job = Job(job_id, connection=self._blocking, serializer=JSONSerializer)
         res = job.latest_result(timeout=max(1, int(round(timeout))) if timeout > 0 else 0)

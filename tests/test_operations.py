@@ -205,3 +205,20 @@ def test_a_short_job_timeout_does_not_shorten_its_batch_mates(redis_url, serving
             ChatClient(redis_url, load_settings()).result(jobs[0].id)
     finally:
         stop(proc)
+
+
+def test_wait_on_a_dead_connection_raises_instead_of_hanging():
+    """A server that stops answering (SIGSTOP: the TCP connection stays open, like a half-open
+    one): wait gives up after its timeout plus the socket margin."""
+    server = RedisServer()
+    try:
+        client = ChatClient(server.url, load_settings())
+        job_id = client.submit({"messages": ["Anyone?"]})
+        server.pause()
+        started = time.monotonic()
+        with pytest.raises(RedisUnavailable):
+            client.wait(job_id, timeout=1)
+        assert time.monotonic() - started < 20
+    finally:
+        server.resume()
+        server.stop()
