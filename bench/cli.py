@@ -34,6 +34,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.set_defaults(func=cmd_queue)
 
     _register_load(bsub)
+    _register_overhead(bsub)
+
+
+def _register_overhead(bsub) -> None:
+    o = bsub.add_parser(
+        "overhead",
+        help="the queue layer alone: jobs/s and worker CPU per job with a null pipeline, beside RQ's no-op",
+        description="Starts a private redis-server, pre-queues N chat jobs and lets one real LVMWorker process "
+        "(LVM_PIPELINE=null: a fixed answer, no encoder or model) drain them at each batch size; then RQ's own "
+        "SimpleWorker drains N no-op jobs. Reports jobs/s and worker CPU per job between the first and last job.",
+    )
+    o.add_argument("--batches", default="1,8,32,128", help="comma-separated LVM_MAX_BATCH values")
+    o.add_argument("-n", type=int, default=5000, help="jobs per run (default 5000)")
+    o.add_argument("--json", action="store_true")
+    o.set_defaults(func=cmd_overhead)
 
 
 def _register_load(bsub) -> None:
@@ -54,6 +69,13 @@ def _register_load(bsub) -> None:
     load.add_argument("--redis-url")
     load.add_argument("--json", action="store_true")
     load.set_defaults(func=cmd_load)
+
+
+def cmd_overhead(args: argparse.Namespace) -> int:
+    from bench import overhead
+
+    batches = tuple(int(b) for b in args.batches.split(","))
+    return _emit(overhead.run(batches=batches, n=args.n), args.json, overhead.format_result)
 
 
 def cmd_load(args: argparse.Namespace) -> int:

@@ -49,6 +49,11 @@ class Settings(BaseSettings):
     )
     model: str | None = Field(None, description="Model this worker serves; default: taken from its single queue name.")
     device: str = Field("cpu", description="cpu, cuda, cuda:N, mps or auto.")
+    pipeline: Literal["model", "null"] = Field(
+        "model",
+        description="model: encoder, LVM and decoder. null: benchmarks only (lvmq bench overhead): every request "
+        "gets a fixed answer with no encoder or model, so what is measured is the queue layer alone.",
+    )
     torch_threads: int = Field(
         1,
         ge=1,

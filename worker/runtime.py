@@ -50,6 +50,17 @@ def build_decoder(settings: Settings, encoder: Any, bank: Any) -> Any:
     return v2t if settings.decoder == "vec2text" else AutoDecoder(bank, v2t)
 
 
+class NullPipeline:
+    """``lvmq bench overhead``'s pipeline: a fixed answer, no encoder, model or decoder, so the
+    benchmark measures the worker's queue layer and nothing else."""
+
+    def run(self, inputs: list[Any]) -> list[Any]:
+        from lvm.pipeline import ChatOutput
+
+        text = "(null pipeline)"
+        return [ChatOutput(text, [text], 0.0, "null", 0, len(inputs), len(i.messages)) for i in inputs]
+
+
 @dataclass
 class Runtime:
     settings: Settings
@@ -74,6 +85,8 @@ class Runtime:
         from lvm.pipeline import ChatInput, ChatPipeline
 
         started = time.perf_counter()
+        if settings.pipeline == "null":
+            return cls(settings, model_name, worker_name, NullPipeline(), "cpu", "(none)", "null", 0.0)
         if model_name not in settings.models:
             raise RuntimeError(
                 f"no checkpoint configured for model {model_name!r}; set LVM_MODELS__{model_name.upper()}=path "
