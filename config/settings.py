@@ -63,6 +63,11 @@ class Settings(BaseSettings):
     search_threads: int = Field(
         2, ge=1, le=256, description="torch threads for the sentence-bank search only (one large matrix product)."
     )
+    encoder_dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+        "auto",
+        description="Encoder precision. auto: float16 on CUDA, float32 on CPU and MPS. A model stored in "
+        "float16 is upcast on CPU; half precision on CPU is refused (10x slower there).",
+    )
     encoder: str = Field(
         "minilm",
         description="Sentence encoder: 'minilm' (packaged all-MiniLM-L6-v2) or a local model directory.",

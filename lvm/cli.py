@@ -209,6 +209,19 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serving_precision() -> dict:
+    """How a worker with the current LVM_* settings would run the encoder (LVM_ENCODER_DTYPE)."""
+    from config import load_settings
+    from lvm.encoders import resolve_dtype
+
+    s = load_settings()
+    try:
+        dtype = resolve_dtype(s.encoder_dtype, "cuda" if s.device == "auto" else s.device)
+    except ValueError as exc:
+        dtype = f"invalid: {exc}"
+    return {"device": s.device, "encoder_dtype_setting": s.encoder_dtype, "encoder_dtype": dtype}
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
     from lvm.checkpoint import CheckpointError, load_model
     from lvm.models import count_parameters
@@ -226,6 +239,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         "parameters": count_parameters(model),
         "encoder": model.metadata.get("encoder") or {"dim": model.config.input_dim},
         "created_at": model.metadata.get("created_at"),
+        "serving": _serving_precision(),
     }
     if args.json:
         print(json.dumps(info, indent=2))

@@ -50,3 +50,40 @@ def test_fast_path_reproduces_the_library_pipeline(minilm):
     library = minilm.library_encode(texts)
     assert np.abs(fast - library).max() < 1e-5
     assert np.allclose(minilm.encode(texts[2:3])[0], fast[2], atol=1e-5)  # batching and order do not matter
+
+
+def test_a_float16_model_is_upcast_on_cpu(tmp_path, minilm):
+    """transformers 5 keeps a checkpoint's stored dtype; the encoder never inherits it."""
+    from lvm.encoders import SentenceTransformerEncoder, minilm_path
+
+    half = SentenceTransformerEncoder(minilm_path(), fast=False)
+    half.model.half().save(str(tmp_path / "minilm-fp16"))
+    loaded = SentenceTransformerEncoder(tmp_path / "minilm-fp16", name="fp16")
+    assert loaded.dtype == "float32"
+    assert next(loaded.model.parameters()).dtype.__str__() == "torch.float32"
+    texts = ["What is diabetes?", "The river flows through the old town."]
+    cos = (loaded.encode(texts) * minilm.encode(texts)).sum(axis=1)
+    assert cos.min() > 0.999  # only the float16 rounding of the stored weights remains
+
+
+def test_encoder_dtype_rules():
+    from lvm.encoders import resolve_dtype
+
+    assert resolve_dtype("auto", "cpu") == "float32"
+    assert resolve_dtype("auto", "cuda:0") == "float16"
+    assert resolve_dtype("auto", "mps") == "float32"
+    assert resolve_dtype("bfloat16", "cuda") == "bfloat16"
+    with pytest.raises(ValueError, match="slower than float32"):
+        resolve_dtype("float16", "cpu")
+    with pytest.raises(ValueError, match="must be one of"):
+        resolve_dtype("int3", "cpu")
+
+
+def test_bank_search_on_cpu_is_unchanged_by_to(minilm):
+    from conftest import BANK_SENTENCES as SENTENCES
+
+    bank = SentenceBank(SENTENCES, minilm.encode(SENTENCES))
+    query = minilm.encode(["How is blood sugar controlled?"])
+    before = bank.decode(query)[0]
+    after = bank.to("cpu").decode(query)[0]
+    assert (before.text, before.cosine) == (after.text, after.cosine)

@@ -71,6 +71,7 @@ class Runtime:
     checkpoint: str
     model_version: str
     load_seconds: float
+    encoder_dtype: str = "float32"
     latencies_ms: list[float] = field(default_factory=list)
 
     @classmethod
@@ -94,11 +95,12 @@ class Runtime:
             )
         checkpoint = settings.models[model_name]
         device = resolve_device(settings.device)
-        encoder = load_encoder(settings.encoder, device=device)
+        encoder = load_encoder(settings.encoder, device=device, dtype=settings.encoder_dtype)
         model = load_model(checkpoint, device=device, expected_dim=encoder.dim)
         bank = SentenceBank.load(settings.bank_path) if settings.decoder != "vec2text" else None
         if bank is not None:
             bank.search_threads = settings.search_threads
+            bank.to(device)
         decoder = build_decoder(settings, encoder, bank)
         memory = None
         if settings.conversation_cache and redis is not None:
@@ -117,6 +119,7 @@ class Runtime:
             checkpoint=str(checkpoint),
             model_version=model.version,
             load_seconds=time.perf_counter() - started,
+            encoder_dtype=getattr(encoder, "dtype", "float32"),
         )
 
     def parse(self, payload: Any) -> ChatRequest:

@@ -111,6 +111,7 @@ class LVMWorker(SimpleWorker):
             checkpoint=self.runtime.checkpoint,
             model_version=self.runtime.model_version,
             device=self.runtime.device,
+            encoder_dtype=self.runtime.encoder_dtype,
             load_seconds=round(self.runtime.load_seconds, 2),
         )
         self.pulse.set("ready")
@@ -153,6 +154,7 @@ class LVMWorker(SimpleWorker):
             "model_version": rt.model_version if rt else None,
             "checkpoint": str(self.settings.models.get(self.model_name, "")),
             "device": rt.device if rt else self.settings.device,
+            "encoder_dtype": rt.encoder_dtype if rt else None,
             "queues": self.queue_names(),
             "jobs_done": self.jobs_done,
             "jobs_failed": self.jobs_failed,
