@@ -99,20 +99,20 @@ def test_failure_carries_the_structured_error(redis, client):
 def test_recover_requeues_once_then_fails_abandoned_and_never_twice(redis, client):
     job_id = client.submit({"messages": ["Hello."]})
     dead, peer = _life(redis, "dead"), _life(redis, "peer")
-    dead.renew([Q], "", [])
+    dead.renew([Q], {})
     claim = _claim(dead)
-    assert peer.recover(Q, "", 60) == []  # lease still running
+    assert peer.recover(Q, [], 60) == []  # lease still running
     time.sleep(0.3)
-    actions = peer.recover(Q, "", 60)
+    actions = peer.recover(Q, [], 60)
     assert actions == [(job_id, "requeued", "dead")]
-    assert peer.recover(Q, "", 60) == []  # a second recoverer finds nothing
+    assert peer.recover(Q, [], 60) == []  # a second recoverer finds nothing
     assert redis.lrange(f"rq:queue:{Q}", 0, -1) == [job_id.encode()]
     assert redis.hget(f"rq:job:{job_id}", "lvm_reruns") == b"1"
     assert dead.finish(Q, claim.token, [_ok(job_id)]) == ["stale"]  # the late owner is fenced off
 
     again = _claim(dead)  # the same job dies a second time
     time.sleep(0.3)
-    assert peer.recover(Q, "", 60) == [(job_id, "failed", "dead")]
+    assert peer.recover(Q, [], 60) == [(job_id, "failed", "dead")]
     assert dead.finish(Q, again.token, [_ok(job_id)]) == ["stale"]
     with pytest.raises(ChatFailed, match="abandoned: worker dead stopped renewing its lease"):
         client.result(job_id)
@@ -125,9 +125,9 @@ def test_a_renewing_owner_keeps_its_jobs(redis, client):
     claim = _claim(owner)
     for _ in range(4):
         time.sleep(0.15)
-        assert owner.renew([Q], claim.token, [job_id]) == []
-        assert peer.recover(Q, "", 60) == []
-    assert owner.recover(Q, claim.token, 60) == []  # its own running batch is not an orphan
+        assert owner.renew([Q], {claim.token: [job_id]}) == []
+        assert peer.recover(Q, [], 60) == []
+    assert owner.recover(Q, [claim.token], 60) == []  # its own running batch is not an orphan
     assert redis.zscore(ALIVE_KEY, owner.incarnation)
 
 
@@ -135,9 +135,9 @@ def test_jobs_of_an_unanswered_claim_return_without_counting_a_rerun(redis, clie
     job_id = client.submit({"messages": ["Hello."]})
     life = _life(redis)
     _claim(life)  # as if the reply were lost: the worker never learns this token
-    life.renew([Q], "", [])
+    life.renew([Q], {})
     time.sleep(0.3)
-    assert life.recover(Q, "", 60) == [(job_id, "requeued", "w1")]
+    assert life.recover(Q, [], 60) == [(job_id, "requeued", "w1")]
     assert redis.hget(f"rq:job:{job_id}", "lvm_reruns") is None
 
 

@@ -153,22 +153,23 @@ RENEW = (
     _LUA_TIME
     + """
 -- KEYS: 1 alive zset, then one lease zset per queue
--- ARGV: 1 incarnation, 2 token ('' when idle), 3 lease ms, 4 job prefix, then the in-flight ids
+-- ARGV: 1 incarnation, 2 lease ms, 3 job prefix, then the leases held, as <id>:<token>
 redis.call('ZADD', KEYS[1], now_ms, ARGV[1])
 local lost = {}
-for i = 5, #ARGV do
-  local key = ARGV[4] .. ARGV[i]
-  local member = ARGV[i] .. ':' .. ARGV[2]
+for i = 4, #ARGV do
+  local member = ARGV[i]
+  local id, token = string.match(member, '^(.*):([^:]*)$')
+  local key = ARGV[3] .. (id or '')
   local renewed = false
-  if redis.call('HGET', key, 'lvm_token') == ARGV[2] and redis.call('HGET', key, 'status') == 'started' then
+  if id and redis.call('HGET', key, 'lvm_token') == token and redis.call('HGET', key, 'status') == 'started' then
     for k = 2, #KEYS do
       if redis.call('ZSCORE', KEYS[k], member) then
-        redis.call('ZADD', KEYS[k], 'XX', now_ms + tonumber(ARGV[3]), member)
+        redis.call('ZADD', KEYS[k], 'XX', now_ms + tonumber(ARGV[2]), member)
         renewed = true
       end
     end
   end
-  if not renewed then lost[#lost + 1] = ARGV[i] end
+  if not renewed then lost[#lost + 1] = id or member end
 end
 return lost
 """
@@ -246,7 +247,7 @@ RECOVER = (
     + """
 -- KEYS: 1 lease zset, 2 RQ started registry, 3 queue list, 4 failed registry, 5 alive zset,
 --       6 stats failed key
--- ARGV: 1 max reruns, 2 my incarnation, 3 my token now ('' none), 4 lease ms, 5 failure ttl,
+-- ARGV: 1 max reruns, 2 my incarnation, 3 my live tokens (',t1,t2,'), 4 lease ms, 5 failure ttl,
 --       6 job prefix, 7 results prefix, 8 now iso, 9 limit, 10 stats ttl, 11 history cap
 local out = {}
 local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now_ms, 'LIMIT', 0, tonumber(ARGV[9]))
@@ -264,7 +265,7 @@ for _, member in ipairs(expired) do
     local mine = incarnation == ARGV[2]
     local seen = tonumber(redis.call('ZSCORE', KEYS[5], incarnation) or '0')
     local alive = seen > now_ms - tonumber(ARGV[4])
-    if (mine and token == ARGV[3]) or ((not mine) and alive) then
+    if (mine and string.find(ARGV[3], ',' .. token .. ',', 1, true)) or ((not mine) and alive) then
       -- running here now, or its owner still renews: not an orphan
     else
       local owner = redis.call('HGET', key, 'worker_name') or '?'
@@ -399,10 +400,11 @@ class Lifecycle:
                 claim.jobs.append(Claimed(_text(entry[1]), fields, [_text(f) for f in entry[3]], _text(entry[4])))
         return claim
 
-    def renew(self, queues: list[str], token: str, ids: list[str], connection: Redis | None = None) -> list[str]:
-        """Extend this worker's leases and its liveness; returns ids it no longer owns."""
+    def renew(self, queues: list[str], held: dict[str, list[str]], connection: Redis | None = None) -> list[str]:
+        """Extend this worker's leases ({token: ids}) and its liveness; returns ids it no longer owns."""
         keys = [ALIVE_KEY] + [self.keys(q)["lease"] for q in queues]
-        args = [self.incarnation, token, self.lease_ms, JOB_PREFIX, *ids]
+        members = [f"{job_id}:{token}" for token, ids in held.items() for job_id in ids]
+        args = [self.incarnation, self.lease_ms, JOB_PREFIX, *members]
         lost = self._renew(keys=keys, args=args, client=connection)
         return [_text(i) for i in lost]
 
@@ -428,12 +430,14 @@ class Lifecycle:
         return [_text(i) for i in reply]
 
     def recover(
-        self, queue: str, current_token: str, failure_ttl: int, limit: int = 100, connection: Redis | None = None
+        self, queue: str, live_tokens: list[str], failure_ttl: int, limit: int = 100, connection: Redis | None = None
     ) -> list[tuple[str, str, str]]:
-        """Put back (or fail as abandoned) jobs whose lease expired and whose owner went silent."""
+        """Put back (or fail as abandoned) jobs whose lease expired and whose owner went silent.
+        ``live_tokens``: this worker's batches in hand, which are not orphans whatever their lease."""
         k = self.keys(queue)
         keys = [k["lease"], k["wip"], k["queue"], k["failed"], ALIVE_KEY, stats_key(queue, "failed")]
-        args = [self.max_reruns, self.incarnation, current_token, self.lease_ms, failure_ttl, JOB_PREFIX,
+        mine = "," + ",".join(live_tokens) + ","
+        args = [self.max_reruns, self.incarnation, mine, self.lease_ms, failure_ttl, JOB_PREFIX,
                 RESULTS_PREFIX, rq_time(), limit, STATS_TTL_S, MAX_HISTORY_CHARS]  # fmt: skip
         reply = self._recover(keys=keys, args=args, client=connection)
         return [tuple(_text(x) for x in entry) + ("",) * (3 - len(entry)) for entry in reply]  # type: ignore[misc]

@@ -21,9 +21,12 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any
 
 from redis import Redis
@@ -48,6 +51,28 @@ log = get_logger("lvmq.worker")
 REDIS_DOWN = (RedisConnectionError, RedisTimeoutError)
 IDLE_BLOCK_S = 1  # longest a blocked claim waits before the loop looks at signals and maintenance
 MAINTENANCE_S = 60
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A batch this worker holds: claimed, computing, or awaiting its finish write."""
+
+    queue: str
+    token: str
+    ids: tuple[str, ...]
+    started: float
+    deadline: float = 0.0
+
+
+@dataclass
+class Batch:
+    claim: Claim
+    chat_jobs: list[ChatJob] = field(default_factory=list)
+    requests: dict[str, Any] = field(default_factory=dict)  # job id -> its request, for the log
+    outcomes: dict[str, Outcome] = field(default_factory=dict)
+
+    def ordered(self) -> list[Outcome]:
+        return [self.outcomes[j.id] for j in self.claim.jobs if j.id in self.outcomes]
 
 
 class GiveUp(Exception):
@@ -79,9 +104,14 @@ class LVMWorker(SimpleWorker):
         self.lifecycle = Lifecycle(
             self.connection, self.name, settings.lease_s, settings.max_reruns, settings.max_job_bytes
         )
-        # The batch in flight as one tuple (queue, token, ids, started, deadline), replaced whole:
-        # the heartbeat thread reads it without a lock and renews exactly these leases.
-        self.lease: tuple[str, str, tuple[str, ...], float, float] = ("", "", (), 0.0, 0.0)
+        # Batches in hand (computing, and the next one claimed ahead), keyed by token. The dict
+        # is replaced whole under a lock, so the heartbeat thread reads it without one and
+        # renews exactly these leases.
+        self.leases: dict[str, Lease] = {}
+        self._leases_lock = threading.Lock()
+        self.computing: Lease | None = None
+        self.io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lvm-io")
+        self.pending: tuple[Batch, Future[list[str]]] | None = None  # the batch whose finish is in flight
         self.stop_signals = 0  # set by the signal handler; everything else reads it
         self._suspension_checked = 0.0
         self.alarm = Alarm()
@@ -146,7 +176,7 @@ class LVMWorker(SimpleWorker):
 
     def _heartbeat_info(self) -> dict[str, Any]:
         rt = self.runtime
-        _, _, ids, started, deadline = self.lease
+        busy = self.computing
         info: dict[str, Any] = {
             "worker": self.name,
             "incarnation": self.lifecycle.incarnation,
@@ -158,10 +188,10 @@ class LVMWorker(SimpleWorker):
             "queues": self.queue_names(),
             "jobs_done": self.jobs_done,
             "jobs_failed": self.jobs_failed,
-            "current_job": {"id": ids[0], "jobs": len(ids), "running_s": round(time.time() - started, 3)}
-            if ids
+            "current_job": {"id": busy.ids[0], "jobs": len(busy.ids), "running_s": round(time.time() - busy.started, 3)}
+            if busy and busy.ids
             else None,
-            "busy_deadline_at": deadline if ids else None,
+            "busy_deadline_at": busy.deadline if busy else None,
             "latency_p50_ms": rt.p50_ms() if rt else None,
             "max_batch": self.settings.max_batch,
             "last_batch_size": self.batch_sizes[-1] if self.batch_sizes else None,
@@ -173,13 +203,14 @@ class LVMWorker(SimpleWorker):
 
     def _on_beat(self, connection: Redis) -> None:
         """Heartbeat thread: renew this worker's leases, then recover other workers' orphans."""
-        queue, token, ids, _, _ = self.lease
-        lost = self.lifecycle.renew(self.queue_names(), token, list(ids), connection=connection)
+        leases = self.leases
+        held = {token: list(lease.ids) for token, lease in leases.items()}
+        lost = self.lifecycle.renew(self.queue_names(), held, connection=connection)
         if lost:
             log.warning("lost the lease of running jobs; their results will be discarded", job_ids=lost)
         for name in self.queue_names():
             for job_id, action, owner in self.lifecycle.recover(
-                name, token, self.settings.failure_ttl, connection=connection
+                name, list(leases), self.settings.failure_ttl, connection=connection
             ):
                 if action != "cleared":
                     log.warning("recovered a job from a silent worker", job_id=job_id, action=action, owner=owner)
@@ -204,21 +235,29 @@ class LVMWorker(SimpleWorker):
         done = 0
         idle_since = time.monotonic()
         next_maintenance = 0.0
+        claim: Claim | None = None
         try:
             while not self.stop_signals:
                 if time.monotonic() >= next_maintenance:
                     self._maintain()
                     next_maintenance = time.monotonic() + MAINTENANCE_S
-                if self._suspended(burst):
-                    continue
-                taken = self._serve_once(block=not burst, limit=self._limit(max_jobs, done))
-                if taken:
-                    done += taken
-                    idle_since = time.monotonic()
-                    if max_jobs is not None and done >= max_jobs:
+                if claim is None:
+                    if self._suspended(burst):
+                        continue
+                    claim = self._take(self._limit(max_jobs, done))
+                if claim is None:
+                    self._settle()
+                    if burst or (max_idle_time is not None and time.monotonic() - idle_since > max_idle_time):
                         break
-                elif burst or (max_idle_time is not None and time.monotonic() - idle_since > max_idle_time):
+                    self._wait_for_work()
+                    continue
+                done += len(claim.jobs)
+                idle_since = time.monotonic()
+                more = max_jobs is None or done < max_jobs
+                claim = self.run_batch(claim, prefetch=self._limit(max_jobs, done) if more else 0)
+                if not more:
                     break
+            self._settle()
         except GiveUp:
             pass
         finally:
@@ -258,22 +297,20 @@ class LVMWorker(SimpleWorker):
         time.sleep(1.0)
         return True
 
-    def _serve_once(self, block: bool, limit: int) -> int:
-        """Claim and run one batch from the first queue with work; returns the jobs taken."""
+    def _take(self, limit: int) -> Claim | None:
+        """Claim a batch from the first queue with work, or None if all are empty."""
         for queue in self.queue_names():
-            while True:
+            while not self.stop_signals:
                 claim = self._claim(queue, limit)
                 if claim.jobs:
-                    self.run_batch(claim)
-                    return len(claim.jobs)
+                    return claim
                 if not claim.dropped:
                     break  # empty; a claim of dropped entries only goes on to the next entries
-        if block and not self.stop_signals:
-            self._wait_for_work()
-        return 0
+        return None
 
     def _claim(self, queue: str, limit: int) -> Claim:
         token = self.lifecycle.next_token()
+        self._hold(Lease(queue, token, (), time.time()))  # renewed from the first beat, ids or not
         claim = self.retry_redis("claim", lambda: self.lifecycle.claim(queue, limit, token))
         wait_until = time.monotonic() + self.settings.max_batch_wait_ms / 1000.0
         while claim.jobs and len(claim.jobs) < limit and time.monotonic() < wait_until and not self.stop_signals:
@@ -283,7 +320,20 @@ class LVMWorker(SimpleWorker):
             claim.dropped += more.dropped
         for entry, why in claim.dropped:
             log.warning("dropped a queue entry that names no runnable job", queue=queue, entry=entry, reason=why)
+        if claim.jobs:
+            self._hold(Lease(queue, token, tuple(j.id for j in claim.jobs), time.time()))
+            faults.reached("after_claim")
+        else:
+            self._drop(token)
         return claim
+
+    def _hold(self, lease: Lease) -> None:
+        with self._leases_lock:
+            self.leases = {**self.leases, lease.token: lease}
+
+    def _drop(self, token: str) -> None:
+        with self._leases_lock:
+            self.leases = {t: lease for t, lease in self.leases.items() if t != token}
 
     def _wait_for_work(self) -> None:
         """Block until a queue has an entry, without taking it: BLMOVE of a list onto itself,
@@ -297,79 +347,109 @@ class LVMWorker(SimpleWorker):
         except REDIS_DOWN:
             self._redis_down_pause("wait for jobs")
 
-    # -- one batch --------------------------------------------------------------------------
-    def run_batch(self, claim: Claim) -> None:
+    # -- one batch ---------------------------------------------------------------------------
+    def run_batch(self, claim: Claim, prefetch: int = 0) -> Claim | None:
         """Parse every claimed job, run the valid ones through one pipeline call, write every
-        outcome in one script call. A job that cannot be read fails alone, with its reason."""
-        queue, token = claim.queue, claim.token
+        outcome in one script call; returns the next batch, claimed while this one computed.
+
+        Redis work overlaps the computation on one I/O thread: the next claim runs while this
+        batch computes (``LVM_PREFETCH``), and this batch's finish runs while the next one is
+        prepared and computed. A job that cannot be read fails alone, with its reason.
+        """
+        batch = self._prepare(claim)
+        ahead: Future[Claim | None] | None = None
+        if prefetch and self.settings.prefetch and not self.stop_signals:
+            ahead = self.io.submit(self._take, prefetch)
+        try:
+            self._compute(batch)
+        except Interrupted:  # a stop request outlived the drain: hand this batch and the next back
+            self._hand_back(batch.claim.queue, batch.claim.token, list(batch.requests))
+            if ahead is not None and (nxt := ahead.result()) is not None:
+                self._hand_back(nxt.queue, nxt.token, [j.id for j in nxt.jobs])
+            ahead = None
+        faults.reached("mid_batch")
+        self._settle()
+        self.pending = (batch, self.io.submit(self._finish, batch))
+        return ahead.result() if ahead is not None else None
+
+    def _prepare(self, claim: Claim) -> Batch:
         s = self.settings
-        started = time.time()
-        self.lease = (queue, token, tuple(j.id for j in claim.jobs), started, started + s.job_timeout)
-        self.pulse.set("busy", now=False)  # shown on the next beat: no extra round trip per batch
-        faults.reached("after_claim")
-        outcomes: dict[str, Outcome] = {}
-        chat_jobs: list[ChatJob] = []
-        requests: dict[str, Any] = {}
+        batch = Batch(claim)
         for claimed in claim.jobs:
             try:
-                job = parse(claimed, queue, s.job_timeout, s.result_ttl, s.failure_ttl, s.max_job_bytes)
+                job = parse(claimed, claim.queue, s.job_timeout, s.result_ttl, s.failure_ttl, s.max_job_bytes)
             except JobRejected as exc:
-                outcomes[claimed.id] = failure(claimed.id, {}, s.failure_ttl, exc.error())
+                batch.outcomes[claimed.id] = failure(claimed.id, {}, s.failure_ttl, exc.error())
                 continue
-            chat_jobs.append(job)
-            requests[job.id] = job.request
+            batch.chat_jobs.append(job)
+            batch.requests[job.id] = job.request
         faults.reached("after_prepare")
-        try:
-            for job, answer in zip(chat_jobs, self._compute(chat_jobs), strict=True):
-                outcomes[job.id] = (
-                    failure(job.id, job.meta, job.failure_ttl, answer)
-                    if isinstance(answer, ChatError)
-                    else Outcome(job.id, True, job.result_ttl, answer)
-                )
-        except Interrupted:  # a stop request outlived the drain: hand the computing jobs back
-            handed = self.retry_redis("release", lambda: self.lifecycle.release(queue, token, list(requests)))
-            log.warning("drain timeout or forced stop: handed unfinished jobs back to the queue", job_ids=handed)
-        faults.reached("mid_batch")
-        ordered = [outcomes[j.id] for j in claim.jobs if j.id in outcomes]
-        written = self.retry_redis("finish", lambda: self.lifecycle.finish(queue, token, ordered)) if ordered else []
+        return batch
+
+    def _finish(self, batch: Batch) -> list[str]:
+        """I/O thread: write the batch's outcomes; then it no longer holds their leases."""
+        ordered = batch.ordered()
+        written = self.retry_redis(
+            "finish", lambda: self.lifecycle.finish(batch.claim.queue, batch.claim.token, ordered)
+        )
         faults.reached("after_finish")
-        self.lease = (queue, "", (), 0.0, 0.0)
-        self.batch_sizes.append(len(chat_jobs))
-        for outcome, state in zip(ordered, written, strict=True):
-            self._record(outcome, state, requests.get(outcome.id), len(chat_jobs))
+        self._drop(batch.claim.token)
+        return written
+
+    def _settle(self) -> None:
+        """Wait for the last batch's finish and log its outcomes, one event per job."""
+        if self.pending is None:
+            return
+        batch, written = self.pending
+        self.pending = None
+        for outcome, state in zip(batch.ordered(), written.result(), strict=True):
+            self._record(outcome, state, batch.requests.get(outcome.id), len(batch.chat_jobs))
         self.pulse.set("draining" if self.stop_signals else "ready", now=bool(self.stop_signals))
 
-    def _compute(self, chat_jobs: list[ChatJob]) -> list[dict | ChatError]:
-        """Answers for the jobs, under one deadline: the longest of their own timeouts (each at
-        most LVM_JOB_TIMEOUT), so a job with a short timeout cannot shorten its batch-mates'.
-        A job answered after its own timeout ends ``timeout`` all the same."""
-        if not chat_jobs:
-            return []
+    def _hand_back(self, queue: str, token: str, ids: list[str]) -> None:
+        handed = self.retry_redis("release", lambda: self.lifecycle.release(queue, token, ids)) if ids else []
+        log.warning("drain timeout or forced stop: handed unfinished jobs back to the queue", job_ids=handed)
+
+    def _compute(self, batch: Batch) -> None:
+        """Answers for the batch's chat jobs, under one deadline: the longest of their own
+        timeouts (each at most LVM_JOB_TIMEOUT), so a job with a short timeout cannot shorten
+        its batch-mates'. A job answered after its own timeout ends ``timeout`` all the same."""
+        self.batch_sizes.append(len(batch.chat_jobs))
+        if not batch.chat_jobs:
+            return
         assert self.runtime is not None
-        deadline = max(job.timeout for job in chat_jobs)
-        queue, token, ids, started, _ = self.lease
-        self.lease = (queue, token, ids, started, started + deadline)
+        jobs = batch.chat_jobs
+        deadline = max(job.timeout for job in jobs)
+        started = time.time()
+        self.computing = Lease(
+            batch.claim.queue, batch.claim.token, tuple(j.id for j in jobs), started, started + deadline
+        )
+        self.pulse.set("busy", now=False)  # shown on the next beat: no extra round trip per batch
         try:
             with self.alarm.deadline(deadline):
-                answers = self.runtime.handle_batch([(j.request, j.enqueued_at, j.started_at) for j in chat_jobs])
+                answers = self.runtime.handle_batch([(j.request, j.enqueued_at, j.started_at) for j in jobs])
         except Interrupted as exc:
             if exc.reason == "stop":
                 raise
             message = f"the batch ran past its deadline of {deadline} s (job timeout, at most LVM_JOB_TIMEOUT)"
-            return [ChatError(error="timeout", message=message + "; computing stopped")] * len(chat_jobs)
+            answers = [ChatError(error="timeout", message=message + "; computing stopped")] * len(jobs)
+        finally:
+            self.computing = None
         elapsed = time.time() - started
-        out: list[dict | ChatError] = []
-        for job, answer in zip(chat_jobs, answers, strict=True):
+        s = self.settings
+        for job, answer in zip(jobs, answers, strict=True):
             if isinstance(answer, RequestRejected):
-                out.append(answer.error)
+                answer = answer.error
             elif isinstance(answer, BaseException):
-                out.append(ChatError(error="internal", message=f"{type(answer).__name__}: {answer}"))
-            elif elapsed > job.timeout:
-                out.append(ChatError(error="timeout", message=f"answered after {elapsed:.1f} s, past the "
-                                     f"job's own timeout of {job.timeout} s"))  # fmt: skip
-            else:
-                out.append(answer)
-        return out
+                answer = ChatError(error="internal", message=f"{type(answer).__name__}: {answer}")
+            elif not isinstance(answer, ChatError) and elapsed > job.timeout:
+                answer = ChatError(error="timeout", message=f"answered after {elapsed:.1f} s, past the "
+                                   f"job's own timeout of {job.timeout} s")  # fmt: skip
+            batch.outcomes[job.id] = (
+                failure(job.id, job.meta, job.failure_ttl or s.failure_ttl, answer)
+                if isinstance(answer, ChatError)
+                else Outcome(job.id, True, job.result_ttl, answer)
+            )
 
     def _record(self, outcome: Outcome, state: str, request: Any, batch_size: int) -> None:
         """One log event per job, counters and metrics. ``state`` is what finish did."""
@@ -433,11 +513,12 @@ class LVMWorker(SimpleWorker):
         if self.stop_signals:
             log.info("stopped on request", worker=self.name, signals=self.stop_signals)
         self.pulse.stop(delete=False)
-        queue, token, ids, _, _ = self.lease
+        self.io.shutdown(wait=True)
         try:
-            if ids:
-                handed = self.lifecycle.release(queue, token, list(ids))
-                log.warning("handed unfinished jobs back to the queue", job_ids=handed)
+            for lease in self.leases.values():
+                if lease.ids:
+                    handed = self.lifecycle.release(lease.queue, lease.token, list(lease.ids))
+                    log.warning("handed unfinished jobs back to the queue", job_ids=handed)
         except REDIS_DOWN as exc:
             log.warning("redis unreachable at shutdown; unfinished jobs await recovery", error=str(exc))
         try:
