@@ -7,7 +7,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: setup redis-server model demo test test-fast chaos lint bench clean-artifacts
+.PHONY: setup redis-server model demo test test-fast chaos lint bench bench-device clean-artifacts
 
 setup: $(STAMP)
 
@@ -55,6 +55,11 @@ bench: model redis-server
 	$(BIN)/lvmq bench model --checkpoint artifacts/lstm.pt
 	$(BIN)/lvmq bench pipeline
 	$(BIN)/lvmq bench queue
+
+# On a CUDA host: model, queue, load (C=32 and C=128) and overhead benchmarks on LVM_DEVICE
+# (default cuda), and CPU-vs-device answer agreement, as one JSON. See bench/device.sh.
+bench-device: model redis-server
+	PATH=$(BIN):$$PATH PYTHON=$(BIN)/python bash bench/device.sh
 
 clean-artifacts:
 	rm -rf artifacts

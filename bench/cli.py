@@ -35,6 +35,21 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     _register_load(bsub)
     _register_overhead(bsub)
+    _register_encoder(bsub)
+
+
+def _register_encoder(bsub) -> None:
+    e = bsub.add_parser(
+        "encoder",
+        help="CPU encoder: float32 against dynamic int8, speed and cosine to float32, in one run",
+        description="Encodes sentences sampled from the bank (LVM_BANK_PATH) with MiniLM in float32 and with "
+        "dynamic int8 linear layers; reports median latency for one sentence and a batch of 32, and the "
+        "cosine of each int8 vector to its float32 twin.",
+    )
+    e.add_argument("--sentences", type=int, default=512)
+    e.add_argument("--threads", type=int, default=1)
+    e.add_argument("--json", action="store_true")
+    e.set_defaults(func=cmd_encoder)
 
 
 def _register_overhead(bsub) -> None:
@@ -69,6 +84,14 @@ def _register_load(bsub) -> None:
     load.add_argument("--redis-url")
     load.add_argument("--json", action="store_true")
     load.set_defaults(func=cmd_load)
+
+
+def cmd_encoder(args: argparse.Namespace) -> int:
+    from bench import encoder
+    from config import load_settings
+
+    res = encoder.run(load_settings().bank_path, sentences=args.sentences, threads=args.threads)
+    return _emit(res, args.json, encoder.format_result)
 
 
 def cmd_overhead(args: argparse.Namespace) -> int:

@@ -263,3 +263,24 @@ def _parse_metrics(text: str) -> list[tuple[str, dict[str, str], float]]:
             labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2) or ""))
             out.append((m.group(1), labels, float(m.group(3))))
     return out
+
+
+@pytest.mark.integration
+def test_two_workers_share_one_device_and_one_queue(redis_url, serving_artifacts, tmp_path):
+    """Two worker processes on the same CPU serving the same queue: both answer, each job once."""
+    redis = Redis.from_url(redis_url)
+    env = worker_env(redis_url, serving_artifacts, LVM_MAX_BATCH="4")
+    workers = [start_worker("lvm-lstm", env, log_path=tmp_path / f"w{i}.log") for i in range(2)]
+    try:
+        for proc, name in workers:
+            wait_ready(redis, name, proc)
+        client = ChatClient(redis_url, load_settings())
+        ids = client.submit_many(
+            [{"messages": [f"Shared device, request {i}, about rivers and boats."]} for i in range(60)]
+        )
+        answers = [client.wait(i, timeout=60) for i in ids]
+        assert {a.worker for a in answers} == {name for _, name in workers}
+        assert all(redis.xlen(f"rq:results:{i}") == 1 for i in ids)
+    finally:
+        for proc, _ in workers:
+            stop(proc)

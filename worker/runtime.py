@@ -95,7 +95,9 @@ class Runtime:
             )
         checkpoint = settings.models[model_name]
         device = resolve_device(settings.device)
-        encoder = load_encoder(settings.encoder, device=device, dtype=settings.encoder_dtype)
+        encoder = load_encoder(
+            settings.encoder, device=device, dtype=settings.encoder_dtype, quantize=settings.encoder_quantize
+        )
         model = load_model(checkpoint, device=device, expected_dim=encoder.dim)
         bank = SentenceBank.load(settings.bank_path) if settings.decoder != "vec2text" else None
         if bank is not None:
