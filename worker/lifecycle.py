@@ -39,6 +39,7 @@ Races named here, each closed by doing the step inside one script:
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import os
 import time
@@ -361,7 +362,7 @@ class Lifecycle:
         self.max_reruns = max_reruns
         self.value_cap = value_cap
         self.max_fields = 64
-        self._counter = 0
+        self._counter = itertools.count(1)  # next() is atomic: the main and I/O threads both claim
         self._claim = connection.register_script(CLAIM)
         self._renew = connection.register_script(RENEW)
         self._finish = connection.register_script(FINISH)
@@ -379,8 +380,7 @@ class Lifecycle:
         }
 
     def next_token(self) -> str:
-        self._counter += 1
-        return f"{self.incarnation}-{self._counter}"
+        return f"{self.incarnation}-{next(self._counter)}"
 
     def claim(self, queue: str, limit: int, token: str) -> Claim:
         k = self.keys(queue)

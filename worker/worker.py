@@ -113,6 +113,7 @@ class LVMWorker(SimpleWorker):
         self.io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lvm-io")
         self.pending: tuple[Batch, Future[list[str]]] | None = None  # the batch whose finish is in flight
         self.stop_signals = 0  # set by the signal handler; everything else reads it
+        self.crashed = False
         self._suspension_checked = 0.0
         self.alarm = Alarm()
         self.runtime: Runtime | None = None
@@ -134,6 +135,7 @@ class LVMWorker(SimpleWorker):
             log.error("worker failed to load; not serving", worker=self.name, error=str(exc))
             raise
         self.metrics = self._start_metrics()
+        self.prefetch = settings.prefetch == "on" or (settings.prefetch == "auto" and self.runtime.device != "cpu")
         log.info(
             "worker ready",
             worker=self.name,
@@ -142,6 +144,7 @@ class LVMWorker(SimpleWorker):
             model_version=self.runtime.model_version,
             device=self.runtime.device,
             encoder_dtype=self.runtime.encoder_dtype,
+            prefetch=self.prefetch,
             load_seconds=round(self.runtime.load_seconds, 2),
         )
         self.pulse.set("ready")
@@ -260,6 +263,11 @@ class LVMWorker(SimpleWorker):
             self._settle()
         except GiveUp:
             pass
+        except BaseException:
+            # A bug, not a stop: leave the leased jobs to recovery, which counts a rerun, rather
+            # than hand them back for free and crash-loop on a job that kills workers.
+            self.crashed = True
+            raise
         finally:
             self.teardown()
         return bool(done)
@@ -358,7 +366,7 @@ class LVMWorker(SimpleWorker):
         """
         batch = self._prepare(claim)
         ahead: Future[Claim | None] | None = None
-        if prefetch and self.settings.prefetch and not self.stop_signals:
+        if prefetch and self.prefetch and not self.stop_signals:
             ahead = self.io.submit(self._take, prefetch)
         try:
             self._compute(batch)
@@ -515,7 +523,7 @@ class LVMWorker(SimpleWorker):
         self.pulse.stop(delete=False)
         self.io.shutdown(wait=True)
         try:
-            for lease in self.leases.values():
+            for lease in [] if self.crashed else self.leases.values():
                 if lease.ids:
                     handed = self.lifecycle.release(lease.queue, lease.token, list(lease.ids))
                     log.warning("handed unfinished jobs back to the queue", job_ids=handed)
