@@ -3,38 +3,18 @@
 Prometheus names follow its conventions: an ``lvm_`` prefix, base units (seconds), ``_total``
 on counters. Queue depth and heartbeat age are read when scraped, never polled.
 
-The per-minute counters (``lvm:stats:<queue>:<unix minute>``, one INCRBY per batch, kept an
-hour) let `lvmq stats` report recent throughput from Redis alone, with no Prometheus server.
+The per-minute counters that let `lvmq stats` report recent throughput from Redis alone
+(``lvm:stats:<queue>:<unix minute>:<outcome>``, kept an hour) are written by the finish
+script in ``worker.lifecycle``, in the same atomic step as the outcomes they count.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
-from redis import Redis
-
-from producer.schema import STATS_PREFIX
-
-STATS_TTL_S = 3600
 STAGES = ("queue_wait", "encoding", "lvm_inference", "decoding", "total_latency")
 LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
-
-
-def stats_key(queue: str, minute: int, outcome: str) -> str:
-    return f"{STATS_PREFIX}{queue}:{minute}:{outcome}"
-
-
-def count_minute(redis: Redis, queue: str, finished: int, failed: int) -> None:
-    minute = int(time.time() // 60)
-    with redis.pipeline(transaction=False) as pipe:
-        for outcome, n in (("finished", finished), ("failed", failed)):
-            if n:
-                key = stats_key(queue, minute, outcome)
-                pipe.incrby(key, n)
-                pipe.expire(key, STATS_TTL_S)
-        pipe.execute()
 
 
 class WorkerMetrics:
