@@ -366,7 +366,9 @@ class LVMWorker(SimpleWorker):
         """
         batch = self._prepare(claim)
         ahead: Future[Claim | None] | None = None
-        if prefetch and self.prefetch and not self.stop_signals:
+        # Claim ahead only under load (more than one job in hand): for a lone request the extra
+        # claim only competes with its computation (idle e2e rose ~2 ms with it, on CPU and GPU).
+        if prefetch and self.prefetch and len(claim.jobs) > 1 and not self.stop_signals:
             ahead = self.io.submit(self._take, prefetch)
         try:
             self._compute(batch)
