@@ -187,19 +187,24 @@ def _server_and_workers(env: dict[str, str], logs: Path, **server: Any) -> tuple
 
 
 # -- scenarios -------------------------------------------------------------------------------
-def kill_at(point: str, env: dict[str, str], logs: Path, jobs: int = 40) -> Tally:
-    """A worker SIGKILLs itself at a lifecycle point in its second batch; a fresh one takes over."""
+def kill_at(point: str, env: dict[str, str], logs: Path, jobs: int = 40, prefetch: str = "auto") -> Tally:
+    """A worker SIGKILLs itself at a lifecycle point in its second batch; a fresh one takes over.
+    With ``prefetch="on"`` the second claim happens while the first batch computes, so the kill
+    leaves two leased batches behind."""
     srv, redis, workers = _server_and_workers(env, logs)
     try:
-        victim, _ = workers.start(LVM_TESTING="1", LVM_TEST_FAULT=f"{point}:2", LVM_MAX_BATCH="8")
         started = time.time()
-        ids = submit(redis, srv.url, [chat_request(i) for i in range(jobs)])
+        ids = submit(redis, srv.url, [chat_request(i) for i in range(jobs)])  # queued first: full batches
+        victim, _ = workers.start(
+            wait=False, LVM_TESTING="1", LVM_TEST_FAULT=f"{point}:2", LVM_MAX_BATCH="8", LVM_PREFETCH=prefetch
+        )
         victim.wait(timeout=120)
         workers.killed.add(victim.pid)  # it killed itself at the fault point, as asked
         assert victim.returncode == -signal.SIGKILL, f"fault point {point} never fired (exit {victim.returncode})"
         workers.start(LVM_MAX_BATCH="8")
         wait_terminal(redis, ids, timeout=120)
-        return tally(redis, f"SIGKILL {point}", ids, started, workers.stop_all())
+        name = f"SIGKILL {point}" + (", claiming ahead" if prefetch == "on" else "")
+        return tally(redis, name, ids, started, workers.stop_all())
     finally:
         workers.stop_all()
         srv.stop()

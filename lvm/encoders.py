@@ -88,7 +88,7 @@ class SentenceTransformerEncoder:
         import torch
         from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
-        if self.device != "cpu":
+        if self.model.device.type != "cpu":
             raise ValueError("int8 encoder quantization runs on cpu only; unset LVM_ENCODER_QUANTIZE for this device")
         transformer = self.model[0]
         transformer.model = quantize_dynamic(transformer.model, {torch.nn.Linear: per_channel_dynamic_qconfig})

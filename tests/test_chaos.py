@@ -37,6 +37,14 @@ def test_sigkill_at_each_lifecycle_point(point, env, tmp_path):
     assert t.finished == t.submitted
 
 
+@pytest.mark.parametrize("point", ["after_claim", "mid_batch"])
+def test_sigkill_while_claiming_ahead(point, env, tmp_path):
+    """LVM_PREFETCH=on (the CUDA default): the kill leaves a computing and a claimed-ahead batch."""
+    t = chaos.kill_at(point, env, tmp_path, jobs=40 if FULL else 24, prefetch="on")
+    _check(t)
+    assert t.finished == t.submitted
+
+
 def test_random_sigkills_under_load(env, tmp_path):
     _check(chaos.random_kills(env, tmp_path, kills=5 if FULL else 1, rate=20))
 

@@ -87,3 +87,13 @@ def test_bank_search_on_cpu_is_unchanged_by_to(minilm):
     before = bank.decode(query)[0]
     after = bank.to("cpu").decode(query)[0]
     assert (before.text, before.cosine) == (after.text, after.cosine)
+
+
+def test_int8_encoder_is_opt_in_and_named_apart(minilm):
+    from lvm.encoders import load_encoder
+
+    int8 = load_encoder("minilm", quantize="int8")
+    assert int8.name == "all-MiniLM-L6-v2-int8"  # its vectors never share the conversation cache
+    texts = ["What is diabetes?", "The river flows through the old town."]
+    cos = (int8.encode(texts) * minilm.encode(texts)).sum(axis=1)
+    assert 0.85 < cos.min() < 0.9999  # close, but not the float32 vectors
