@@ -11,6 +11,8 @@ import json
 import socket
 import sys
 
+REDIS_URL_HELP = "default LVM_REDIS_URL; a password here is visible in ps, so keep it in LVM_REDIS_URL"
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -31,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--response-sentences", type=int, default=1, help="sentences to generate (1-8)")
     chat.add_argument("--decode-steps", type=int, default=0, help="refinement steps for iterative decoders")
     chat.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the answer")
-    chat.add_argument("--redis-url", help="default LVM_REDIS_URL")
+    chat.add_argument("--redis-url", help=REDIS_URL_HELP)
     chat.add_argument("--json", action="store_true", help="print the result as JSON")
     chat.set_defaults(func=cmd_chat)
 
@@ -52,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
         "<host>.<pid>.<random>); with no NAME, the workers of this host (a container's healthcheck). Exit 1 if "
         "none has a fresh heartbeat, or one is not ready/busy, or is busy past its batch deadline",
     )
-    health.add_argument("--redis-url", help="default LVM_REDIS_URL")
+    health.add_argument("--redis-url", help=REDIS_URL_HELP)
     health.add_argument("--json", action="store_true")
     health.set_defaults(func=cmd_health)
 
@@ -62,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Reads RQ's queues and registries, worker heartbeats and the per-minute counters workers "
         "write; needs no Prometheus.",
     )
-    stats.add_argument("--redis-url", help="default LVM_REDIS_URL")
+    stats.add_argument("--redis-url", help=REDIS_URL_HELP)
     stats.add_argument("--json", action="store_true")
     stats.set_defaults(func=cmd_stats)
 
