@@ -294,6 +294,43 @@ def redis_pause(env: dict[str, str], logs: Path, jobs: int = 64, pause_s: float 
         srv.stop()
 
 
+def worker_pause(env: dict[str, str], logs: Path, jobs: int = 48, pause_s: float = 3.0) -> Tally:
+    """Two workers; one is SIGSTOPped mid-batch for longer than its lease, so the other recovers
+    and answers its batch; then it is resumed and finishes late. Its stale results must be
+    discarded: the late owner never writes a second outcome (deterministic, unlike a Redis pause)."""
+    srv, redis, workers = _server_and_workers(env, logs)
+    try:
+        (slow, slow_name), _ = workers.start(LVM_MAX_BATCH="8"), workers.start(LVM_MAX_BATCH="8")
+        started = time.time()
+        ids = submit(redis, srv.url, [chat_request(i, sentences=5) for i in range(jobs)])
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            owners = {
+                redis.hget(f"rq:job:{m.decode().split(':')[0]}", "worker_name")
+                for m in redis.zrange(f"rq:wip:{QUEUE}", 0, -1)
+            }
+            if slow_name.encode() in owners:
+                break
+            time.sleep(0.002)
+        slow.send_signal(signal.SIGSTOP)
+        time.sleep(pause_s)
+        slow.send_signal(signal.SIGCONT)
+        wait_terminal(redis, ids, timeout=120)
+        time.sleep(1.0)  # let the resumed worker reach its finish
+        text = (logs / f"{slow_name}.log").read_text(errors="replace")
+        notes = (
+            f"one worker stopped {pause_s:.0f} s mid-batch, lease 1 s; its results discarded when it resumed: "
+            f"{text.count('discarded a result')}"
+        )
+        return tally(redis, "worker SIGSTOP > lease mid-batch, 2 workers", ids, started, workers.stop_all(), notes)
+    finally:
+        for proc, _ in workers.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGCONT)
+        workers.stop_all()
+        srv.stop()
+
+
 def repeated_sigterm(env: dict[str, str], logs: Path, jobs: int = 32, signals: int = 3) -> Tally:
     """SIGTERM several times mid-batch: the worker exits promptly, hands its batch back, and a
     fresh worker finishes everything once."""

@@ -68,6 +68,13 @@ def test_redis_paused_longer_than_the_lease_with_two_workers(env, tmp_path):
     assert t.finished == t.submitted
 
 
+def test_a_worker_paused_past_its_lease_never_writes_a_second_outcome(env, tmp_path):
+    t = chaos.worker_pause(env, tmp_path, jobs=48 if FULL else 24)
+    _check(t)
+    assert t.finished == t.submitted and t.rerun >= 1
+    assert "its results discarded when it resumed: 0" not in t.notes, t.notes  # the late owner was fenced off
+
+
 def test_repeated_sigterm(env, tmp_path):
     t = chaos.repeated_sigterm(env, tmp_path, jobs=32 if FULL else 16)
     _check(t)
