@@ -367,7 +367,7 @@ class LVMWorker(SimpleWorker):
         batch = self._prepare(claim)
         ahead: Future[Claim | None] | None = None
         # Claim ahead only under load (more than one job in hand): for a lone request the extra
-        # claim only competes with its computation (idle e2e rose ~2 ms with it, on CPU and GPU).
+        # claim only competes with its computation (on CPU, idle e2e was ~2 ms lower without it).
         if prefetch and self.prefetch and len(claim.jobs) > 1 and not self.stop_signals:
             ahead = self.io.submit(self._take, prefetch)
         try:
