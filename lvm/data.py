@@ -100,6 +100,7 @@ class Windows:
     target: np.ndarray  # [W] int64
     previous: np.ndarray  # [W] int64
     documents: int
+    sentence_doc: np.ndarray | None = None  # [S] int64: which document each vector row belongs to
 
     def __len__(self) -> int:
         return len(self.target)
@@ -128,6 +129,7 @@ def make_windows(docs: Sequence[Document], doc_vectors: Sequence[np.ndarray], co
         target=np.asarray(targets, dtype=np.int64),
         previous=np.asarray(previous, dtype=np.int64),
         documents=len(doc_vectors),
+        sentence_doc=np.repeat(np.arange(len(doc_vectors)), [len(v) for v in doc_vectors]).astype(np.int64),
     )
 
 

@@ -1,0 +1,203 @@
+"""Next-sentence metrics that cannot flatter a predictor, with bootstrap CIs over documents.
+
+`lvmq eval` reports these for the model and three baselines (repeat-last, mean of context,
+ridge regression fitted on the train split), each on the same held-out windows:
+
+- cos(pred, next) and the margin cos(pred, next) − cos(pred, previous), with the share of
+  windows whose margin is positive: a model that sits nearer the last sentence than the next
+  one has a negative margin, whatever its cosine;
+- within-document contrastive accuracy: the share of the document's other sentences (outside
+  the window and its target) that are farther from the prediction than the true next one.
+  LCM's across-document version (distractors are other documents' next sentences) is reported
+  beside it, labelled; in MiniLM space it is near 1 for every predictor, repeat-last included;
+- PAR: max cos of the prediction to any context sentence over the same for the true next;
+- R@1, R@10 and MRR of the true next sentence among all corpus sentences, context excluded;
+- the forward curve: cos and margin of unit(pred − g·prev) for g in 0…0.5, and the margin at
+  the g where cos(next) falls to the context mean's: one number that compares estimators at
+  the same closeness.
+
+CIs resample documents, not windows: windows of one document are not independent.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from lvm.data import Windows
+
+GAINS = tuple(round(g, 2) for g in np.arange(0.0, 0.501, 0.05))
+BOOTSTRAP = 1000
+LCM_DISTRACTORS = 64
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)).astype(np.float32)
+
+
+# -- the ridge baseline -----------------------------------------------------------------------
+def ridge_fit(train: Windows, alpha: float = 1.0) -> np.ndarray:
+    """Closed-form least squares from the flattened context (plus a bias) to the next vector."""
+    x = _features(train)
+    y = train.vectors[train.target]
+    gram = x.T @ x + alpha * np.eye(x.shape[1], dtype=np.float64)
+    return np.linalg.solve(gram, x.T @ y).astype(np.float32)
+
+
+def ridge_predict(weights: np.ndarray, windows: Windows) -> np.ndarray:
+    return unit(_features(windows).astype(np.float32) @ weights)
+
+
+def _features(windows: Windows) -> np.ndarray:
+    ctx = windows.vectors[windows.context].reshape(len(windows), -1).astype(np.float64)
+    return np.hstack([ctx, np.ones((len(windows), 1))])
+
+
+# -- per-window scores --------------------------------------------------------------------------
+def per_window(pred: np.ndarray, w: Windows, bank: np.ndarray | None = None, bank_rows: np.ndarray | None = None,
+               seed: int = 0) -> dict[str, np.ndarray]:  # fmt: skip
+    """One value per window for every metric (NaN where a metric has nothing to compare)."""
+    pred = unit(pred)
+    nxt, prev = w.vectors[w.target], w.vectors[w.previous]
+    cos_next = np.sum(pred * nxt, axis=1)
+    cos_prev = np.sum(pred * prev, axis=1)
+    ctx = w.vectors[w.context]  # [W, L, D]
+    par = np.max(np.einsum("wd,wld->wl", pred, ctx), axis=1) / np.maximum(
+        np.max(np.einsum("wd,wld->wl", nxt, ctx), axis=1), 1e-6
+    )
+    out = {"cos_next": cos_next, "margin": cos_next - cos_prev, "par": par}
+    out["within_doc_acc"] = _within_doc(pred, cos_next, w)
+    out["lcm_acc"] = _across_docs(pred, cos_next, w, seed)
+    if bank is not None and bank_rows is not None:
+        out["rank"] = _ranks(pred, w, bank, bank_rows)
+    for g in GAINS:
+        p = unit(pred - g * prev)
+        out[f"fwd_cos_{g}"] = np.sum(p * nxt, axis=1)
+        out[f"fwd_margin_{g}"] = out[f"fwd_cos_{g}"] - np.sum(p * prev, axis=1)
+    return out
+
+
+def _within_doc(pred: np.ndarray, cos_next: np.ndarray, w: Windows) -> np.ndarray:
+    assert w.sentence_doc is not None, "windows need sentence_doc (make_windows sets it)"
+    acc = np.full(len(w), np.nan, np.float32)
+    starts = np.searchsorted(w.sentence_doc, np.arange(w.documents))
+    ends = np.searchsorted(w.sentence_doc, np.arange(w.documents), side="right")
+    for i in range(len(w)):
+        d = w.sentence_doc[w.target[i]]
+        rows = np.arange(starts[d], ends[d])
+        keep = ~np.isin(rows, np.append(w.context[i], w.target[i]))
+        if keep.any():
+            acc[i] = float(np.mean(w.vectors[rows[keep]] @ pred[i] < cos_next[i]))
+    return acc
+
+
+def _across_docs(pred: np.ndarray, cos_next: np.ndarray, w: Windows, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    doc_of_window = w.sentence_doc[w.target]
+    acc = np.full(len(w), np.nan, np.float32)
+    for i in range(len(w)):
+        picks = rng.integers(0, len(w), LCM_DISTRACTORS)
+        picks = picks[doc_of_window[picks] != doc_of_window[i]]
+        if len(picks):
+            acc[i] = float(np.mean(w.vectors[w.target[picks]] @ pred[i] < cos_next[i]))
+    return acc
+
+
+def _ranks(pred: np.ndarray, w: Windows, bank: np.ndarray, rows: np.ndarray, chunk: int = 256) -> np.ndarray:
+    """1-based rank of each window's true next sentence among the bank, its context excluded.
+    ``rows[s]`` is the bank row of the window vectors' sentence s (-1 if absent)."""
+    ranks = np.full(len(w), np.nan, np.float32)
+    for start in range(0, len(w), chunk):
+        sl = slice(start, min(start + chunk, len(w)))
+        scores = pred[sl] @ bank.T
+        for j, i in enumerate(range(sl.start, sl.stop)):
+            target = rows[w.target[i]]
+            if target < 0:
+                continue
+            excluded = rows[w.context[i]]
+            scores[j, excluded[excluded >= 0]] = -np.inf
+            ranks[i] = 1 + np.sum(scores[j] > scores[j, target])
+    return ranks
+
+
+# -- summaries with bootstrap CIs over documents --------------------------------------------------
+def summarise(values: dict[str, np.ndarray], w: Windows, baseline_cos: float | None = None,
+              seed: int = 0) -> dict:  # fmt: skip
+    doc = w.sentence_doc[w.target]
+    rng = np.random.default_rng(seed)
+    samples = rng.integers(0, w.documents, (BOOTSTRAP, w.documents))
+
+    def mean_ci(x: np.ndarray) -> dict:
+        ok = ~np.isnan(x)
+        sums = np.bincount(doc[ok], weights=x[ok], minlength=w.documents)
+        counts = np.bincount(doc[ok], minlength=w.documents).astype(np.float64)
+        boot = sums[samples].sum(axis=1) / np.maximum(counts[samples].sum(axis=1), 1)
+        lo, hi = np.percentile(boot, [2.5, 97.5])
+        return {"mean": round(float(x[ok].mean()), 4), "ci95": [round(float(lo), 4), round(float(hi), 4)]}
+
+    out = {
+        "cos_next": mean_ci(values["cos_next"]),
+        "margin": mean_ci(values["margin"]),
+        "margin_positive_share": round(float(np.mean(values["margin"] > 0)), 4),
+        "within_doc_contrastive_acc": mean_ci(values["within_doc_acc"]),
+        "lcm_across_doc_contrastive_acc": round(float(np.nanmean(values["lcm_acc"])), 4),
+        "par_median": round(float(np.median(values["par"])), 4),
+        "par_mean": round(float(np.mean(values["par"])), 4),
+        "windows": len(w),
+        "documents": w.documents,
+    }
+    if "rank" in values and not np.all(np.isnan(values["rank"])):
+        r = values["rank"][~np.isnan(values["rank"])]
+        out.update({"r_at_1": round(float(np.mean(r <= 1)), 4), "r_at_10": round(float(np.mean(r <= 10)), 4),
+                    "mrr": round(float(np.mean(1.0 / r)), 4)})  # fmt: skip
+    curve = [{"g": g, "cos_next": float(np.mean(values[f"fwd_cos_{g}"])),
+              "margin": float(np.mean(values[f"fwd_margin_{g}"]))} for g in GAINS]  # fmt: skip
+    at_base = margin_at(curve, baseline_cos) if baseline_cos is not None else None
+    out["forward_curve"] = [{k: round(v, 4) for k, v in point.items()} for point in curve]
+    out["margin_at_baseline_cos"] = None if at_base is None else round(at_base, 4)
+    return out
+
+
+def margin_at(curve: list[dict], target_cos: float) -> float | None:
+    """Margin where the curve's cos(next), falling, crosses ``target_cos`` (linear between
+    points). Stepping away from the previous sentence can first raise cos(next); the falling
+    crossing is then the farthest step that keeps the baseline's closeness. None when the curve
+    never falls through it (its cos is below the baseline throughout, or above it throughout)."""
+    for a, b in zip(curve, curve[1:], strict=False):
+        if a["cos_next"] >= target_cos >= b["cos_next"]:
+            t = (
+                0.0
+                if a["cos_next"] == b["cos_next"]
+                else (a["cos_next"] - target_cos) / (a["cos_next"] - b["cos_next"])
+            )
+            return a["margin"] + t * (b["margin"] - a["margin"])
+    return None
+
+
+def report(predictions: dict[str, np.ndarray], w: Windows, bank: np.ndarray | None = None,
+           bank_rows: np.ndarray | None = None) -> dict[str, dict]:  # fmt: skip
+    """Every predictor's summary on the same windows; the context mean sets the baseline cos."""
+    values = {name: per_window(p, w, bank, bank_rows) for name, p in predictions.items()}
+    base = float(np.mean(values["context_mean"]["cos_next"])) if "context_mean" in values else None
+    return {name: summarise(v, w, base) for name, v in values.items()}
+
+
+def format_report(reports: dict[str, dict[str, dict]]) -> str:
+    head = (
+        f"{'split':<6} {'predictor':<13} {'cos(next) [95% CI]':<26} {'margin [95% CI]':<28} {'m>0':>5} "
+        f"{'in-doc acc':>10} {'LCM acc*':>8} {'PAR med':>7} {'R@1':>6} {'R@10':>6} {'MRR':>6} {'m@base':>7}"
+    )
+    lines = [head]
+    for split, rep in reports.items():
+        for name, s in rep.items():
+            c, m = s["cos_next"], s["margin"]
+            mb = s["margin_at_baseline_cos"]
+            lines.append(
+                f"{split:<6} {name:<13} {c['mean']:.4f} [{c['ci95'][0]:.4f}, {c['ci95'][1]:.4f}]   "
+                f"{m['mean']:+.4f} [{m['ci95'][0]:+.4f}, {m['ci95'][1]:+.4f}]   {s['margin_positive_share']:>5.2f} "
+                f"{s['within_doc_contrastive_acc']['mean']:>10.4f} {s['lcm_across_doc_contrastive_acc']:>8.4f} "
+                f"{s['par_median']:>7.3f} {s.get('r_at_1', float('nan')):>6.3f} {s.get('r_at_10', float('nan')):>6.3f} "
+                f"{s.get('mrr', float('nan')):>6.3f} {'-' if mb is None else f'{mb:+.4f}':>7}"
+            )
+    lines.append("* LCM's across-document contrastive accuracy (distractors: other documents' next sentences).")
+    lines.append("m@base: margin of unit(pred - g*prev) at the g where cos(next) equals the context mean's.")
+    return "\n".join(lines)

@@ -1,0 +1,79 @@
+"""lvm.metrics on a small generated corpus whose next sentence is predictable."""
+
+import numpy as np
+import pytest
+
+from helpers import HashingEncoder, generated_corpus
+from lvm.data import SplitSpec, VectorCache, encode_documents, make_windows, split_documents
+from lvm.evaluate import baseline
+from lvm.metrics import GAINS, margin_at, per_window, report, ridge_fit, ridge_predict, summarise
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    docs = generated_corpus(docs_per_topic=16, sentences=8)
+    enc = HashingEncoder(64)
+    vecs = encode_documents(docs, enc, VectorCache(tmp_path_factory.mktemp("c"), enc.name, 64), progress=False)
+    index = {d.id: v for d, v in zip(docs, vecs, strict=True)}
+    parts = split_documents(docs, SplitSpec(val_fraction=0.25, ood_topics=()))
+    windows = {k: make_windows(v, [index[d.id] for d in v]) for k, v in parts.items() if v}
+    bank = np.concatenate(vecs)
+    rows = {}
+    offsets = np.cumsum([0] + [len(v) for v in vecs])
+    for i, d in enumerate(docs):
+        rows[d.id] = np.arange(offsets[i], offsets[i + 1])
+    val_rows = np.concatenate([rows[d.id] for d in parts["val"]])
+    return windows, bank, val_rows
+
+
+def test_a_perfect_predictor_scores_perfectly(data):
+    windows, bank, rows = data
+    w = windows["val"]
+    v = per_window(w.vectors[w.target], w, bank, rows)
+    assert np.allclose(v["cos_next"], 1.0, atol=1e-5)
+    # ties do not count as wins: the hashing encoder maps a few same-document sentences to equal vectors
+    assert np.nanmean(v["within_doc_acc"]) > 0.9 and np.nanmean(v["lcm_acc"]) > 0.99
+    assert np.allclose(v["par"], 1.0, atol=1e-5)
+    s = summarise(v, w)
+    assert s["r_at_1"] > 0.99 and s["mrr"] > 0.99 and s["margin_positive_share"] > 0.99
+    assert s["cos_next"]["ci95"][0] <= s["cos_next"]["mean"] <= s["cos_next"]["ci95"][1]
+
+
+def test_repeat_last_is_exposed_by_the_margin_and_par(data):
+    windows, bank, rows = data
+    w = windows["val"]
+    s = summarise(per_window(baseline("repeat_last", w), w, bank, rows), w)
+    assert s["margin"]["mean"] < 0 and s["margin_positive_share"] == 0.0
+    assert s["par_median"] > 1.0
+    lo, hi = s["margin"]["ci95"]
+    assert lo <= s["margin"]["mean"] <= hi and hi < 0
+
+
+def test_ridge_fitted_on_train_beats_the_baselines_here(data):
+    windows, bank, rows = data
+    w = windows["val"]
+    preds = {
+        "ridge": ridge_predict(ridge_fit(windows["train"]), w),
+        "repeat_last": baseline("repeat_last", w),
+        "context_mean": baseline("context_mean", w),
+    }
+    rep = report(preds, w, bank, rows)
+    assert rep["ridge"]["cos_next"]["mean"] > rep["context_mean"]["cos_next"]["mean"]
+    assert rep["ridge"]["cos_next"]["mean"] > rep["repeat_last"]["cos_next"]["mean"]
+    assert rep["ridge"]["r_at_10"] >= rep["context_mean"]["r_at_10"]
+    curve = rep["ridge"]["forward_curve"]
+    assert [p["g"] for p in curve] == list(GAINS)
+    assert curve[0]["cos_next"] == rep["ridge"]["cos_next"]["mean"]
+    assert curve[-1]["margin"] > curve[0]["margin"]  # stepping away from the previous sentence
+    assert rep["context_mean"]["margin_at_baseline_cos"] == curve_start_margin(rep["context_mean"])
+
+
+def curve_start_margin(s):
+    return s["forward_curve"][0]["margin"]
+
+
+def test_margin_at_interpolates_and_refuses_what_it_cannot_reach():
+    curve = [{"g": 0.0, "cos_next": 0.6, "margin": -0.2}, {"g": 0.1, "cos_next": 0.5, "margin": 0.0}]
+    assert margin_at(curve, 0.55) == pytest.approx(-0.1)
+    assert margin_at(curve, 0.65) is None  # already below the baseline at g = 0
+    assert margin_at(curve, 0.4) is None  # never falls that far within the curve
