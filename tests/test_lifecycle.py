@@ -253,3 +253,15 @@ def test_what_producers_write_is_accepted(redis, client):
     jobs = [parse(c, Q, 60, 3600, 86400, 1_048_576) for c in claim.jobs]
     assert [j.request["messages"] for j in jobs] == [["rq."], ["client."]]
     assert jobs[1].timeout == 60 and jobs[1].enqueued_at is not None
+
+
+def test_a_hash_of_many_large_fields_is_refused_without_returning_them(redis):
+    """Each field under the cap, together over it: claim replies with a marker, not the bytes."""
+    now = "2026-01-01T00:00:00.000000Z"
+    fields = {"data": _data(), "status": "queued", "created_at": now, **{f"pad{i}": "x" * 300_000 for i in range(5)}}
+    redis.hset("rq:job:big", mapping=fields)
+    redis.rpush(f"rq:queue:{Q}", "big")
+    (claimed,) = _claim(_life(redis)).jobs
+    assert sum(len(v) for v in claimed.fields.values()) < 100
+    with pytest.raises(JobRejected, match="holds 1500"):
+        parse(claimed, Q, 60, 3600, 86400, 1_048_576)

@@ -68,6 +68,8 @@ def parse(claimed: Claimed, queue: str, job_timeout: int, result_ttl: int, failu
             raise JobRejected(repr(name[:40]), "field name is not UTF-8") from None
         if text_name == "\x00fields":
             raise JobRejected("(hash)", f"has {value.decode()} fields; a chat job has at most 20")
+        if text_name == "\x00total":
+            raise JobRejected("(hash)", f"holds {value.decode()} bytes; the cap is {cap} (LVM_MAX_JOB_BYTES)")
         if value.startswith(OVERSIZE_MARK.encode()):
             size = value[len(OVERSIZE_MARK) :].decode()
             raise JobRejected(text_name, f"is {size} bytes; the cap is {cap} (LVM_MAX_JOB_BYTES)")

@@ -127,13 +127,18 @@ for _ = 1, tonumber(ARGV[1]) do
         fields = {'\\0fields', tostring(redis.call('HLEN', key))}
       else
         local raw = redis.call('HGETALL', key)
+        local total = 0
         for j = 1, #raw, 2 do
           fields[#fields + 1] = raw[j]
           if #raw[j + 1] > cap then
             fields[#fields + 1] = '\\0oversize:' .. #raw[j + 1]
           else
             fields[#fields + 1] = raw[j + 1]
+            total = total + #raw[j + 1]
           end
+        end
+        if total > cap then  -- many fields just under the cap: the reply itself stays bounded
+          fields = {'\\0total', tostring(total)}
         end
       end
       local member = id .. ':' .. ARGV[3]
