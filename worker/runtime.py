@@ -191,12 +191,6 @@ class Runtime:
         self.latencies_ms = (self.latencies_ms + [result.latency_breakdown.total_latency_ms])[-200:]
         return result.model_dump(mode="json")
 
-    def handle(self, payload: Any, enqueued_at: datetime | None = None, started_at: datetime | None = None) -> dict:
-        outcome = self.handle_batch([(payload, enqueued_at, started_at)])[0]
-        if isinstance(outcome, BaseException):
-            raise outcome
-        return outcome
-
     def handle_batch(self, items: list[tuple[Any, datetime | None, datetime | None]]) -> list[dict | BaseException]:
         """Answer many jobs with one pipeline run; each bad one fails alone.
 

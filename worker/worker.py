@@ -446,7 +446,6 @@ class LVMWorker(SimpleWorker):
         finally:
             self.computing = None
         elapsed = time.time() - started
-        s = self.settings
         for job, answer in zip(jobs, answers, strict=True):
             if isinstance(answer, RequestRejected):
                 answer = answer.error
@@ -456,7 +455,7 @@ class LVMWorker(SimpleWorker):
                 answer = ChatError(error="timeout", message=f"answered after {elapsed:.1f} s, past the "
                                    f"job's own timeout of {job.timeout} s")  # fmt: skip
             batch.outcomes[job.id] = (
-                failure(job.id, job.meta, job.failure_ttl or s.failure_ttl, answer)
+                failure(job.id, job.meta, job.failure_ttl, answer)
                 if isinstance(answer, ChatError)
                 else Outcome(job.id, True, job.result_ttl, answer)
             )
