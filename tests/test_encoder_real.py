@@ -37,19 +37,38 @@ def test_end_to_end_pipeline_with_real_encoder(minilm):
     assert out.timings.encoding_ms > 0
 
 
-def test_fast_path_reproduces_the_library_pipeline(minilm):
-    assert minilm._fast is not None, "the traced fast path should build for all-MiniLM-L6-v2"
-    texts = [
-        "Hi.",
-        "What is diabetes?",
-        "A much longer sentence about the rivers, bridges and boats of an old town by the sea.",
-        " ".join(["word"] * 400),  # longer than max_seq_length (256): truncated the same way
-        "Zürich, Genève und Lugano liegen in der Schweiz.",
-    ]
-    fast = minilm.encode(texts)
-    library = minilm.library_encode(texts)
+FAST_PATH_TEXTS = [
+    "Hi.",
+    "What is diabetes?",
+    "A much longer sentence about the rivers, bridges and boats of an old town by the sea.",
+    " ".join(["word"] * 400),  # longer than max_seq_length (256): truncated the same way
+    "Zürich, Genève und Lugano liegen in der Schweiz.",
+]
+
+
+def test_fast_path_reproduces_the_library_pipeline():
+    from lvm.encoders import load_encoder
+
+    fp32 = load_encoder("minilm", dtype="float32")
+    assert fp32._fast is not None, "the traced fast path should build for all-MiniLM-L6-v2"
+    fast = fp32.encode(FAST_PATH_TEXTS)
+    library = fp32.library_encode(FAST_PATH_TEXTS)
     assert np.abs(fast - library).max() < 1e-5
-    assert np.allclose(minilm.encode(texts[2:3])[0], fast[2], atol=1e-5)  # batching and order do not matter
+    assert np.allclose(fp32.encode(FAST_PATH_TEXTS[2:3])[0], fast[2], atol=1e-5)  # batching and order do not matter
+
+
+def test_bfloat16_autocast_on_cpu_stays_at_the_float32_vectors():
+    """The CPU default where the hardware has bfloat16: weights stay float32, matmuls run in bf16."""
+    from lvm.encoders import cpu_has_native_bf16, load_encoder
+
+    bf16 = load_encoder("minilm", dtype="bfloat16")
+    assert bf16.autocast and bf16._fast is not None and bf16.name == "all-MiniLM-L6-v2"
+    assert next(bf16.model.parameters()).dtype.__str__() == "torch.float32"
+    reference = bf16.library_encode(FAST_PATH_TEXTS)  # float32, no autocast
+    cos = (bf16.encode(FAST_PATH_TEXTS) * reference).sum(axis=1)
+    assert 0.999 < cos.min() and not np.allclose(cos, 1.0, atol=1e-7)  # rounder, not the same maths
+    auto = load_encoder("minilm")
+    assert auto.dtype == ("bfloat16" if cpu_has_native_bf16() else "float32")
 
 
 def test_a_float16_model_is_upcast_on_cpu(tmp_path, minilm):
@@ -58,21 +77,24 @@ def test_a_float16_model_is_upcast_on_cpu(tmp_path, minilm):
 
     half = SentenceTransformerEncoder(minilm_path(), fast=False)
     half.model.half().save(str(tmp_path / "minilm-fp16"))
-    loaded = SentenceTransformerEncoder(tmp_path / "minilm-fp16", name="fp16")
+    loaded = SentenceTransformerEncoder(tmp_path / "minilm-fp16", name="fp16", dtype="float32")
     assert loaded.dtype == "float32"
     assert next(loaded.model.parameters()).dtype.__str__() == "torch.float32"
+    auto = SentenceTransformerEncoder(tmp_path / "minilm-fp16", name="fp16", fast=False)  # bf16 autocast or fp32
+    assert next(auto.model.parameters()).dtype.__str__() == "torch.float32"
     texts = ["What is diabetes?", "The river flows through the old town."]
     cos = (loaded.encode(texts) * minilm.encode(texts)).sum(axis=1)
     assert cos.min() > 0.999  # only the float16 rounding of the stored weights remains
 
 
 def test_encoder_dtype_rules():
-    from lvm.encoders import resolve_dtype
+    from lvm.encoders import cpu_has_native_bf16, resolve_dtype
 
-    assert resolve_dtype("auto", "cpu") == "float32"
+    assert resolve_dtype("auto", "cpu") == ("bfloat16" if cpu_has_native_bf16() else "float32")
     assert resolve_dtype("auto", "cuda:0") == "float16"
     assert resolve_dtype("auto", "mps") == "float32"
     assert resolve_dtype("bfloat16", "cuda") == "bfloat16"
+    assert resolve_dtype("bfloat16", "cpu") == "bfloat16"
     with pytest.raises(ValueError, match="slower than float32"):
         resolve_dtype("float16", "cpu")
     with pytest.raises(ValueError, match="must be one of"):
