@@ -73,6 +73,14 @@ class Settings(BaseSettings):
         description="int8: dynamic int8 linear layers on CPU (opt-in). 2x faster at batch 32, but vectors only "
         "cos 0.95-0.98 to float32 (lvmq bench encoder); not the default for that reason.",
     )
+    forward: float | None = Field(
+        None,
+        ge=0.0,
+        le=0.5,
+        description="Default step away from the last sentence (a request's `forward` overrides it): answers "
+        "are decoded from unit(pred - forward * last). Unset: the value the checkpoint recorded from its val "
+        "forward curve (lvmq inspect shows it), else 0.",
+    )
     encoder: str = Field(
         "minilm",
         description="Sentence encoder: 'minilm' (packaged all-MiniLM-L6-v2) or a local model directory.",

@@ -211,6 +211,7 @@ def config_from_file(path: str | Path, raw: dict[str, Any]) -> ModelConfig:
             dropout=float(claimed.get("dropout", 0.0)),
             context_len=int(claimed.get("context_len", 5)),
             mean_residual=bool(claimed.get("mean_residual", False)),
+            linear_path=bool(claimed.get("linear_path", False)),
             nhead=int(pick("nhead", default=4)) if arch == "transformer" else 4,
             hidden_dim=int(pick("hidden_dim")) if arch == "amn" else 0,
             output_dim=int(claimed.get("output_dim") or 0),

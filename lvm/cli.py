@@ -37,6 +37,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     fetch.add_argument("--out", type=Path, help="output JSONL (default: <artifacts>/corpus/starter.jsonl)")
     fetch.add_argument("--wheel-dir", type=Path, help="folder that already holds the two wheels (offline mirror)")
     fetch.set_defaults(func=cmd_fetch_starter)
+    news = corpus_sub.add_parser(
+        "fetch-news",
+        help="build the news evaluation corpus (the Lee corpus of Australian news, shipped in gensim's wheel)",
+        description="Downloads gensim==4.4.0 with `pip download --no-deps`, reads the Lee corpus (350 short news "
+        "articles) from its test data and writes it as JSONL: an out-of-distribution set of another register "
+        "than Wikipedia, which `lvmq eval` reports as the split `news`. Never used for training.",
+    )
+    news.add_argument("--out", type=Path, help="output JSONL (default: <artifacts>/corpus/news.jsonl)")
+    news.add_argument("--wheel-dir", type=Path, help="folder that already holds the gensim wheel")
+    news.set_defaults(func=cmd_fetch_news)
 
     bank = sub.add_parser("bank", help="sentence bank for the fast decoder")
     bank_sub = bank.add_subparsers(dest="bank_cmd", required=True)
@@ -76,7 +86,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "eval",
         help="score a checkpoint beside repeat-last, context-mean and ridge baselines, with bootstrap CIs",
         description="Without --corpus: the checkpoint's own val and OOD splits of the starter corpus (the split "
-        "recorded in the checkpoint). With --corpus: every window of that corpus. Reports cos(next), margin "
+        "recorded in the checkpoint), and the news corpus (a second OOD set, fetched if missing; `lvmq corpus "
+        "fetch-news`). With --corpus: every window of that corpus. Reports cos(next), margin "
         "next-previous and its positive share, within-document and LCM contrastive accuracy, PAR, R@1/R@10/MRR "
         "among all corpus sentences, and the forward curve with the margin at the context mean's cos; 95%% "
         "bootstrap CIs over documents. Ridge is fitted on the checkpoint's train split.",
@@ -84,6 +95,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--checkpoint", type=Path, required=True)
     ev.add_argument("--corpus", type=Path)
     ev.add_argument("--encoder", default="minilm")
+    ev.add_argument("--no-news", action="store_true", help="leave out the news corpus (no download)")
     ev.add_argument("--json", action="store_true", help="print JSON instead of a table")
     ev.add_argument("--threads", type=int, default=2)
     ev.set_defaults(func=cmd_eval)
@@ -110,6 +122,15 @@ def cmd_fetch_starter(args: argparse.Namespace) -> int:
     out = args.out or _artifacts() / "corpus" / "starter.jsonl"
     docs, sentences = fetch_starter(out, args.wheel_dir)
     print(f"wrote {out}: {docs} documents, {sentences} sentences (Wikipedia text, CC BY-SA 4.0)")
+    return 0
+
+
+def cmd_fetch_news(args: argparse.Namespace) -> int:
+    from lvm.corpus import fetch_news
+
+    out = args.out or _artifacts() / "corpus" / "news.jsonl"
+    docs, sentences = fetch_news(out, args.wheel_dir)
+    print(f"wrote {out}: {docs} documents, {sentences} sentences (news, for evaluation only)")
     return 0
 
 
@@ -175,8 +196,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from lvm.data import SplitSpec, VectorCache, encode_documents, make_windows, split_documents
     from lvm.encoders import load_encoder
     from lvm.evaluate import BASELINES, baseline, predict
-    from lvm.metrics import format_report, report, ridge_fit, ridge_predict
-    from lvm.prepare import starter_corpus
+    from lvm.metrics import format_report, forward_predictions, report, ridge_fit, ridge_predict
+    from lvm.prepare import news_corpus, starter_corpus
 
     artifacts = _artifacts()
     encoder = load_encoder(args.encoder)
@@ -192,10 +213,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     )
     starter_splits = split_documents(starter, spec)
     extra = read_corpus(args.corpus) if args.corpus else []
-    docs = starter + extra
+    news = [] if args.corpus or args.no_news else read_corpus(news_corpus(artifacts))
+    docs = starter + extra + news
     vectors = encode_documents(docs, encoder, cache)
     index = {d.id: v for d, v in zip(docs, vectors, strict=True)}
     ctx = model.config.context_len
+    served = model.metadata.get("metrics", {}).get("forward_default")
 
     def windows(part):
         return make_windows(part, [index[d.id] for d in part], ctx)
@@ -205,12 +228,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
     bank = cache.encode(bank_texts, encoder, progress=False)
     row_of = {t: r for r, t in enumerate(bank_texts)}
     parts = {"corpus": extra} if args.corpus else {k: v for k, v in starter_splits.items() if k != "train" and v}
+    if news:
+        parts["news"] = news
     reports = {}
     for name, part in parts.items():
         w = windows(part)
         rows = np.array([row_of.get(s, -1) for d in part for s in d.sentences], dtype=np.int64)
         predictions = {"model": predict(model, w), **{b: baseline(b, w) for b in BASELINES}}
         predictions["ridge"] = ridge_predict(ridge, w)
+        if served:  # what a worker decodes with the checkpoint's default forward step
+            predictions[f"model@g={served}"] = forward_predictions(predictions["model"], w, served)
         reports[name] = report(predictions, w, bank, rows)
     if args.json:
         print(json.dumps({"checkpoint": str(args.checkpoint), "version": model.version, "splits": reports}, indent=2))

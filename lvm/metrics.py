@@ -150,11 +150,28 @@ def summarise(values: dict[str, np.ndarray], w: Windows, baseline_cos: float | N
         out.update({"r_at_1": round(float(np.mean(r <= 1)), 4), "r_at_10": round(float(np.mean(r <= 10)), 4),
                     "mrr": round(float(np.mean(1.0 / r)), 4)})  # fmt: skip
     curve = [{"g": g, "cos_next": float(np.mean(values[f"fwd_cos_{g}"])),
-              "margin": float(np.mean(values[f"fwd_margin_{g}"]))} for g in GAINS]  # fmt: skip
+              "margin": float(np.mean(values[f"fwd_margin_{g}"])),
+              "margin_positive_share": float(np.mean(values[f"fwd_margin_{g}"] > 0))} for g in GAINS]  # fmt: skip
     at_base = margin_at(curve, baseline_cos) if baseline_cos is not None else None
     out["forward_curve"] = [{k: round(v, 4) for k, v in point.items()} for point in curve]
     out["margin_at_baseline_cos"] = None if at_base is None else round(at_base, 4)
     return out
+
+
+def choose_forward(curve: list[dict]) -> float:
+    """The served default g: the smallest step at which the prediction is nearer the next
+    sentence than the last one on more than half of the windows (median margin > 0), so an
+    answer is more often a continuation than an echo, at the least cost in cos(next).
+    The largest g of the curve when none gets there."""
+    for point in curve:
+        if point["margin_positive_share"] > 0.5:
+            return float(point["g"])
+    return float(curve[-1]["g"])
+
+
+def forward_predictions(pred: np.ndarray, w: Windows, g: float) -> np.ndarray:
+    """What a worker serving with forward=g decodes (lvm.pipeline.step_forward)."""
+    return unit(unit(pred) - g * w.vectors[w.previous])
 
 
 def margin_at(curve: list[dict], target_cos: float) -> float | None:

@@ -36,6 +36,11 @@ class ModelConfig:
     # the residual form beat it on val and both OOD sets. No extra weights, so the
     # state-dict keys are the prior system's. Its checkpoints load with False.
     mean_residual: bool = False
+    # A linear path from the flattened context to the next vector, y = normalise(W·x + f(x)):
+    # closed-form ridge regression beat the 2.3M-parameter LSTM on every split, so the model
+    # starts from ridge's solution (training sets W) and its recurrent blocks learn a
+    # correction on top. Replaces the context mean, which is one such W. Adds keys linear.*.
+    linear_path: bool = False
     arch: str = ""  # default from model_type
     nhead: int = 4  # transformer only
     hidden_dim: int = 0  # AMN residual-net width
@@ -130,6 +135,8 @@ class ResidualRNN(nn.Module):
             ResidualBlock(config.model_type, config.d_model, config.dropout) for _ in range(config.num_layers)
         )
         self.output_proj = nn.Linear(config.d_model, config.output_dim)
+        if config.linear_path:
+            self.linear = nn.Linear(config.context_len * config.input_dim, config.output_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = fit_context(x, self.config.context_len)
@@ -137,7 +144,9 @@ class ResidualRNN(nn.Module):
         for block in self.blocks:
             h = block(h)
         y = self.output_proj(h[:, -1])
-        if self.config.mean_residual:
+        if self.config.linear_path:
+            y = self.linear(x.flatten(1)) + y
+        elif self.config.mean_residual:
             y = x.mean(dim=1) + y
         return F.normalize(y, dim=-1)
 

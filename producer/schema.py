@@ -17,6 +17,7 @@ MAX_MESSAGES = 32
 MAX_MESSAGE_CHARS = 4000  # about 700 words; longer input is refused, never silently truncated
 MAX_RESPONSE_SENTENCES = 8
 MAX_DECODE_STEPS = 200
+MAX_FORWARD = 0.5  # the forward curve `lvmq eval` reports spans g = 0 ... 0.5
 HEARTBEAT_PREFIX = "lvm:heartbeat:"
 STATS_PREFIX = "lvm:stats:"  # per-minute job counters: lvm:stats:<queue>:<unix minute>:<finished|failed>
 
@@ -57,6 +58,15 @@ class ChatRequest(BaseModel):
         ge=1,
         le=MAX_RESPONSE_SENTENCES,
         description="How many sentences to generate; each predicted vector is fed back as context.",
+    )
+    forward: float | None = Field(
+        None,
+        ge=0.0,
+        le=MAX_FORWARD,
+        allow_inf_nan=False,
+        description=f"Step away from the last sentence, 0-{MAX_FORWARD}: the answer is decoded from "
+        "unit(pred - forward * last), trading closeness to the expected next sentence for novelty (lvmq eval's "
+        "forward curve). Default: the worker's LVM_FORWARD, else the value its checkpoint recorded from that curve.",
     )
     schema_version: Literal[1] = SCHEMA_VERSION
 
@@ -100,6 +110,7 @@ class ChatResult(BaseModel):
     context_sentences: int
     cache_hits: int = Field(0, description="Context sentences whose vectors came from the conversation cache.")
     cache_misses: int = Field(0, description="Context sentences encoded for this request.")
+    forward: float = Field(0.0, description="The step away from the last sentence applied (request or default).")
     latency_breakdown: LatencyBreakdown
     schema_version: Literal[1] = SCHEMA_VERSION
 

@@ -89,3 +89,26 @@ def test_dimension_mismatch_is_refused():
     model = build_model(ModelConfig("gru", 16, d_model=8, num_layers=1))
     with pytest.raises(ValueError, match="dimension mismatch"):
         ChatPipeline(enc, model, SentenceBank(BANK, enc.encode(BANK)))
+
+
+def test_forward_steps_away_from_the_last_sentence_and_is_recorded(pipeline):
+    import numpy as np
+
+    from lvm.pipeline import step_forward
+
+    pipe, enc = pipeline
+    messages = ["The storm brought heavy rain. Clouds gathered over the hills."]
+    last = enc.encode(["Clouds gathered over the hills."])[0]
+    plain = pipe.predict([enc.encode(split) for split in [["The storm brought heavy rain.",
+                                                           "Clouds gathered over the hills."]]])  # fmt: skip
+    moved = step_forward(plain, last[None], np.array([0.4]))
+    assert np.allclose(np.linalg.norm(moved, axis=1), 1.0, atol=1e-5)
+    assert moved[0] @ last < plain[0] @ last  # further from the last sentence
+    assert step_forward(plain, last[None], np.array([0.0])) is plain  # g = 0 changes nothing
+    outs = pipe.run([ChatInput(messages), ChatInput(messages, forward=0.4)])
+    assert (outs[0].forward, outs[1].forward) == (0.0, 0.4)
+    context = {normalize("The storm brought heavy rain."), normalize("Clouds gathered over the hills.")}
+    decoded = pipe.decoder.decode(moved, [context])[0]  # the answer is decoded from the moved vector
+    assert (outs[1].response, outs[1].confidence) == (decoded.text, pytest.approx(decoded.cosine, abs=1e-5))
+    with pytest.raises(ValueError, match="forward"):
+        pipe.run([ChatInput(messages, forward=0.6)])

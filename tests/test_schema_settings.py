@@ -34,6 +34,11 @@ def test_request_defaults_and_json():
         ({"messages": ["hi"], "response_sentences": True}, "response_sentences"),
         ({"messages": ["hi"], "decode_steps": 1.0}, "decode_steps"),
         ({"messages": ["hi"], "conversation_id": 7}, "conversation_id"),
+        # forward: bounded, a number, finite
+        ({"messages": ["hi"], "forward": 0.51}, "forward"),
+        ({"messages": ["hi"], "forward": -0.1}, "forward"),
+        ({"messages": ["hi"], "forward": "0.2"}, "forward"),
+        ({"messages": ["hi"], "forward": float("nan")}, "forward"),
         # text the encoder cannot take
         ({"messages": ["ok", "bad \ud800 surrogate"]}, "messages"),
         ({"messages": ["hi"], "conversation_id": "\udfff"}, "conversation_id"),

@@ -131,3 +131,22 @@ def test_vector_cache_keys_survive_trailing_nul_bytes(tmp_path, monkeypatch):
     assert len(again) == 2
     again.encode(["ab", "cd"], enc, progress=False)
     assert enc.encoded == before
+
+
+def test_news_corpus_from_a_gensim_wheel_skips_repeats_and_stubs(tmp_path):
+    """The second OOD set: one Lee-corpus article per line, read from the wheel in wheel_dir."""
+    import zipfile
+
+    from lvm.corpus import LEE, fetch_news, read_corpus
+
+    article = "The fire crossed the highway late on Monday. Residents of the town were told to leave at once."
+    other = "Interest rates were left unchanged by the bank. Economists had expected a cut of a quarter point."
+    wheel = tmp_path / "gensim-4.4.0-cp311-cp311-manylinux_2_28_x86_64.whl"
+    with zipfile.ZipFile(wheel, "w") as zf:
+        zf.writestr(LEE[0], f"{article}\n\nToo short.\n{other}\n")
+        zf.writestr(LEE[1], f"{article}\n")  # also in the background file: kept once
+    docs, sentences = fetch_news(tmp_path / "news.jsonl", wheel_dir=tmp_path)
+    assert (docs, sentences) == (2, 4)
+    read = read_corpus(tmp_path / "news.jsonl")
+    assert [d.source for d in read] == ["lee-news", "lee-news"] and read[1].sentences[0].startswith("Interest")
+    assert all(d.topic == "news" for d in read) and "licence" in (tmp_path / "news.jsonl").read_text()

@@ -50,6 +50,15 @@ def build_decoder(settings: Settings, encoder: Any, bank: Any) -> Any:
     return v2t if settings.decoder == "vec2text" else AutoDecoder(bank, v2t)
 
 
+def resolve_forward(setting: float | None, metadata: dict) -> float:
+    """LVM_FORWARD when set; else what training chose from the checkpoint's own val forward curve
+    (lvm.metrics.choose_forward); else 0, the prediction as it is (older checkpoints)."""
+    if setting is not None:
+        return setting
+    recorded = metadata.get("metrics", {}).get("forward_default")
+    return float(recorded) if isinstance(recorded, (int, float)) else 0.0
+
+
 class NullPipeline:
     """``lvmq bench overhead``'s pipeline: a fixed answer, no encoder, model or decoder, so the
     benchmark measures the worker's queue layer and nothing else."""
@@ -72,6 +81,7 @@ class Runtime:
     model_version: str
     load_seconds: float
     encoder_dtype: str = "float32"
+    forward: float = 0.0  # the default step away from the last sentence (resolve_forward)
     latencies_ms: list[float] = field(default_factory=list)
 
     @classmethod
@@ -122,6 +132,7 @@ class Runtime:
             model_version=model.version,
             load_seconds=time.perf_counter() - started,
             encoder_dtype=getattr(encoder, "dtype", "float32"),
+            forward=resolve_forward(settings.forward, model.metadata),
         )
 
     def parse(self, payload: Any) -> ChatRequest:
@@ -180,6 +191,7 @@ class Runtime:
             context_sentences=output.context_sentences,
             cache_hits=output.cache_hits,
             cache_misses=output.cache_misses,
+            forward=output.forward,
             latency_breakdown=LatencyBreakdown(
                 queue_wait_ms=queue_wait_ms,
                 encoding_ms=t.encoding_ms,
@@ -208,7 +220,13 @@ class Runtime:
             except RequestRejected as exc:
                 outcomes[i] = exc
         inputs = [
-            ChatInput(r.messages, r.response_sentences, r.decode_steps, conversation_id=r.conversation_id)
+            ChatInput(
+                r.messages,
+                r.response_sentences,
+                r.decode_steps,
+                conversation_id=r.conversation_id,
+                forward=self.forward if r.forward is None else r.forward,
+            )
             for _, r in valid
         ]
         outputs = self._run_isolating(inputs) if inputs else []

@@ -188,6 +188,7 @@ class LVMWorker(SimpleWorker):
             "checkpoint": str(self.settings.models.get(self.model_name, "")),
             "device": rt.device if rt else self.settings.device,
             "encoder_dtype": rt.encoder_dtype if rt else None,
+            "forward": rt.forward if rt else None,
             "queues": self.queue_names(),
             "jobs_done": self.jobs_done,
             "jobs_failed": self.jobs_failed,
