@@ -75,7 +75,29 @@ def register(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--layers", type=int, default=4)
     train.add_argument("--mse-weight", type=float, default=0.5, help="weight of the MSE term beside 1-cos")
     train.add_argument("--patience", type=int, default=2, help="epochs without val improvement before stopping")
-    train.add_argument("--no-mean-residual", action="store_true", help="plain stack (no residual over the mean)")
+    train.add_argument(
+        "--no-mean-residual",
+        action="store_true",
+        help="with --no-linear-path: plain stack",
+    )
+    train.add_argument(
+        "--no-linear-path",
+        action="store_true",
+        help="no linear path (by default the model adds a linear map of the whole context, started at the "
+        "closed-form positional-prior ridge fit, and its recurrent blocks learn a correction on top)",
+    )
+    train.add_argument(
+        "--linear-lr", type=float, default=0.0, help="learning-rate factor of the linear path (0: keep ridge's)"
+    )
+    train.add_argument(
+        "--objective",
+        choices=["cosine_mse", "infonce"],
+        default="cosine_mse",
+        help="cosine_mse: (1-cos) + mse-weight*MSE on unit vectors; infonce: cross-entropy of the true next "
+        "vector against the batch's other next vectors and the window's own context (recorded in the checkpoint)",
+    )
+    train.add_argument("--temperature", type=float, default=0.05, help="infonce temperature")
+    train.add_argument("--context-len", type=int, default=5, help="context sentences the model reads")
     train.add_argument("--ood-topic", action="append", help="topic held out as OOD (repeatable)")
     train.add_argument("--ood-source", action="append", help="source held out as OOD (repeatable)")
     train.add_argument("--seed", type=int, default=0)
@@ -168,6 +190,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         d_model=args.d_model,
         num_layers=args.layers,
         mean_residual=not args.no_mean_residual,
+        linear_path=not args.no_linear_path,
+        linear_lr=args.linear_lr,
+        objective=args.objective,
+        temperature=args.temperature,
+        context_len=args.context_len,
         epochs=args.epochs,
         batch_size=args.batch_size,
         lr=args.lr,
@@ -196,7 +223,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from lvm.data import SplitSpec, VectorCache, encode_documents, make_windows, split_documents
     from lvm.encoders import load_encoder
     from lvm.evaluate import BASELINES, baseline, predict
-    from lvm.metrics import format_report, forward_predictions, report, ridge_fit, ridge_predict
+    from lvm.linear import fit
+    from lvm.metrics import format_report, forward_predictions, report
     from lvm.prepare import news_corpus, starter_corpus
 
     artifacts = _artifacts()
@@ -223,7 +251,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     def windows(part):
         return make_windows(part, [index[d.id] for d in part], ctx)
 
-    ridge = ridge_fit(windows(starter_splits["train"]))  # the checkpoint's own train split, always
+    # the checkpoint's own train split, alpha chosen on its val split, always
+    train_w, val_w = windows(starter_splits["train"]), windows(starter_splits["val"])
+    linear = {kind: fit(train_w, val_w, kind) for kind in ("ridge", "positional_ridge")}
     bank_texts = list(dict.fromkeys(s for d in docs for s in d.sentences))
     bank = cache.encode(bank_texts, encoder, progress=False)
     row_of = {t: r for r, t in enumerate(bank_texts)}
@@ -235,12 +265,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
         w = windows(part)
         rows = np.array([row_of.get(s, -1) for d in part for s in d.sentences], dtype=np.int64)
         predictions = {"model": predict(model, w), **{b: baseline(b, w) for b in BASELINES}}
-        predictions["ridge"] = ridge_predict(ridge, w)
+        predictions["ridge"] = linear["ridge"].predict(w)
+        predictions["ridge_pos"] = linear["positional_ridge"].predict(w)  # the linear path's start
         if served:  # what a worker decodes with the checkpoint's default forward step
             predictions[f"model@g={served}"] = forward_predictions(predictions["model"], w, served)
         reports[name] = report(predictions, w, bank, rows)
     if args.json:
-        print(json.dumps({"checkpoint": str(args.checkpoint), "version": model.version, "splits": reports}, indent=2))
+        fits = {k: {"alpha": f.alpha, "val_cos_by_alpha": f.val_cos} for k, f in linear.items()}
+        out = {"checkpoint": str(args.checkpoint), "version": model.version, "linear_fits": fits, "splits": reports}
+        print(json.dumps(out, indent=2))
     else:
         print(f"{args.checkpoint} (version {model.version}); bank of {len(bank_texts)} corpus sentences")
         print(format_report(reports))
@@ -255,9 +288,11 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
-def _serving_precision() -> dict:
-    """How a worker with the current LVM_* settings would run the encoder (LVM_ENCODER_DTYPE)."""
+def _serving(metadata: dict) -> dict:
+    """How a worker with the current LVM_* settings would serve this checkpoint: the encoder's
+    precision (LVM_ENCODER_DTYPE) and the forward step (LVM_FORWARD, else the recorded one)."""
     from config import load_settings
+    from lvm.checkpoint import recorded_forward
     from lvm.encoders import resolve_dtype
 
     s = load_settings()
@@ -265,7 +300,14 @@ def _serving_precision() -> dict:
         dtype = resolve_dtype(s.encoder_dtype, "cuda" if s.device == "auto" else s.device)
     except ValueError as exc:
         dtype = f"invalid: {exc}"
-    return {"device": s.device, "encoder_dtype_setting": s.encoder_dtype, "encoder_dtype": dtype}
+    recorded = recorded_forward(metadata)
+    return {
+        "device": s.device,
+        "encoder_dtype_setting": s.encoder_dtype,
+        "encoder_dtype": dtype,
+        "forward_recorded": recorded,
+        "forward": s.forward if s.forward is not None else recorded,
+    }
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -285,7 +327,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         "parameters": count_parameters(model),
         "encoder": model.metadata.get("encoder") or {"dim": model.config.input_dim},
         "created_at": model.metadata.get("created_at"),
-        "serving": _serving_precision(),
+        "serving": _serving(model.metadata),
     }
     if args.json:
         print(json.dumps(info, indent=2))

@@ -1,7 +1,7 @@
 """Next-sentence metrics that cannot flatter a predictor, with bootstrap CIs over documents.
 
-`lvmq eval` reports these for the model and three baselines (repeat-last, mean of context,
-ridge regression fitted on the train split), each on the same held-out windows:
+`lvmq eval` reports these for the model and its baselines (repeat-last, mean of context,
+ridge regression fitted on the train split; lvm.linear), each on the same held-out windows:
 
 - cos(pred, next) and the margin cos(pred, next) − cos(pred, previous), with the share of
   windows whose margin is positive: a model that sits nearer the last sentence than the next
@@ -24,32 +24,11 @@ from __future__ import annotations
 import numpy as np
 
 from lvm.data import Windows
+from lvm.linear import unit
 
 GAINS = tuple(round(g, 2) for g in np.arange(0.0, 0.501, 0.05))
 BOOTSTRAP = 1000
 LCM_DISTRACTORS = 64
-
-
-def unit(x: np.ndarray) -> np.ndarray:
-    return (x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)).astype(np.float32)
-
-
-# -- the ridge baseline -----------------------------------------------------------------------
-def ridge_fit(train: Windows, alpha: float = 1.0) -> np.ndarray:
-    """Closed-form least squares from the flattened context (plus a bias) to the next vector."""
-    x = _features(train)
-    y = train.vectors[train.target]
-    gram = x.T @ x + alpha * np.eye(x.shape[1], dtype=np.float64)
-    return np.linalg.solve(gram, x.T @ y).astype(np.float32)
-
-
-def ridge_predict(weights: np.ndarray, windows: Windows) -> np.ndarray:
-    return unit(_features(windows).astype(np.float32) @ weights)
-
-
-def _features(windows: Windows) -> np.ndarray:
-    ctx = windows.vectors[windows.context].reshape(len(windows), -1).astype(np.float64)
-    return np.hstack([ctx, np.ones((len(windows), 1))])
 
 
 # -- per-window scores --------------------------------------------------------------------------
@@ -195,7 +174,27 @@ def report(predictions: dict[str, np.ndarray], w: Windows, bank: np.ndarray | No
     """Every predictor's summary on the same windows; the context mean sets the baseline cos."""
     values = {name: per_window(p, w, bank, bank_rows) for name, p in predictions.items()}
     base = float(np.mean(values["context_mean"]["cos_next"])) if "context_mean" in values else None
-    return {name: summarise(v, w, base) for name, v in values.items()}
+    out = {name: summarise(v, w, base) for name, v in values.items()}
+    for name in out:
+        out[name]["cos_next_minus"] = {
+            other: paired_difference(values[name]["cos_next"], values[other]["cos_next"], w)
+            for other in ("context_mean", "ridge")
+            if other in values and other != name
+        }
+    return out
+
+
+def paired_difference(a: np.ndarray, b: np.ndarray, w: Windows, seed: int = 0) -> dict:
+    """Mean of a - b per window with a 95% CI from resampling documents, both predictors on the
+    same resampled windows: the CI of a difference, not the overlap of two CIs."""
+    doc = w.sentence_doc[w.target]
+    diff = (a - b).astype(np.float64)
+    sums = np.bincount(doc, weights=diff, minlength=w.documents)
+    counts = np.bincount(doc, minlength=w.documents).astype(np.float64)
+    samples = np.random.default_rng(seed).integers(0, w.documents, (BOOTSTRAP, w.documents))
+    boot = sums[samples].sum(axis=1) / np.maximum(counts[samples].sum(axis=1), 1)
+    lo, hi = np.percentile(boot, [2.5, 97.5])
+    return {"mean": round(float(diff.mean()), 4), "ci95": [round(float(lo), 4), round(float(hi), 4)]}
 
 
 def format_report(reports: dict[str, dict[str, dict]]) -> str:
@@ -215,6 +214,17 @@ def format_report(reports: dict[str, dict[str, dict]]) -> str:
                 f"{s['par_median']:>7.3f} {s.get('r_at_1', float('nan')):>6.3f} {s.get('r_at_10', float('nan')):>6.3f} "
                 f"{s.get('mrr', float('nan')):>6.3f} {'-' if mb is None else f'{mb:+.4f}':>7}"
             )
+    lines.append(
+        "cos(next) of the model minus a baseline's, paired over the same windows [95% CI, documents resampled]:"
+    )
+    for split, rep in reports.items():
+        for name, s in rep.items():
+            if name.startswith("model"):
+                diffs = "   ".join(
+                    f"{other} {d['mean']:+.4f} [{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}]"
+                    for other, d in s.get("cos_next_minus", {}).items()
+                )
+                lines.append(f"  {split:<6} {name:<13} {diffs}")
     lines.append("* LCM's across-document contrastive accuracy (distractors: other documents' next sentences).")
     lines.append("m@base: margin of unit(pred - g*prev) at the g where cos(next) equals the context mean's.")
     return "\n".join(lines)

@@ -35,14 +35,33 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_demo)
 
 
-def _print_result(prompt: list[str], res) -> None:
+ECHO_COS = 0.9
+
+
+def _print_result(prompt: list[str], res, answered: list[tuple[str, str]]) -> None:
     lat = res.latency_breakdown
     print(f"  > {prompt[-1]}")
     print(f"  < {res.response}")
     print(
-        f"    confidence {res.confidence:.3f} | queue {lat.queue_wait_ms:.1f} ms, encode {lat.encoding_ms:.1f} ms, "
-        f"lvm {lat.lvm_inference_ms:.1f} ms, decode {lat.decoding_ms:.1f} ms, total {lat.total_latency_ms:.1f} ms"
+        f"    confidence {res.confidence:.3f}, forward {res.forward:.2f} | queue {lat.queue_wait_ms:.1f} ms, "
+        f"encode {lat.encoding_ms:.1f} ms, lvm {lat.lvm_inference_ms:.1f} ms, decode {lat.decoding_ms:.1f} ms, "
+        f"total {lat.total_latency_ms:.1f} ms"
     )
+    answered.append((prompt[-1], res.response))
+
+
+def echo_rate(answered: list[tuple[str, str]], encoder_spec: str) -> tuple[int, float]:
+    """How many answers merely restate the last user message: embedding cos > ECHO_COS.
+    The bank never returns a context sentence itself, but a near-paraphrase still echoes."""
+    import numpy as np
+
+    from lvm.encoders import load_encoder
+
+    encoder = load_encoder(encoder_spec)
+    asked = encoder.encode([a for a, _ in answered])
+    answers = encoder.encode([b for _, b in answered])
+    cos = np.sum(asked * answers, axis=1)
+    return int(np.sum(cos > ECHO_COS)), float(np.mean(cos))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -82,19 +101,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"worker {name} ready in {time.perf_counter() - started:.1f} s\n")
 
         client = ChatClient(url, settings.model_copy(update={"redis_url": url}))
+        answered: list[tuple[str, str]] = []
         print("single-turn chats:")
         for text in SINGLE_TURN:
-            _print_result([text], client.chat(text, model=args.model))
+            _print_result([text], client.chat(text, model=args.model), answered)
         print("\na multi-turn conversation (each request carries the turns so far):")
         history: list[str] = []
         for turn in CONVERSATION:
             history.append(turn)
             res = client.chat(history, model=args.model, conversation_id="demo-1")
-            _print_result(history, res)
+            _print_result(history, res, answered)
             history.append(res.response)
         res = client.chat(["Tell me about the history of Rome."], model=args.model, response_sentences=3)
         print("\nthree sentences at once (response_sentences=3):")
-        _print_result(["Tell me about the history of Rome."], res)
+        _print_result(["Tell me about the history of Rome."], res, answered)
+        echoes, mean_cos = echo_rate(answered, settings.encoder)
+        print(
+            f"\necho rate: {echoes} of {len(answered)} answers have cos > {ECHO_COS} with the last user message "
+            f"(mean cos {mean_cos:.3f})"
+        )
         time.sleep(2.2)  # one heartbeat period (LVM_HEARTBEAT_SECONDS=2 here), so the counters below are current
         print("\nhealth (lvmq health):")
         print(format_report(check(connect(url), [queue])))

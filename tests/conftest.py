@@ -83,7 +83,7 @@ def serving_artifacts(tmp_path_factory, minilm):
     torch.manual_seed(0)
     paths = {}
     configs = {
-        "lstm": ModelConfig("lstm", 384, d_model=32, num_layers=2, mean_residual=True),
+        "lstm": ModelConfig("lstm", 384, d_model=32, num_layers=2, linear_path=True),
         "gru": ModelConfig("gru", 384, d_model=32, num_layers=2, mean_residual=True),
         "transformer": ModelConfig("transformer", 384, d_model=32, num_layers=1, nhead=2),
         "amn": ModelConfig("amn", 384, d_model=32, hidden_dim=64),

@@ -136,3 +136,23 @@ def test_unknown_or_incomplete_architecture_without_config(tmp_path):
     torch.save({"model_state_dict": {"lstm.weight_ih_l0": torch.zeros(4, 4)}}, tmp_path / "m.pt")
     with pytest.raises(CheckpointError, match="incomplete weights: no lstm.weight_hh_l0"):
         load_model(tmp_path / "m.pt")
+
+
+def test_linear_path_round_trips_and_a_file_that_lost_it_fails_loudly(tmp_path):
+    torch.manual_seed(0)
+    model = build_model(ModelConfig("lstm", 16, d_model=8, num_layers=1, linear_path=True)).eval()
+    loaded = load_model(save_checkpoint(tmp_path / "lin.pt", model, encoder=ENC), expected_dim=16)
+    x = torch.randn(4, 5, 16)
+    with torch.no_grad():
+        assert torch.equal(model(x), loaded(x))
+    assert loaded.config.linear_path
+    raw = _raw(model)
+    raw["model_state_dict"] = {k: v for k, v in raw["model_state_dict"].items() if not k.startswith("linear.")}
+    torch.save(raw, tmp_path / "lost.pt")
+    with pytest.raises(CheckpointError, match="linear.weight"):
+        load_model(tmp_path / "lost.pt")
+    raw = _raw(model)
+    raw["model_config"]["linear_path"] = False  # weights with a linear path, a config without one
+    torch.save(raw, tmp_path / "unclaimed.pt")
+    with pytest.raises(CheckpointError, match="linear.weight"):
+        load_model(tmp_path / "unclaimed.pt")

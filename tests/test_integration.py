@@ -70,6 +70,16 @@ def test_response_sentences_field_is_honoured(client):
     assert res.response == " ".join(res.sentences)
 
 
+def test_forward_is_honoured_per_request_and_recorded(client, lstm_worker):
+    from redis import Redis
+
+    default = client.chat("The river flows through the old town.")
+    stepped = client.chat("The river flows through the old town.", forward=0.5)
+    heartbeat = json.loads(Redis.from_url(lstm_worker["url"]).get(HEARTBEAT_PREFIX + lstm_worker["name"]))
+    assert default.forward == heartbeat["forward"] == 0.0  # LVM_FORWARD unset, nothing recorded in the file
+    assert stepped.forward == 0.5
+
+
 def _raw_enqueue(url, payload, queue="lvm-lstm"):
     from redis import Redis
 
@@ -86,6 +96,7 @@ def _raw_enqueue(url, payload, queue="lvm-lstm"):
         ({"messages": [1, {"a": 2}]}, "invalid_request", "messages.0"),
         ({"messages": "hello", "response_sentences": "many"}, "invalid_request", "response_sentences"),
         ({"messages": ["Hello there."], "model": "gru"}, "wrong_model", "serves model 'lstm'"),
+        ({"messages": ["Hello there."], "forward": 0.9}, "invalid_request", "forward"),
         ("{not json", "bad_payload", "not valid JSON"),
         ([1, 2, 3], "bad_payload", "must be a JSON object"),
     ],

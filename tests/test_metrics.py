@@ -6,7 +6,8 @@ import pytest
 from helpers import HashingEncoder, generated_corpus
 from lvm.data import SplitSpec, VectorCache, encode_documents, make_windows, split_documents
 from lvm.evaluate import baseline
-from lvm.metrics import GAINS, margin_at, per_window, report, ridge_fit, ridge_predict, summarise
+from lvm.linear import fit
+from lvm.metrics import GAINS, margin_at, per_window, report, summarise
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +54,7 @@ def test_ridge_fitted_on_train_beats_the_baselines_here(data):
     windows, bank, rows = data
     w = windows["val"]
     preds = {
-        "ridge": ridge_predict(ridge_fit(windows["train"]), w),
+        "ridge": fit(windows["train"], None).predict(w),
         "repeat_last": baseline("repeat_last", w),
         "context_mean": baseline("context_mean", w),
     }
@@ -77,3 +78,60 @@ def test_margin_at_interpolates_and_refuses_what_it_cannot_reach():
     assert margin_at(curve, 0.55) == pytest.approx(-0.1)
     assert margin_at(curve, 0.65) is None  # already below the baseline at g = 0
     assert margin_at(curve, 0.4) is None  # never falls that far within the curve
+
+
+def test_linear_fits_choose_alpha_on_val_and_the_positional_prior_is_exact():
+    """A corpus whose next vector is exactly a recency-weighted mean of its context: the
+    positional prior recovers the weights, so its residual is nothing and any alpha is exact."""
+    from lvm.data import Windows
+    from lvm.linear import ALPHAS, fit, positional_weights
+
+    rng = np.random.default_rng(0)
+    a = np.array([0.1, 0.1, 0.2, 0.2, 0.4])
+    docs, rows = 40, []
+    vectors = []
+    for _ in range(docs):
+        doc = list(rng.normal(size=(5, 16)))
+        for _ in range(10):
+            doc.append(np.einsum("t,td->d", a, np.stack(doc[-5:])))
+        vectors.append(np.stack(doc))
+    flat = np.concatenate(vectors).astype(np.float32)
+    for d in range(docs):
+        base = d * 15
+        rows += [(list(range(base + t - 5, base + t)), base + t) for t in range(5, 15)]
+    w = Windows(flat, np.array([r[0] for r in rows]), np.array([r[1] for r in rows]),
+                np.array([r[0][-1] for r in rows]), docs, np.repeat(np.arange(docs), 15))  # fmt: skip
+    assert np.allclose(positional_weights(w), a, atol=1e-5)
+    prior = fit(w, w, "positional_ridge")
+    assert set(prior.val_cos) == set(ALPHAS) and min(prior.val_cos.values()) > 0.9999
+    plain = fit(w, w, "ridge")
+    assert plain.val_cos[ALPHAS[-1]] < plain.val_cos[ALPHAS[0]]  # shrinking toward zero costs plain ridge
+    assert plain.alpha == max(plain.val_cos, key=plain.val_cos.get)
+    with pytest.raises(ValueError, match="kind must be one of"):
+        fit(w, w, "lasso")
+
+
+def test_paired_difference_ci_excludes_zero_only_for_a_real_difference(data):
+    from lvm.metrics import paired_difference
+
+    windows, _, _ = data
+    w = windows["val"]
+    better = np.full(len(w), 0.6)
+    noisy = better + np.random.default_rng(1).normal(0, 0.01, len(w))
+    same = paired_difference(better, noisy, w)
+    assert same["ci95"][0] < 0 < same["ci95"][1]
+    gap = paired_difference(better, better - 0.05, w)
+    assert gap["mean"] == pytest.approx(0.05) and gap["ci95"][0] > 0
+
+
+def test_choose_forward_takes_the_first_step_past_half_positive_and_files_cannot_smuggle_one():
+    from lvm.checkpoint import recorded_forward
+    from lvm.metrics import choose_forward
+
+    curve = [{"g": g, "margin_positive_share": share} for g, share in [(0.0, 0.1), (0.1, 0.4), (0.2, 0.55), (0.3, 0.7)]]
+    assert choose_forward(curve) == 0.2
+    assert choose_forward(curve[:2]) == 0.1  # never gets there: the largest step of the curve
+    assert recorded_forward({"metrics": {"forward_default": 0.25}}) == 0.25
+    for bad in (True, "0.3", 7.0, -0.1, None):
+        assert recorded_forward({"metrics": {"forward_default": bad}}) == 0.0
+    assert recorded_forward({}) == 0.0

@@ -67,3 +67,17 @@ def test_small_batch_lstm_path_matches_nn_lstm():
         lstm = model.blocks[0].lstm
         h = torch.randn(2, 5, 12)
         assert torch.allclose(lstm_unrolled(lstm, h), lstm(h)[0], atol=1e-6)
+
+
+def test_linear_path_adds_a_linear_map_of_the_whole_context_and_its_keys():
+    cfg = ModelConfig("lstm", 12, d_model=8, num_layers=1, linear_path=True)
+    model = build_model(cfg).eval()
+    assert {"linear.weight", "linear.bias"} <= set(model.state_dict())
+    assert model.linear.weight.shape == (12, 5 * 12)
+    with torch.no_grad():
+        model.output_proj.weight.zero_()
+        model.output_proj.bias.zero_()
+        x = torch.randn(3, 5, 12)
+        expected = torch.nn.functional.normalize(model.linear(x.flatten(1)), dim=-1)
+        assert torch.allclose(model(x), expected, atol=1e-6)  # no correction: the linear map alone
+        assert torch.allclose(model(x[:, -2:]), model(torch.cat([x[:, -2:-1]] * 4 + [x[:, -1:]], 1)), atol=1e-6)

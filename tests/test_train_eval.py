@@ -18,7 +18,8 @@ def _windows(tmp_path):
 
 def test_tiny_model_learns_and_is_reproducible(tmp_path):
     w = _windows(tmp_path)
-    cfg = TrainConfig(model_type="gru", d_model=32, num_layers=1, epochs=6, batch_size=32, lr=5e-3, patience=10)
+    cfg = TrainConfig(model_type="gru", d_model=32, num_layers=1, epochs=6, batch_size=32, lr=5e-3, patience=10,
+                      linear_path=False)  # fmt: skip
     model, history, metrics = train(cfg, w["train"], w["val"], progress=False)
     losses = [h["train_loss"] for h in history]
     assert losses[-1] < losses[0] * 0.9
@@ -69,19 +70,22 @@ def test_evaluate_reports_model_beside_baselines(tmp_path):
         assert set(s) == {"cos_mean", "cos_std", "mse", "margin", "windows"}
 
 
-def test_linear_path_starts_at_ridge_and_records_its_objective(tmp_path):
-    from lvm.metrics import ridge_fit, ridge_predict
+def test_linear_path_starts_at_the_positional_ridge_and_records_its_objective(tmp_path):
+    from lvm.linear import fit
 
     w = _windows(tmp_path)
+    start = fit(w["train"], w["val"], "positional_ridge")
     cfg = TrainConfig(model_type="lstm", d_model=16, num_layers=1, epochs=1, batch_size=32, linear_path=True, lr=0.0)
     model, _, metrics = train(cfg, w["train"], w["val"], progress=False)
-    # lr 0: the model is exactly its initialisation, which is ridge's solution plus a zero correction
-    assert np.allclose(predict(model, w["val"]), ridge_predict(ridge_fit(w["train"]), w["val"]), atol=1e-4)
+    # lr 0: the model is exactly its initialisation, the closed-form fit plus a zero correction
+    assert np.allclose(predict(model, w["val"]), start.predict(w["val"]), atol=1e-4)
     assert metrics["train_config"]["objective"] == "cosine_mse" and metrics["train_config"]["linear_path"]
+    assert metrics["linear_init"]["alpha"] == start.alpha and len(metrics["linear_init"]["val_cos"]) == 4
+    assert metrics["best_epoch"] == 0  # nothing learned: the closed-form start is kept
     frozen = TrainConfig(model_type="gru", d_model=16, num_layers=1, epochs=2, batch_size=32, linear_path=True)
     model, _, _ = train(frozen, w["train"], w["val"], progress=False)
-    assert not model.linear.weight.requires_grad  # linear_lr 0: ridge's weights stay as they are
-    assert np.allclose(model.linear.weight.detach().numpy(), ridge_fit(w["train"])[:-1].T, atol=1e-6)
+    assert not model.linear.weight.requires_grad  # linear_lr 0: the closed-form weights stay as they are
+    assert np.allclose(model.linear.weight.detach().numpy(), start.weights[:-1].T, atol=1e-6)
 
 
 def test_infonce_objective_trains_and_unknown_objectives_are_refused(tmp_path):
@@ -91,7 +95,8 @@ def test_infonce_objective_trains_and_unknown_objectives_are_refused(tmp_path):
     cfg = TrainConfig(model_type="gru", d_model=32, num_layers=1, epochs=3, batch_size=32, lr=5e-3,
                       objective="infonce", patience=10)  # fmt: skip
     _, history, metrics = train(cfg, w["train"], w["val"], progress=False)
-    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    losses = [h["train_loss"] for h in history if h["epoch"] > 0]  # epoch 0: the closed-form start
+    assert losses[-1] < losses[0]
     assert metrics["train_config"]["objective"] == "infonce"
     with pytest.raises(ValueError, match="objective must be one of"):
         train(TrainConfig(objective="mse"), w["train"], w["val"], progress=False)

@@ -50,15 +50,6 @@ def build_decoder(settings: Settings, encoder: Any, bank: Any) -> Any:
     return v2t if settings.decoder == "vec2text" else AutoDecoder(bank, v2t)
 
 
-def resolve_forward(setting: float | None, metadata: dict) -> float:
-    """LVM_FORWARD when set; else what training chose from the checkpoint's own val forward curve
-    (lvm.metrics.choose_forward); else 0, the prediction as it is (older checkpoints)."""
-    if setting is not None:
-        return setting
-    recorded = metadata.get("metrics", {}).get("forward_default")
-    return float(recorded) if isinstance(recorded, (int, float)) else 0.0
-
-
 class NullPipeline:
     """``lvmq bench overhead``'s pipeline: a fixed answer, no encoder, model or decoder, so the
     benchmark measures the worker's queue layer and nothing else."""
@@ -81,7 +72,7 @@ class Runtime:
     model_version: str
     load_seconds: float
     encoder_dtype: str = "float32"
-    forward: float = 0.0  # the default step away from the last sentence (resolve_forward)
+    forward: float = 0.0  # the default step away from the last sentence (LVM_FORWARD, else the checkpoint's)
     latencies_ms: list[float] = field(default_factory=list)
 
     @classmethod
@@ -91,7 +82,7 @@ class Runtime:
 
         set_threads(settings.torch_threads)
         from lvm.bank import SentenceBank
-        from lvm.checkpoint import load_model
+        from lvm.checkpoint import load_model, recorded_forward
         from lvm.encoders import load_encoder
         from lvm.pipeline import ChatInput, ChatPipeline
 
@@ -132,7 +123,7 @@ class Runtime:
             model_version=model.version,
             load_seconds=time.perf_counter() - started,
             encoder_dtype=getattr(encoder, "dtype", "float32"),
-            forward=resolve_forward(settings.forward, model.metadata),
+            forward=settings.forward if settings.forward is not None else recorded_forward(model.metadata),
         )
 
     def parse(self, payload: Any) -> ChatRequest:
