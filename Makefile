@@ -31,7 +31,9 @@ redis-server:
 model: setup
 	$(BIN)/lvmq model prepare
 
-demo: model redis-server
+# The demo serves the LSTM only, so its first run trains just that one; `make model` adds the GRU.
+demo: setup redis-server
+	$(BIN)/lvmq model prepare --models lstm
 	$(BIN)/lvmq demo
 
 test: setup redis-server

@@ -129,6 +129,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     prep.add_argument("--artifacts", type=Path, help="default: LVM_ARTIFACTS_DIR or ./artifacts")
     prep.add_argument("--epochs", type=int, default=8)
+    prep.add_argument(
+        "--models",
+        default="lstm,gru",
+        help="comma-separated default models to train (the demo needs only lstm); default lstm,gru",
+    )
     prep.add_argument("--threads", type=int, default=2)
     prep.set_defaults(func=cmd_prepare)
 
@@ -284,7 +289,12 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     _threads(args.threads)
     from lvm.prepare import prepare_default
 
-    prepare_default(args.artifacts or _artifacts(), epochs=args.epochs)
+    models = tuple(m.strip() for m in args.models.split(",") if m.strip())
+    unknown = sorted(set(models) - {"lstm", "gru"})
+    if unknown or not models:
+        print(f"error: --models takes lstm and/or gru, not {', '.join(unknown) or 'nothing'}", file=sys.stderr)
+        return 2
+    prepare_default(args.artifacts or _artifacts(), model_types=models, epochs=args.epochs)
     return 0
 
 

@@ -128,15 +128,16 @@ def train(cfg: TrainConfig, train_set: Windows, val_set: Windows, progress: bool
 
     history: list[dict] = []
     best_cos, best_state, best_metrics, stale = -math.inf, None, {}, 0
+    start = None
     if cfg.linear_path:
-        # Epoch 0 is a candidate too: the closed-form start. A correction that never beats it on
-        # val is not kept (a GRU's measured below its start for 8 epochs: a bad first epoch).
+        # Epoch 0, the closed-form start, is kept if no trained epoch beats it on val (a GRU's
+        # correction measured below its start for all 8 epochs). It does not drive patience: the
+        # first epochs of the correction fall below the start before they rise above it.
         model.eval()
         val = score(predict(model, val_set), val_set)
         history.append({"epoch": 0, "val_cos": val["cos_mean"], "val_mse": val["mse"], "val_margin": val["margin"]})
-        best_cos = val["cos_mean"]
-        best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        best_metrics = {"best_epoch": 0, **{f"val_{k}": v for k, v in val.items()}}
+        start = (val["cos_mean"], {k: v.detach().clone() for k, v in model.state_dict().items()},
+                 {"best_epoch": 0, **{f"val_{k}": v for k, v in val.items()}})  # fmt: skip
     for epoch in range(1, cfg.epochs + 1):
         model.train()
         started = time.perf_counter()
@@ -185,6 +186,8 @@ def train(cfg: TrainConfig, train_set: Windows, val_set: Windows, progress: bool
             stale += 1
             if stale >= cfg.patience:
                 break
+    if start is not None and start[0] >= best_cos:
+        best_cos, best_state, best_metrics = start
     assert best_state is not None
     model.load_state_dict(best_state)
     model.eval()
