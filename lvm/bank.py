@@ -20,6 +20,10 @@ import torch
 from lvm.decoders import Decoded
 from lvm.text import normalize
 
+# A half-precision search keeps this many best rows per query and rescores them in float32, so
+# the answer is the exact argmax unless the true best ranks below them on rounded scores.
+CANDIDATES = 8
+
 
 class BankError(Exception):
     pass
@@ -54,10 +58,18 @@ class SentenceBank:
 
     def to(self, device: str) -> SentenceBank:
         """Search on ``device``. On CUDA or MPS the matrix lives there in float16 (53k x 384 is
-        40 MB): the product runs on the device and only [B, N] scores come back. The score of
-        each hit is then recomputed exactly in float32 on the CPU."""
+        40 MB): the product runs on the device and only [B, N] scores come back. On a CPU with
+        native bfloat16 (AMX / AVX512-BF16) a bfloat16 copy halves the memory the product
+        streams: one query over 53k x 384 measured ~1.5x faster. Either way the best
+        CANDIDATES rows per query are rescored exactly in float32, which picks the answer and
+        gives its confidence."""
         if device != "cpu":
             self._matrix = torch.from_numpy(self.vectors).to(device=device, dtype=torch.float16)
+        else:
+            from lvm.encoders import cpu_has_native_bf16
+
+            dtype = torch.bfloat16 if cpu_has_native_bf16() else torch.float32
+            self._matrix = torch.from_numpy(self.vectors).to(dtype)
         return self
 
     def decode(
@@ -72,25 +84,30 @@ class SentenceBank:
         dictionary lookup and masked before the argmax, so exclusion costs nothing extra.
         """
         queries = np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1, self.dim)
-        on_device = self._matrix.device.type != "cpu"
+        rounded = self._matrix.dtype != torch.float32
         previous = torch.get_num_threads()
         try:
             torch.set_num_threads(self.search_threads)
             with torch.inference_mode():
-                q = torch.from_numpy(queries)
-                if on_device:
-                    q = q.to(device=self._matrix.device, dtype=self._matrix.dtype)
+                q = torch.from_numpy(queries).to(device=self._matrix.device, dtype=self._matrix.dtype)
                 scores = torch.mm(q, self._matrix.T).float().cpu().numpy()
+                for row in range(len(scores)):
+                    for text in exclude[row] if exclude is not None else ():
+                        scores[row, self._rows_of.get(text, [])] = -np.inf
+                k = min(CANDIDATES, len(self.sentences)) if rounded else 1
+                top_scores, top_rows = torch.topk(torch.from_numpy(scores), k, dim=1)
         finally:
             torch.set_num_threads(previous)
         results: list[Decoded] = []
-        for row, row_scores in enumerate(scores):
-            for text in exclude[row] if exclude is not None else ():
-                row_scores[self._rows_of.get(text, [])] = -np.inf
-            hit = int(np.argmax(row_scores))
-            if row_scores[hit] == -np.inf:
+        for row, (cand_scores, cand_rows) in enumerate(zip(top_scores.numpy(), top_rows.numpy(), strict=True)):
+            if cand_scores[0] == -np.inf:
                 raise BankError("every bank sentence is excluded by the request's context")
-            score = float(self.vectors[hit] @ queries[row]) if on_device else float(row_scores[hit])
+            if rounded:  # rescore the candidates exactly; excluded rows stay out
+                cand_rows = cand_rows[cand_scores > -np.inf]
+                exact = self.vectors[cand_rows] @ queries[row]
+                hit, score = int(cand_rows[np.argmax(exact)]), float(np.max(exact))
+            else:
+                hit, score = int(cand_rows[0]), float(cand_scores[0])
             results.append(Decoded(self.sentences[hit], score, 0, self.name, self.vectors[hit]))
         return results
 

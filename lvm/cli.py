@@ -97,6 +97,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "vector against the batch's other next vectors and the window's own context (recorded in the checkpoint)",
     )
     train.add_argument("--temperature", type=float, default=0.05, help="infonce temperature")
+    train.add_argument(
+        "--warmup-epochs", type=float, help="linear learning-rate warm-up (default: 1 for gru, 0 for lstm)"
+    )
     train.add_argument("--context-len", type=int, default=5, help="context sentences the model reads")
     train.add_argument("--ood-topic", action="append", help="topic held out as OOD (repeatable)")
     train.add_argument("--ood-source", action="append", help="source held out as OOD (repeatable)")
@@ -182,7 +185,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from lvm.corpus import read_corpus
     from lvm.data import SplitSpec, VectorCache, encode_documents
     from lvm.encoders import load_encoder
-    from lvm.prepare import starter_corpus, train_and_save
+    from lvm.prepare import MODEL_DEFAULTS, starter_corpus, train_and_save
     from lvm.train import TrainConfig
 
     artifacts = _artifacts()
@@ -200,6 +203,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         objective=args.objective,
         temperature=args.temperature,
         context_len=args.context_len,
+        warmup_epochs=args.warmup_epochs
+        if args.warmup_epochs is not None
+        else MODEL_DEFAULTS[args.model].get("warmup_epochs", 0.0),
         epochs=args.epochs,
         batch_size=args.batch_size,
         lr=args.lr,

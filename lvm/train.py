@@ -47,6 +47,7 @@ class TrainConfig:
     mse_weight: float = 0.5
     grad_clip: float = 1.0
     patience: int = 2
+    warmup_epochs: float = 0.0  # linear learning-rate warm-up before the cosine decay
     seed: int = 0
 
 
@@ -124,7 +125,16 @@ def train(cfg: TrainConfig, train_set: Windows, val_set: Windows, progress: bool
             model.linear.requires_grad_(False)
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs * steps_per_epoch)
+    total_steps = cfg.epochs * steps_per_epoch
+    warmup = min(int(cfg.warmup_epochs * steps_per_epoch), total_steps - 1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda step: (
+            (step + 1) / warmup
+            if step < warmup
+            else 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total_steps - warmup)))
+        ),
+    )
 
     history: list[dict] = []
     best_cos, best_state, best_metrics, stale = -math.inf, None, {}, 0

@@ -73,3 +73,27 @@ def test_unicode_survives_round_trip(tmp_path):
 def test_missing_bank_says_how_to_build_one(tmp_path):
     with pytest.raises(BankError, match="lvmq bank build"):
         SentenceBank.load(tmp_path / "none.npz")
+
+
+def test_a_rounded_matrix_gives_the_exact_answers_and_confidences():
+    """The bfloat16 (CPU) and float16 (CUDA/MPS) searches keep the best CANDIDATES rows and
+    rescore them in float32: the same answers and confidences as the float32 search."""
+    import torch
+
+    rng = np.random.default_rng(0)
+    unit = lambda x: (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)  # noqa: E731
+    texts = [f"Sentence number {i}." for i in range(2000)]
+    vectors = unit(rng.normal(size=(2000, 64)))
+    exact = SentenceBank(texts, vectors)
+    rounded = SentenceBank(texts, vectors)
+    rounded._matrix = torch.from_numpy(rounded.vectors).to(torch.bfloat16)
+    # queries near bank rows (the answers a model finds), plus noise that makes close races
+    queries = unit(vectors[:60] + rng.normal(scale=0.6, size=(60, 64)))
+    exclude = [{normalize(texts[i])} for i in range(60)]
+    for ex in (None, exclude):
+        want, got = exact.decode(queries, ex), rounded.decode(queries, ex)
+        assert [d.text for d in got] == [d.text for d in want]
+        assert np.allclose([d.cosine for d in got], [d.cosine for d in want], atol=1e-6)
+    assert all(d.text != texts[i] for i, d in enumerate(rounded.decode(queries, exclude)))
+    with pytest.raises(BankError, match="every bank sentence is excluded"):
+        rounded.decode(queries[:1], [{normalize(t) for t in texts}])

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 
 from helpers import HashingEncoder, generated_corpus
@@ -100,3 +101,12 @@ def test_infonce_objective_trains_and_unknown_objectives_are_refused(tmp_path):
     assert metrics["train_config"]["objective"] == "infonce"
     with pytest.raises(ValueError, match="objective must be one of"):
         train(TrainConfig(objective="mse"), w["train"], w["val"], progress=False)
+
+
+def test_warmup_ramps_the_learning_rate_then_decays_it(tmp_path):
+    w = _windows(tmp_path)
+    cfg = TrainConfig(model_type="gru", d_model=16, num_layers=1, epochs=4, batch_size=32, lr=1e-2, patience=10,
+                      warmup_epochs=2)  # fmt: skip
+    _, history, _ = train(cfg, w["train"], w["val"], progress=False)
+    lrs = [h["lr"] for h in history if h["epoch"] > 0]
+    assert lrs[0] < lrs[1] and lrs[1] == pytest.approx(1e-2, rel=0.05) and lrs[3] < lrs[2] < lrs[1]
