@@ -86,7 +86,7 @@ def test_a_rounded_matrix_gives_the_exact_answers_and_confidences():
     vectors = unit(rng.normal(size=(2000, 64)))
     exact = SentenceBank(texts, vectors)
     rounded = SentenceBank(texts, vectors)
-    rounded._matrix = torch.from_numpy(rounded.vectors).to(torch.bfloat16)
+    rounded._matrix = torch.from_numpy(rounded.vectors).to(torch.bfloat16)  # as on CUDA/MPS, any batch size
     # queries near bank rows (the answers a model finds), plus noise that makes close races
     queries = unit(vectors[:60] + rng.normal(scale=0.6, size=(60, 64)))
     exclude = [{normalize(texts[i])} for i in range(60)]
@@ -97,3 +97,27 @@ def test_a_rounded_matrix_gives_the_exact_answers_and_confidences():
     assert all(d.text != texts[i] for i, d in enumerate(rounded.decode(queries, exclude)))
     with pytest.raises(BankError, match="every bank sentence is excluded"):
         rounded.decode(queries[:1], [{normalize(t) for t in texts}])
+
+
+def test_the_cpu_bfloat16_copy_serves_batches_only_and_changes_no_answer(monkeypatch):
+    import torch
+
+    import lvm.bank
+
+    rng = np.random.default_rng(1)
+    vectors = rng.normal(size=(500, 32)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    texts = [f"Row {i}." for i in range(500)]
+    plain, halved = SentenceBank(texts, vectors), SentenceBank(texts, vectors)
+    halved._cpu_half = torch.from_numpy(vectors).to(torch.bfloat16)
+    used = []
+    real_mm = torch.mm
+    monkeypatch.setattr(torch, "mm", lambda a, b: used.append(b.dtype) or real_mm(a, b))
+    queries = vectors[:16] + rng.normal(scale=0.3, size=(16, 32)).astype(np.float32)
+    for n in (1, lvm.bank.CPU_HALF_FROM - 1, lvm.bank.CPU_HALF_FROM, 16):
+        used.clear()
+        got = halved.decode(queries[:n])
+        assert used == [torch.bfloat16 if n >= lvm.bank.CPU_HALF_FROM else torch.float32]
+        want = plain.decode(queries[:n])
+        assert [d.text for d in got] == [d.text for d in want]
+        assert np.allclose([d.cosine for d in got], [d.cosine for d in want], atol=1e-6)
