@@ -65,8 +65,9 @@ class Settings(BaseSettings):
     )
     encoder_dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
         "auto",
-        description="Encoder precision. auto: float16 on CUDA, float32 on CPU and MPS. A model stored in "
-        "float16 is upcast on CPU; half precision on CPU is refused (10x slower there).",
+        description="Encoder precision. auto: float16 on CUDA; bfloat16 autocast on a CPU with native bfloat16 "
+        "(AMX / AVX512-BF16), float32 on other CPUs and MPS. A model stored in float16 is upcast on CPU; float16 "
+        "on CPU is refused (10x slower there).",
     )
     encoder_quantize: Literal["none", "int8"] = Field(
         "none",
