@@ -280,3 +280,8 @@ def recorded_forward(metadata: dict) -> float:
     recorded = metadata.get("metrics", {}).get("forward_default")
     ok = isinstance(recorded, (int, float)) and not isinstance(recorded, bool) and 0.0 <= recorded <= 0.5
     return float(recorded) if ok else 0.0
+
+
+def serving_forward(setting: float | None, metadata: dict) -> float:
+    """The forward step a worker applies by default: LVM_FORWARD when set, else the recorded one."""
+    return setting if setting is not None else recorded_forward(metadata)

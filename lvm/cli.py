@@ -182,6 +182,8 @@ def cmd_bank_build(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     _threads(args.threads)
+    from dataclasses import replace
+
     from lvm.corpus import read_corpus
     from lvm.data import SplitSpec, VectorCache, encode_documents
     from lvm.encoders import load_encoder
@@ -203,9 +205,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         objective=args.objective,
         temperature=args.temperature,
         context_len=args.context_len,
-        warmup_epochs=args.warmup_epochs
-        if args.warmup_epochs is not None
-        else MODEL_DEFAULTS[args.model].get("warmup_epochs", 0.0),
         epochs=args.epochs,
         batch_size=args.batch_size,
         lr=args.lr,
@@ -213,6 +212,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         patience=args.patience,
         seed=args.seed,
     )
+    # the model's defaults from `make model` (chosen on val), unless a flag says otherwise
+    explicit = {"warmup_epochs": args.warmup_epochs} if args.warmup_epochs is not None else {}
+    cfg = replace(cfg, **{**MODEL_DEFAULTS[args.model], **explicit})
     split = SplitSpec(
         ood_topics=tuple(args.ood_topic) if args.ood_topic is not None else SplitSpec().ood_topics,
         ood_sources=tuple(args.ood_source or ()),
@@ -229,7 +231,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     _threads(args.threads)
     import numpy as np
 
-    from lvm.checkpoint import load_model
+    from lvm.checkpoint import load_model, recorded_forward
     from lvm.corpus import read_corpus
     from lvm.data import SplitSpec, VectorCache, encode_documents, make_windows, split_documents
     from lvm.encoders import load_encoder
@@ -257,7 +259,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     vectors = encode_documents(docs, encoder, cache)
     index = {d.id: v for d, v in zip(docs, vectors, strict=True)}
     ctx = model.config.context_len
-    served = model.metadata.get("metrics", {}).get("forward_default")
+    served = recorded_forward(model.metadata)
 
     def windows(part):
         return make_windows(part, [index[d.id] for d in part], ctx)
@@ -308,7 +310,7 @@ def _serving(metadata: dict) -> dict:
     """How a worker with the current LVM_* settings would serve this checkpoint: the encoder's
     precision (LVM_ENCODER_DTYPE) and the forward step (LVM_FORWARD, else the recorded one)."""
     from config import load_settings
-    from lvm.checkpoint import recorded_forward
+    from lvm.checkpoint import recorded_forward, serving_forward
     from lvm.encoders import resolve_dtype
 
     s = load_settings()
@@ -316,13 +318,12 @@ def _serving(metadata: dict) -> dict:
         dtype = resolve_dtype(s.encoder_dtype, "cuda" if s.device == "auto" else s.device)
     except ValueError as exc:
         dtype = f"invalid: {exc}"
-    recorded = recorded_forward(metadata)
     return {
         "device": s.device,
         "encoder_dtype_setting": s.encoder_dtype,
         "encoder_dtype": dtype,
-        "forward_recorded": recorded,
-        "forward": s.forward if s.forward is not None else recorded,
+        "forward_recorded": recorded_forward(metadata),
+        "forward": serving_forward(s.forward, metadata),
     }
 
 

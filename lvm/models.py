@@ -37,9 +37,9 @@ class ModelConfig:
     # state-dict keys are the prior system's. Its checkpoints load with False.
     mean_residual: bool = False
     # A linear path from the flattened context to the next vector, y = normalise(W·x + f(x)):
-    # closed-form ridge regression beat the 2.3M-parameter LSTM on every split, so the model
-    # starts from ridge's solution (training sets W) and its recurrent blocks learn a
-    # correction on top. Replaces the context mean, which is one such W. Adds keys linear.*.
+    # closed-form ridge regression beat the 2.3M-parameter LSTM on every split, so training
+    # starts W at a closed-form fit (lvm.linear) and the recurrent blocks learn a correction
+    # on top. Replaces the context mean, which is one such W. Adds keys linear.*.
     linear_path: bool = False
     arch: str = ""  # default from model_type
     nhead: int = 4  # transformer only

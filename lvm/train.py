@@ -84,6 +84,12 @@ def linear_init(model: torch.nn.Module, train_set: Windows, val_set: Windows) ->
     return {"kind": linear.kind, "alpha": linear.alpha, "val_cos": linear.val_cos}
 
 
+def _snapshot(model: torch.nn.Module, epoch: int, val: dict) -> tuple[float, dict, dict]:
+    """(val cos, a copy of the weights, the metrics recorded if this epoch is kept)."""
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    return val["cos_mean"], state, {"best_epoch": epoch, **{f"val_{k}": v for k, v in val.items()}}
+
+
 def _autocast(precision: str) -> bool:
     if precision not in ("auto", "float32", "bfloat16"):
         raise ValueError(f"precision must be auto, float32 or bfloat16, not {precision!r}")
@@ -146,8 +152,7 @@ def train(cfg: TrainConfig, train_set: Windows, val_set: Windows, progress: bool
         model.eval()
         val = score(predict(model, val_set), val_set)
         history.append({"epoch": 0, "val_cos": val["cos_mean"], "val_mse": val["mse"], "val_margin": val["margin"]})
-        start = (val["cos_mean"], {k: v.detach().clone() for k, v in model.state_dict().items()},
-                 {"best_epoch": 0, **{f"val_{k}": v for k, v in val.items()}})  # fmt: skip
+        start = _snapshot(model, 0, val)
     for epoch in range(1, cfg.epochs + 1):
         model.train()
         started = time.perf_counter()
@@ -189,9 +194,8 @@ def train(cfg: TrainConfig, train_set: Windows, val_set: Windows, progress: bool
                 flush=True,
             )
         if val["cos_mean"] > best_cos:
-            best_cos, stale = val["cos_mean"], 0
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            best_metrics = {"best_epoch": epoch, **{f"val_{k}": v for k, v in val.items()}}
+            stale = 0
+            best_cos, best_state, best_metrics = _snapshot(model, epoch, val)
         else:
             stale += 1
             if stale >= cfg.patience:

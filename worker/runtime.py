@@ -82,7 +82,7 @@ class Runtime:
 
         set_threads(settings.torch_threads)
         from lvm.bank import SentenceBank
-        from lvm.checkpoint import load_model, recorded_forward
+        from lvm.checkpoint import load_model, serving_forward
         from lvm.encoders import load_encoder
         from lvm.pipeline import ChatInput, ChatPipeline
 
@@ -123,7 +123,7 @@ class Runtime:
             model_version=model.version,
             load_seconds=time.perf_counter() - started,
             encoder_dtype=getattr(encoder, "dtype", "float32"),
-            forward=settings.forward if settings.forward is not None else recorded_forward(model.metadata),
+            forward=serving_forward(settings.forward, model.metadata),
         )
 
     def parse(self, payload: Any) -> ChatRequest:
