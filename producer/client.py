@@ -60,6 +60,41 @@ def connect(url: str, socket_timeout: float | None = 5.0) -> Redis:
     return Redis.from_url(url, socket_timeout=socket_timeout, socket_connect_timeout=5, socket_keepalive=True)
 
 
+def prepare_submit(
+    settings: Settings, connection: Redis, request: RequestLike, idempotency_key: str | None, owner: str | None = None
+) -> tuple[list[str], list[Any]]:
+    """KEYS and ARGV of submit.lua for one request: RQ's own job hash, with its id fixed here so
+    that a retried round trip names the same job. No I/O: the gateway runs the same script on its
+    asyncio connection. ``owner`` (the gateway's API-key hash) is stored as the job's lvm_owner."""
+    req = request if isinstance(request, ChatRequest) else ChatRequest.model_validate(request)
+    queue = settings.queue_name(req.model)
+    s = settings
+    job = Job.create(
+        JOB_FUNCTION,
+        args=[req.model_dump(mode="json")],
+        connection=connection,
+        serializer=JSONSerializer,
+        timeout=s.job_timeout,
+        result_ttl=s.result_ttl,
+        failure_ttl=s.failure_ttl,
+        ttl=s.queue_ttl,
+        description=f"chat model={req.model} conversation={req.conversation_id or '-'}",
+        origin=queue,
+        status=JobStatus.QUEUED,
+    )
+    job.enqueued_at = now()
+    fields = [part for name, value in job.to_dict().items() for part in (name, value)]
+    if owner is not None:
+        fields += ["lvm_owner", owner]
+    if idempotency_key is None:
+        idem_key, idem_ttl = job.key, 0
+    else:
+        digest = hashlib.sha256(idempotency_key.encode("utf-8")).hexdigest()
+        idem_key, idem_ttl = f"{IDEMPOTENCY_PREFIX}{queue}:{digest}", s.queue_ttl + max(s.result_ttl, s.failure_ttl)
+    keys = [job.key, f"rq:queue:{queue}", "rq:queues", idem_key]
+    return keys, [job.id, s.queue_ttl, idem_ttl, *fields]
+
+
 class ChatClient:
     def __init__(self, redis_url: str | None = None, settings: Settings | None = None):
         self.settings = settings or load_settings()
@@ -74,33 +109,7 @@ class ChatClient:
         return Queue(self.settings.queue_name(model), connection=self.redis, serializer=JSONSerializer)
 
     def _prepare(self, request: RequestLike, idempotency_key: str | None) -> tuple[list[str], list[Any]]:
-        """KEYS and ARGV of submit.lua for one request: RQ's own job hash, with its id fixed
-        here so that a retried round trip names the same job."""
-        req = request if isinstance(request, ChatRequest) else ChatRequest.model_validate(request)
-        queue = self.settings.queue_name(req.model)
-        s = self.settings
-        job = Job.create(
-            JOB_FUNCTION,
-            args=[req.model_dump(mode="json")],
-            connection=self.redis,
-            serializer=JSONSerializer,
-            timeout=s.job_timeout,
-            result_ttl=s.result_ttl,
-            failure_ttl=s.failure_ttl,
-            ttl=s.queue_ttl,
-            description=f"chat model={req.model} conversation={req.conversation_id or '-'}",
-            origin=queue,
-            status=JobStatus.QUEUED,
-        )
-        job.enqueued_at = now()
-        fields = [part for name, value in job.to_dict().items() for part in (name, value)]
-        if idempotency_key is None:
-            idem_key, idem_ttl = job.key, 0
-        else:
-            digest = hashlib.sha256(idempotency_key.encode("utf-8")).hexdigest()
-            idem_key, idem_ttl = f"{IDEMPOTENCY_PREFIX}{queue}:{digest}", s.queue_ttl + max(s.result_ttl, s.failure_ttl)
-        keys = [job.key, f"rq:queue:{queue}", "rq:queues", idem_key]
-        return keys, [job.id, s.queue_ttl, idem_ttl, *fields]
+        return prepare_submit(self.settings, self.redis, request, idempotency_key)
 
     def submit(self, request: RequestLike, idempotency_key: str | None = None) -> str:
         """Validate here (fail fast, before Redis), enqueue, return the job id.

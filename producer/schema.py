@@ -20,6 +20,11 @@ MAX_DECODE_STEPS = 200
 MAX_FORWARD = 0.5  # the forward curve `lvmq eval` reports spans g = 0 ... 0.5
 HEARTBEAT_PREFIX = "lvm:heartbeat:"
 STATS_PREFIX = "lvm:stats:"  # per-minute job counters: lvm:stats:<queue>:<unix minute>:<finished|failed>
+# Every change of a job's state after submit appends {job, status} here, in the same Lua step as
+# the change itself: one stream that a gateway process reads with one blocking XREAD and fans out
+# to its many waiting clients. Trimmed approximately to EVENTS_MAXLEN entries.
+EVENTS_STREAM = "lvm:events"
+EVENTS_MAXLEN = 10000
 
 
 def _encodable(text: str, what: str) -> str:
@@ -122,6 +127,13 @@ class ChatError(BaseModel):
     message: str
     fields: list[dict[str, str]] = Field(default_factory=list, description="[{field, reason}] for invalid_request")
     job_id: str | None = None
+
+
+def request_error(exc: ValidationError) -> ChatError:
+    """The invalid_request error for a ChatRequest that failed validation: what a worker stores in
+    the failed job and what the gateway answers with its 422, so both read the same."""
+    fields = validation_fields(exc)
+    return ChatError(error="invalid_request", message=f"{len(fields)} invalid field(s)", fields=fields)
 
 
 def validation_fields(exc: ValidationError) -> list[dict[str, str]]:

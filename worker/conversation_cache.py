@@ -16,7 +16,7 @@ import numpy as np
 from redis import Redis
 from redis.exceptions import RedisError
 
-from worker.logs import get_logger
+from config.logs import get_logger
 
 log = get_logger("lvmq.cache")
 PREFIX = "lvm:conv:"

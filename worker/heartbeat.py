@@ -19,8 +19,8 @@ from typing import Any
 from redis import Redis
 from redis.exceptions import RedisError
 
+from config.logs import get_logger
 from producer.schema import HEARTBEAT_PREFIX
-from worker.logs import get_logger
 
 log = get_logger("lvmq.heartbeat")
 

@@ -18,11 +18,12 @@ from producer.schema import JOB_FUNCTION, ChatError
 from worker.lifecycle import ACTED_ON_FIELDS, OVERSIZE_MARK, Claimed
 
 # What RQ's enqueue (and the documented raw protocol, and a re-queued job) writes on a chat job.
+# lvm_owner: the gateway's hash of the API key that submitted it; workers never read it.
 KNOWN_FIELDS = frozenset(
     {
         "data", "status", "origin", "description", "created_at", "enqueued_at", "started_at", "ended_at",
         "last_heartbeat", "worker_name", "timeout", "result_ttl", "failure_ttl", "ttl", "meta", "group_id",
-        "lvm_token", "lvm_reruns", "lvm_history", "number_of_retries",
+        "lvm_token", "lvm_reruns", "lvm_history", "number_of_retries", "lvm_owner",
     }
 )  # fmt: skip
 MAX_TTL_S = 30 * 86400

@@ -50,7 +50,7 @@ from typing import Any
 
 from redis import Redis
 
-from producer.schema import STATS_PREFIX
+from producer.schema import EVENTS_MAXLEN, EVENTS_STREAM, STATS_PREFIX
 
 JOB_PREFIX = "rq:job:"
 RESULTS_PREFIX = "rq:results:"
@@ -91,7 +91,7 @@ local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 CLAIM = (
     _LUA_TIME
     + """
--- KEYS: 1 queue list, 2 lease zset, 3 RQ started registry
+-- KEYS: 1 queue list, 2 lease zset, 3 RQ started registry, 4 event stream
 -- ARGV: 1 max jobs, 2 worker name, 3 token, 4 lease ms, 5 value cap (bytes), 6 started_at,
 --       7 job key prefix, 8 max fields, then the acted-on field names
 local lease_until = now_ms + tonumber(ARGV[4])
@@ -147,6 +147,7 @@ for _ = 1, tonumber(ARGV[1]) do
       redis.call('PERSIST', key)
       redis.call('ZADD', KEYS[2], lease_until, member)
       redis.call('ZADD', KEYS[3], math.floor(lease_until / 1000) + WIP_GRACE_S, member)
+      redis.call('XADD', KEYS[4], 'MAXLEN', '~', EVENTS_MAXLEN, '*', 'job', id, 'status', 'started')
       out[#out + 1] = {'claimed', id, fields, stripped, status or ''}
     end
   end
@@ -183,7 +184,7 @@ return lost
 
 FINISH = """
 -- KEYS: 1 lease zset, 2 RQ started registry, 3 finished registry, 4 failed registry,
---       5 stats finished key, 6 stats failed key
+--       5 stats finished key, 6 stats failed key, 7 event stream
 -- ARGV: 1 token, 2 worker name, 3 ended_at, 4 job prefix, 5 results prefix, 6 stats ttl,
 --       then 5 per job: id, outcome (finished|failed), ttl, value (base64), meta JSON ('' = keep)
 local t = redis.call('TIME')
@@ -215,6 +216,7 @@ for i = 7, #ARGV, 5 do
     end
     redis.call('EXPIRE', key, ttl)
     redis.call('EXPIRE', stream, ttl)
+    redis.call('XADD', KEYS[7], 'MAXLEN', '~', EVENTS_MAXLEN, '*', 'job', id, 'status', outcome)
     counts[outcome] = counts[outcome] + 1
     out[#out + 1] = 'written'
   end
@@ -229,7 +231,7 @@ return out
 """
 
 RELEASE = """
--- KEYS: 1 lease zset, 2 RQ started registry, 3 queue list
+-- KEYS: 1 lease zset, 2 RQ started registry, 3 queue list, 4 event stream
 -- ARGV: 1 token, 2 job prefix, then ids (handed back at the front, in order)
 local out = {}
 for i = #ARGV, 3, -1 do
@@ -242,6 +244,7 @@ for i = #ARGV, 3, -1 do
     redis.call('ZREM', KEYS[1], member)
     redis.call('ZREM', KEYS[2], member)
     redis.call('LPUSH', KEYS[3], id)
+    redis.call('XADD', KEYS[4], 'MAXLEN', '~', EVENTS_MAXLEN, '*', 'job', id, 'status', 'queued')
     out[#out + 1] = id
   end
 end
@@ -252,7 +255,7 @@ RECOVER = (
     _LUA_TIME
     + """
 -- KEYS: 1 lease zset, 2 RQ started registry, 3 queue list, 4 failed registry, 5 alive zset,
---       6 stats failed key
+--       6 stats failed key, 7 event stream
 -- ARGV: 1 max reruns, 2 my incarnation, 3 my live tokens (',t1,t2,'), 4 lease ms, 5 failure ttl,
 --       6 job prefix, 7 results prefix, 8 now iso, 9 limit, 10 stats ttl, 11 history cap
 local out = {}
@@ -285,6 +288,7 @@ for _, member in ipairs(expired) do
         if not mine then redis.call('HSET', key, 'lvm_reruns', reruns + 1) end
         redis.call('HDEL', key, 'lvm_token')
         redis.call('LPUSH', KEYS[3], id)
+        redis.call('XADD', KEYS[7], 'MAXLEN', '~', EVENTS_MAXLEN, '*', 'job', id, 'status', 'queued')
         out[#out + 1] = {id, 'requeued', owner}
       else
         local message = 'worker ' .. owner .. ' stopped renewing its lease while running this job, after '
@@ -302,6 +306,7 @@ for _, member in ipairs(expired) do
         redis.call('EXPIRE', ARGV[7] .. id, ttl)
         redis.call('INCRBY', KEYS[6], 1)
         redis.call('EXPIRE', KEYS[6], tonumber(ARGV[10]))
+        redis.call('XADD', KEYS[7], 'MAXLEN', '~', EVENTS_MAXLEN, '*', 'job', id, 'status', 'failed')
         out[#out + 1] = {id, 'failed', owner}
       end
     end
@@ -310,6 +315,12 @@ end
 redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now_ms - 86400000)
 return out
 """
+)
+
+
+# The scripts name the trim length literally (an ARGV slot each would shift every index above).
+CLAIM, RELEASE, FINISH, RECOVER = (
+    s.replace("EVENTS_MAXLEN", str(EVENTS_MAXLEN)) for s in (CLAIM, RELEASE, FINISH, RECOVER)
 )
 
 
@@ -390,7 +401,7 @@ class Lifecycle:
     def claim(self, queue: str, limit: int, token: str) -> Claim:
         k = self.keys(queue)
         reply = self._claim(
-            keys=[k["queue"], k["lease"], k["wip"]],
+            keys=[k["queue"], k["lease"], k["wip"], EVENTS_STREAM],
             args=[limit, self.worker_name, token, self.lease_ms, self.value_cap, rq_time(), JOB_PREFIX,
                   self.max_fields, *ACTED_ON_FIELDS],
         )  # fmt: skip
@@ -425,13 +436,13 @@ class Lifecycle:
             meta = "" if o.meta is None else json.dumps(o.meta, separators=(",", ":"))
             args += [o.id, "finished" if o.ok else "failed", o.ttl, value, meta]
         keys = [k["lease"], k["wip"], k["finished"], k["failed"], stats_key(queue, "finished"),
-                stats_key(queue, "failed")]  # fmt: skip
+                stats_key(queue, "failed"), EVENTS_STREAM]  # fmt: skip
         return [_text(r) for r in self._finish(keys=keys, args=args)]
 
     def release(self, queue: str, token: str, ids: list[str]) -> list[str]:
         """Hand unfinished jobs back to the front of their queue (drain timeout, forced stop)."""
         k = self.keys(queue)
-        reply = self._release(keys=[k["lease"], k["wip"], k["queue"]], args=[token, JOB_PREFIX, *ids])
+        reply = self._release(keys=[k["lease"], k["wip"], k["queue"], EVENTS_STREAM], args=[token, JOB_PREFIX, *ids])
         return [_text(i) for i in reply]
 
     def recover(
@@ -440,7 +451,7 @@ class Lifecycle:
         """Put back (or fail as abandoned) jobs whose lease expired and whose owner went silent.
         ``live_tokens``: this worker's batches in hand, which are not orphans whatever their lease."""
         k = self.keys(queue)
-        keys = [k["lease"], k["wip"], k["queue"], k["failed"], ALIVE_KEY, stats_key(queue, "failed")]
+        keys = [k["lease"], k["wip"], k["queue"], k["failed"], ALIVE_KEY, stats_key(queue, "failed"), EVENTS_STREAM]
         mine = "," + ",".join(live_tokens) + ","
         args = [self.max_reruns, self.incarnation, mine, self.lease_ms, failure_ttl, JOB_PREFIX,
                 RESULTS_PREFIX, rq_time(), limit, STATS_TTL_S, MAX_HISTORY_CHARS]  # fmt: skip

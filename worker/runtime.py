@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from config import Settings
-from producer.schema import ChatError, ChatRequest, ChatResult, LatencyBreakdown, validation_fields
+from producer.schema import ChatError, ChatRequest, ChatResult, LatencyBreakdown, request_error
 
 
 class RequestRejected(Exception):
@@ -143,10 +143,7 @@ class Runtime:
         try:
             request = ChatRequest.model_validate(payload)
         except ValidationError as exc:
-            fields = validation_fields(exc)
-            raise RequestRejected(
-                ChatError(error="invalid_request", message=f"{len(fields)} invalid field(s)", fields=fields)
-            ) from None
+            raise RequestRejected(request_error(exc)) from None
         if request.model != self.model_name:
             raise RequestRejected(
                 ChatError(

@@ -38,13 +38,13 @@ from rq.suspension import is_suspended
 from rq.worker_registration import clean_worker_registry
 
 from config import Settings, load_settings
+from config.logs import configure_logging, get_logger
 from producer.schema import ChatError
 from worker import faults
 from worker.deadline import Alarm, Interrupted
 from worker.heartbeat import Heartbeat
 from worker.jobdata import ChatJob, JobRejected, parse
 from worker.lifecycle import Claim, Lifecycle, Outcome
-from worker.logs import configure_logging, get_logger
 from worker.runtime import RequestRejected, Runtime
 
 log = get_logger("lvmq.worker")

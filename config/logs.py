@@ -1,4 +1,4 @@
-"""structlog set-up: JSON lines for machines, a readable renderer on a TTY."""
+"""structlog set-up for workers and the gateway: JSON lines for machines, a readable renderer on a TTY."""
 
 from __future__ import annotations
 
