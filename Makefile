@@ -14,7 +14,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check "torch==2.13.0"
-	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[engine,dev]"
+	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[engine,gateway,dev]"
 	@touch $@
 
 # redis-server is needed by the integration tests (they start their own on a free port)

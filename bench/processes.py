@@ -62,3 +62,34 @@ def stop(proc: subprocess.Popen, timeout: float = 10.0) -> int:
             proc.kill()
             proc.wait()
     return proc.returncode
+
+
+def start_gateway(env: dict[str, str], port: int, log_path: Path | None = None) -> subprocess.Popen:
+    """`lvmq gateway` on 127.0.0.1:port, as a real process."""
+    lvmq = shutil.which("lvmq", path=str(Path(sys.executable).parent)) or "lvmq"
+    out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115 - owned by the process
+    return subprocess.Popen(
+        [lvmq, "gateway", "--host", "127.0.0.1", "--port", str(port)],
+        env={**os.environ, **env},
+        stdout=out,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def wait_http(url: str, proc: subprocess.Popen, timeout: float = 30.0) -> None:
+    """Block until ``url`` answers any HTTP status; raise if the process dies first."""
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{url}: the server exited with code {proc.returncode}")
+        try:
+            urllib.request.urlopen(url, timeout=2).close()
+            return
+        except urllib.error.HTTPError:
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"{url} not answering after {timeout} s")

@@ -163,6 +163,33 @@ class Settings(BaseSettings):
         None, ge=1, le=65535, description="Serve Prometheus metrics on this port (off when unset)."
     )
 
+    # --- HTTP gateway (lvmq gateway) ---------------------------------------------------------
+    gateway_host: str = Field("127.0.0.1", description="Address `lvmq gateway` listens on.")
+    gateway_port: int = Field(8000, ge=1, le=65535, description="Port `lvmq gateway` listens on.")
+    gateway_api_keys: str = Field(
+        "",
+        description="Comma-separated API keys, each the key itself or sha256:<hex> of it (`lvmq gateway hash-key`); "
+        "the gateway keeps only hashes. Unset: no keys, and only clients from LVM_GATEWAY_LOCAL_NETWORKS are served.",
+    )
+    gateway_local_networks: str = Field(
+        "127.0.0.0/8,::1/128",
+        description="Comma-separated networks served without an API key when LVM_GATEWAY_API_KEYS is unset.",
+    )
+    gateway_models: str = Field(
+        "",
+        description="Comma-separated models the gateway offers and /readyz requires a ready worker for; "
+        "default: every model in LVM_MODELS.",
+    )
+    gateway_rate_per_s: float = Field(5.0, gt=0, le=100000, description="Requests per second each API key may submit.")
+    gateway_burst: int = Field(20, ge=1, le=100000, description="Submits a key may make at once (token bucket size).")
+    gateway_max_body_bytes: int = Field(
+        1_048_576, ge=1024, le=64 * 1_048_576, description="Largest request body accepted (413 above)."
+    )
+    gateway_cors_origins: str = Field(
+        "", description="Comma-separated origins allowed to call the API from a browser (CORS); none by default."
+    )
+    gateway_max_wait_s: float = Field(60.0, gt=0, le=600, description="Upper bound on GET ?wait=N.")
+
     # --- Logging -------------------------------------------------------------------------
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["auto", "json", "console"] = Field(
@@ -189,6 +216,10 @@ class Settings(BaseSettings):
     @property
     def lease_s(self) -> float:
         return self.lease_seconds or 2 * self.heartbeat_seconds
+
+    def gateway_model_names(self) -> list[str]:
+        named = [m.strip() for m in self.gateway_models.split(",") if m.strip()]
+        return named or sorted(self.models)
 
     def queue_name(self, model: str) -> str:
         return f"{self.queue_prefix}{model}"

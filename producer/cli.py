@@ -71,10 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
     from bench.cli import register as register_bench
     from lvm.cli import register as register_lvm
     from producer.demo import register as register_demo
+    from producer.gateway.cli import register as register_gateway
     from worker.cli import register as register_worker
 
     register_worker(sub)
     register_demo(sub)
+    register_gateway(sub)
     register_lvm(sub)
     register_bench(sub)
     return parser

@@ -1,0 +1,1 @@
+"""The HTTP gateway (`lvmq gateway`, extra ``[gateway]``): chat over HTTP and a chat page, no torch."""

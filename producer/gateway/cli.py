@@ -1,0 +1,67 @@
+"""`lvmq gateway`: serve the HTTP API and the chat page with uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "gateway",
+        help="serve the HTTP API (submit, poll, wait, server-sent events) and the chat page",
+        description="An ASGI app served by uvicorn: POST /v1/chat, GET /v1/chat/{id}[?wait=N], "
+        "GET /v1/chat/{id}/events, /healthz, /readyz, /metrics, OpenAPI at /docs and the chat page at /. "
+        "Needs the gateway extra (pip install 'lvm-queue[gateway]'; no torch) and workers for its models. "
+        "Settings: LVM_GATEWAY_* (API keys, rate limit, body cap, CORS origins, models); see README.",
+    )
+    p.add_argument("--host", help="address to listen on (default LVM_GATEWAY_HOST, 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (default LVM_GATEWAY_PORT, 8000)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="gateway processes (uvicorn workers); each holds one blocking Redis reader for events. Default 1",
+    )
+    p.add_argument(
+        "--hash-key",
+        metavar="KEY",
+        help="print the sha256:<hex> form of KEY for LVM_GATEWAY_API_KEYS (so the plain key stays out of config) "
+        "and exit",
+    )
+    p.set_defaults(func=cmd_gateway)
+
+
+def cmd_gateway(args: argparse.Namespace) -> int:
+    from producer.gateway.keys import HASH_PREFIX, hash_key
+
+    if args.hash_key is not None:
+        print(HASH_PREFIX + hash_key(args.hash_key))
+        return 0
+    try:
+        import uvicorn
+    except ImportError:
+        print("error: the gateway needs its extra: pip install 'lvm-queue[gateway]'", file=sys.stderr)
+        return 1
+    from config import load_settings
+    from config.logs import configure_logging
+    from producer.gateway.keys import KeyRing
+
+    settings = load_settings()
+    configure_logging(settings.log_level, settings.log_format)
+    KeyRing(settings.gateway_api_keys, settings.gateway_local_networks)  # a bad key list stops here, not per request
+    host = args.host or settings.gateway_host
+    port = args.port or settings.gateway_port
+    shown = f"[{host}]" if ":" in host else host
+    print(f"lvmq gateway: chat page http://{shown}:{port}/ · API docs http://{shown}:{port}/docs", file=sys.stderr)
+    uvicorn.run(
+        "producer.gateway.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=args.workers,
+        access_log=False,
+        log_level="warning",
+        timeout_graceful_shutdown=5,
+    )
+    return 0

@@ -1,0 +1,143 @@
+"""EventHub: one blocking reader of the job event stream per gateway process, fanned out to clients.
+
+Workers append ``{job, status}`` to ``lvm:events`` in the same Lua step as each change of a job's
+state (worker/lifecycle.py). The hub reads that stream with XREAD BLOCK on its own connection and
+wakes the clients watching those jobs; each woken client reads its job once (jobs.read_job). So a
+thousand waiting clients cost one blocked connection, not a thousand polls. Queue positions of
+the watched jobs that are still queued are refreshed for all clients together: one pipelined
+LPOS round trip a second, and none while nobody waits in a queue.
+
+Races named here:
+- a change between a client's first read and its subscription: clients subscribe *before* they
+  read the job, so every change after the read wakes them, and one before it is in the read;
+- events missed while the reader is cut off from Redis, or trimmed past EVENTS_MAXLEN while it
+  lagged: after a reconnect the hub wakes every client to re-read, and clients re-read on their
+  own every RESYNC_S whatever happens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterator
+
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from config.logs import get_logger
+from producer.schema import EVENTS_STREAM
+
+BLOCK_MS = 5000
+POSITION_PERIOD_S = 1.0
+RESYNC_S = 15.0
+WAKE = "wake"
+
+log = get_logger("lvmq.gateway")
+
+
+class Subscription:
+    """What one client waits on: a wake-up queue for one job."""
+
+    def __init__(self, job_id: str):
+        self.job_id = job_id
+        self.queue_name: str | None = None  # set while the job is queued: the hub sends positions
+        self.inbox: asyncio.Queue[tuple[str, int | None]] = asyncio.Queue(maxsize=16)
+
+    def put(self, kind: str, value: int | None = None) -> None:
+        try:
+            self.inbox.put_nowait((kind, value))
+        except asyncio.QueueFull:
+            pass  # the client is behind on wake-ups; its next read sees the latest state anyway
+
+    async def next(self, timeout: float) -> tuple[str, int | None] | None:
+        try:
+            return await asyncio.wait_for(self.inbox.get(), timeout)
+        except TimeoutError:
+            return None
+
+
+class EventHub:
+    def __init__(self, blocking: Redis, redis: Redis):
+        self.blocking = blocking  # its socket timeout outlasts BLOCK_MS
+        self.redis = redis
+        self.watchers: dict[str, set[Subscription]] = {}
+        self.events_seen = 0
+        self.reconnects = 0
+        self._tasks: list[asyncio.Task] = []
+
+    @property
+    def clients(self) -> int:
+        return sum(len(s) for s in self.watchers.values())
+
+    @contextlib.contextmanager
+    def subscribe(self, job_id: str) -> Iterator[Subscription]:
+        sub = Subscription(job_id)
+        self.watchers.setdefault(job_id, set()).add(sub)
+        try:
+            yield sub
+        finally:
+            subs = self.watchers.get(job_id)
+            if subs is not None:
+                subs.discard(sub)
+                if not subs:
+                    del self.watchers[job_id]
+
+    async def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._read()), asyncio.create_task(self._positions())]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    def _wake_all(self) -> None:
+        for subs in self.watchers.values():
+            for sub in subs:
+                sub.put(WAKE)
+
+    async def _latest_id(self) -> str:
+        last = await self.blocking.xrevrange(EVENTS_STREAM, count=1)
+        return last[0][0].decode() if last else "0-0"
+
+    async def _read(self) -> None:
+        last: str | None = None
+        delay = 0.1
+        while True:
+            try:
+                if last is None:
+                    last = await self._latest_id()
+                reply = await self.blocking.xread({EVENTS_STREAM: last}, count=1000, block=BLOCK_MS)
+                delay = 0.1
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                log.warning("gateway_events_reconnect", error=str(exc), retry_in_s=delay)
+                self.reconnects += 1
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                self._wake_all()  # whatever happened meanwhile, every client re-reads its job
+                continue
+            for _stream, entries in reply or []:
+                for entry_id, fields in entries:
+                    last = entry_id.decode()
+                    self.events_seen += 1
+                    job = fields.get(b"job", b"").decode("utf-8", "replace")
+                    for sub in self.watchers.get(job, ()):
+                        sub.put(WAKE)
+
+    async def _positions(self) -> None:
+        while True:
+            await asyncio.sleep(POSITION_PERIOD_S)
+            queued = [s for subs in self.watchers.values() for s in subs if s.queue_name]
+            if not queued:
+                continue
+            try:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for sub in queued:
+                        pipe.lpos(f"rq:queue:{sub.queue_name}", sub.job_id)
+                    positions = await pipe.execute()
+            except (RedisConnectionError, RedisTimeoutError, OSError):
+                continue  # the reader logs and resyncs; positions come back with Redis
+            for sub, position in zip(queued, positions, strict=True):
+                sub.put("position", None if position is None else int(position) + 1)
