@@ -3,21 +3,27 @@
 ``LVM_TEST_FAULT=<point>:<n>`` makes the worker SIGKILL itself the n-th time it reaches
 ``point`` (after_claim, after_prepare, mid_batch, after_finish). It is honoured only when
 ``LVM_TESTING=1`` is also set, so a stray variable in production does nothing.
+``LVM_TEST_BATCH_DELAY_S=<s>`` (same condition) holds every batch that long after its
+computation, so a test can watch a job while it is started.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import time
 
 POINTS = ("after_claim", "after_prepare", "mid_batch", "after_finish")
 _spec = os.environ.get("LVM_TEST_FAULT", "") if os.environ.get("LVM_TESTING") == "1" else ""
 _point, _, _nth = _spec.partition(":")
 _remaining = int(_nth or 1) if _point in POINTS else 0
+_delay_s = float(os.environ.get("LVM_TEST_BATCH_DELAY_S", "0") or 0) if os.environ.get("LVM_TESTING") == "1" else 0.0
 
 
 def reached(point: str) -> None:
     global _remaining
+    if _delay_s and point == "mid_batch":
+        time.sleep(_delay_s)
     if _remaining and point == _point:
         _remaining -= 1
         if _remaining == 0:
