@@ -94,7 +94,7 @@ def test_dockerfile_environment_is_known_settings():
 
 def test_compose_commands_env_and_files():
     services = COMPOSE["services"]
-    assert {"redis", "prepare", "worker-lstm", "worker-gru"} <= set(services)
+    assert {"redis", "prepare", "worker-lstm", "worker-gru", "gateway"} <= set(services)
     assert "rq-dashboard" not in services  # pickle by default, cleanup on read: not shipped
     build = services["prepare"]["build"]
     assert (ROOT / "docker" / build["context"] / build["dockerfile"]).resolve() == ROOT / "docker" / "Dockerfile"
@@ -123,6 +123,16 @@ def test_compose_operational_settings():
         assert svc["depends_on"]["prepare"]["condition"] == "service_completed_successfully"
         assert svc["healthcheck"]["test"][1:] == ["lvmq", "health", "--worker"]
         assert "artifacts:/data" in svc["volumes"]
+
+
+def test_compose_gateway_is_published_on_loopback_with_a_healthcheck():
+    gateway = COMPOSE["services"]["gateway"]
+    assert gateway["healthcheck"]["test"][1:4] == ["lvmq", "gateway", "--probe"]
+    assert all(port.startswith("127.0.0.1:") for port in gateway["ports"])
+    assert gateway["command"][-1] == gateway["ports"][0].rsplit(":", 1)[-1]
+    assert set(gateway["environment"]["LVM_GATEWAY_MODELS"].split(",")) == {
+        name.removeprefix("worker-") for name in COMPOSE["services"] if name.startswith("worker-")
+    }
 
 
 def test_env_example_defines_every_required_variable():

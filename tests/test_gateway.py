@@ -262,6 +262,11 @@ def test_health_readiness_metrics_and_docs(api, stack):
     page = api.get("/")
     assert page.status_code == 200 and 'aria-live="polite"' in page.text
     assert api.get("/static/chat.js").status_code == 200
+    # the compose healthcheck: lvmq gateway --probe
+    from producer.cli import main
+
+    assert main(["gateway", "--probe", "--port", stack["base"].rsplit(":", 1)[1]]) == 0
+    assert main(["gateway", "--probe", "--port", str(free_port())]) == 1
 
 
 def test_events_stream_records_every_transition(stack, api):

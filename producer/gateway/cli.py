@@ -29,7 +29,24 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="print the sha256:<hex> form of KEY for LVM_GATEWAY_API_KEYS (so the plain key stays out of config) "
         "and exit",
     )
+    p.add_argument(
+        "--probe",
+        action="store_true",
+        help="instead of serving, check that a gateway on this host answers GET /healthz on --port (a container "
+        "healthcheck); exit 0 if it does, else 1",
+    )
     p.set_defaults(func=cmd_gateway)
+
+
+def probe(port: int) -> int:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=3) as response:
+            return 0 if response.status == 200 else 1
+    except OSError as exc:
+        print(f"gateway on port {port} not answering: {exc}", file=sys.stderr)
+        return 1
 
 
 def cmd_gateway(args: argparse.Namespace) -> int:
@@ -38,6 +55,10 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     if args.hash_key is not None:
         print(HASH_PREFIX + hash_key(args.hash_key))
         return 0
+    if args.probe:
+        from config import load_settings
+
+        return probe(args.port or load_settings().gateway_port)
     try:
         import uvicorn
     except ImportError:
