@@ -32,9 +32,10 @@ model: setup
 	$(BIN)/lvmq model prepare
 
 # The demo serves the LSTM only, so its first run trains just that one; `make model` adds the GRU.
+# It ends by serving the chat page (lvmq gateway) and printing its URL; Ctrl-C stops it all.
 demo: setup redis-server
 	$(BIN)/lvmq model prepare --models lstm
-	$(BIN)/lvmq demo
+	$(BIN)/lvmq demo --serve
 
 test: setup redis-server
 	$(BIN)/pytest -q

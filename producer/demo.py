@@ -32,6 +32,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Needs the default artifacts (`lvmq model prepare`, run by `make demo`).",
     )
     p.add_argument("--model", default="lstm")
+    p.add_argument(
+        "--serve",
+        action="store_true",
+        help="after the chats, keep Redis and the worker up, start `lvmq gateway` and print the chat page's URL; "
+        "Ctrl-C stops everything (make demo does this)",
+    )
     p.set_defaults(func=cmd_demo)
 
 
@@ -64,6 +70,40 @@ def echo_rate(answered: list[tuple[str, str]], encoder_spec: str) -> tuple[int, 
     return int(np.sum(cos > ECHO_COS)), float(np.mean(cos))
 
 
+def _port(preferred: int) -> int:
+    """The configured gateway port when it is free, else any free one."""
+    import socket
+
+    from bench.redis_server import free_port
+
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", preferred))
+            return preferred
+        except OSError:
+            return free_port()
+
+
+def serve(url: str, model: str, settings, folder: Path) -> None:
+    """Run the gateway in front of the demo's worker until Ctrl-C; the URL is the last line printed."""
+    from bench.processes import start_gateway, stop, wait_http
+
+    port = _port(settings.gateway_port)
+    log = folder / "gateway.log"
+    gateway = start_gateway({"LVM_REDIS_URL": url, "LVM_GATEWAY_MODELS": model}, port, log_path=log)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/healthz", gateway)
+        print(f"\ngateway: lvmq gateway --port {port}   (log: {log}); Ctrl-C stops the gateway, worker and Redis")
+        print(f"open the chat in your browser: http://127.0.0.1:{port}/", flush=True)
+        while gateway.poll() is None:
+            time.sleep(0.5)
+        print(f"the gateway exited with code {gateway.returncode}; see {log}")
+    except KeyboardInterrupt:
+        pass  # Ctrl-C is how the demo ends
+    finally:
+        stop(gateway)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from bench.processes import start_worker, stop, wait_ready
     from bench.redis_server import RedisServer, reachable
@@ -87,7 +127,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"no Redis at {safe_url(settings.redis_url)}; started redis-server on {url}")
     worker = None
     try:
-        log = Path(tempfile.mkdtemp(prefix="lvmq-demo-")) / "worker.log"
+        folder = Path(tempfile.mkdtemp(prefix="lvmq-demo-"))
+        log = folder / "worker.log"
         env = {"LVM_REDIS_URL": url, "LVM_LOG_LEVEL": "WARNING", "LVM_HEARTBEAT_SECONDS": "2"}
         queue = settings.queue_name(args.model)
         print(f"starting: rq worker -w worker.LVMWorker -S json -c config.rq {queue}   (log: {log})")
@@ -123,6 +164,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
         time.sleep(2.2)  # one heartbeat period (LVM_HEARTBEAT_SECONDS=2 here), so the counters below are current
         print("\nhealth (lvmq health):")
         print(format_report(check(connect(url), [queue])))
+        if args.serve:
+            serve(url, args.model, settings, folder)
+        else:
+            print("\nto chat in a browser: lvmq demo --serve (make demo), or lvmq gateway beside a worker")
         return 0
     finally:
         if worker is not None:
