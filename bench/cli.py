@@ -8,7 +8,7 @@ from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    bench = sub.add_parser("bench", help="benchmarks (model, pipeline, queue)")
+    bench = sub.add_parser("bench", help="benchmarks (model, pipeline, queue, load, overhead, encoder, gateway)")
     bsub = bench.add_subparsers(dest="bench_cmd", required=True)
 
     m = bsub.add_parser("model", help="LVM forward latency at batch 1/8/32/128 after warm-up, and params")
@@ -36,6 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     _register_load(bsub)
     _register_overhead(bsub)
     _register_encoder(bsub)
+    _register_gateway(bsub)
 
 
 def _register_encoder(bsub) -> None:
@@ -84,6 +85,47 @@ def _register_load(bsub) -> None:
     load.add_argument("--redis-url")
     load.add_argument("--json", action="store_true")
     load.set_defaults(func=cmd_load)
+
+
+def _register_gateway(bsub) -> None:
+    g = bsub.add_parser(
+        "gateway",
+        help="chat users through the HTTP gateway (server-sent events) vs straight through ChatClient, same run",
+        description="Starts its own redis-server, one worker and one `lvmq gateway`; C users hold multi-turn "
+        "chats (last <= 5 messages per request) first straight through ChatClient, then through POST /v1/chat + "
+        "the job's event stream, alternating for --rounds. Reports throughput, e2e percentiles, CPU of the worker "
+        "and gateway, and the gateway's overhead at p50 (idle and loaded). Needs the gateway extra and, for "
+        "--pipeline model, the default artifacts.",
+    )
+    g.add_argument("--model", default="lstm")
+    g.add_argument("--users", "-c", type=int, default=64, help="concurrent users (default 64)")
+    g.add_argument("--requests", "-n", type=int, default=640, help="requests per variant (default 640)")
+    g.add_argument("--rounds", type=int, default=2, help="alternating rounds per variant (default 2)")
+    g.add_argument("--idle-turns", type=int, default=40, help="one-user turns per variant measured first")
+    g.add_argument(
+        "--pipeline",
+        choices=("model", "null"),
+        default="model",
+        help="model: the real encoder and LVM; null: a fixed answer, so the gateway's own cost stands out",
+    )
+    g.add_argument("--json", action="store_true")
+    g.set_defaults(func=cmd_gateway)
+
+
+def cmd_gateway(args: argparse.Namespace) -> int:
+    from bench import gateway
+    from config import load_settings
+
+    res = gateway.run(
+        load_settings(),
+        model=args.model,
+        users=args.users,
+        requests=args.requests,
+        rounds=args.rounds,
+        idle_turns=args.idle_turns,
+        pipeline=args.pipeline,
+    )
+    return _emit(res, args.json, gateway.format_result)
 
 
 def cmd_encoder(args: argparse.Namespace) -> int:

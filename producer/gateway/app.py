@@ -337,32 +337,39 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     async def events(request: Request, job_id: str) -> StreamingResponse:
         who = caller(request)
-        await view_or_404(job_id, who)  # a 404 is an HTTP answer, before the stream starts
+        first = await view_or_404(job_id, who)  # a 404 is an HTTP answer, before the stream starts
         hub: EventHub = state["hub"]
 
+        def event(view: dict[str, Any]) -> bytes:
+            status = view["status"]
+            name = status if status in ("queued", "started", "finished") else "failed"
+            return sse(name, {k: v for k, v in view.items() if v is not None})
+
         async def stream() -> AsyncIterator[bytes]:
+            if first["status"] in TERMINAL:  # already over: no subscription, no second read
+                yield event(first)
+                return
             sent: tuple[str, int | None] | None = None
             with hub.subscribe(job_id) as sub:
                 while True:
+                    # read after subscribing (the first read came before it): no change is missed
                     view = await read_job(state["redis"], job_id, who.owner)
                     if view is None:
                         yield sse("failed", {"job_id": job_id, "status": "expired",
                                              "error": {"error": "expired", "message": "the job expired"}})  # fmt: skip
                         return
-                    status = view["status"]
+                    status, position = view["status"], view.get("position_in_queue")
                     sub.queue_name = view.get("queue") if status == "queued" else None
-                    position = view.get("position_in_queue")
                     if (status, position) != sent:
-                        event = status if status in ("queued", "started", "finished") else "failed"
-                        yield sse(event, {k: v for k, v in view.items() if v is not None})
+                        yield event(view)
                         sent = (status, position)
                     if status in TERMINAL:
                         return
                     woken = await sub.next(RESYNC_S)
-                    while woken is not None and woken[0] == "position" and status == "queued":
-                        if woken[1] != sent[1]:
+                    while woken is not None and woken[0] == "position":
+                        if woken[1] is not None and woken[1] != sent[1]:  # None: just taken, started follows
                             view["position_in_queue"] = woken[1]
-                            yield sse("queued", {k: v for k, v in view.items() if v is not None})
+                            yield event(view)
                             sent = (status, woken[1])
                         woken = await sub.next(RESYNC_S)
                     if woken is None:
