@@ -25,8 +25,9 @@ from bench.stats import percentile
 
 
 class _Run:
-    def __init__(self, users: int, requests: int, pool: list[str], turn, seed: int):
+    def __init__(self, users: int, requests: int, pool: list[str], turn, seed: int, states: dict):
         self.users, self.total, self.pool, self.turn, self.seed = users, requests, pool, turn, seed
+        self.states = states  # per user: its client and connection, kept across rounds
         self.lock = threading.Lock()
         self.issued = 0
         self.e2e: list[float] = []
@@ -41,7 +42,7 @@ class _Run:
         rng = random.Random(self.seed * 1000 + index)
         history: list[str] = []
         conversation = f"bench-{index}-{uuid.uuid4().hex[:6]}"
-        state = {}
+        state = self.states.setdefault(index, {})
         while self._take():
             history.append(rng.choice(self.pool))
             started = time.perf_counter()
@@ -75,34 +76,58 @@ def direct_turn(url: str, settings, model: str):
     return turn
 
 
-def gateway_turn(base: str, model: str):
-    import httpx
+def gateway_turn(port: int, model: str):
+    """One keep-alive connection per user through the standard library's http.client: a light
+    client, so that the client's own cost does not hide the gateway's."""
+    import http.client
 
     def turn(state: dict, messages: list[str], conversation: str) -> str:
-        http = state.setdefault("http", httpx.Client(base_url=base, timeout=120))
-        submitted = http.post("/v1/chat", json={"messages": messages, "model": model, "conversation_id": conversation})
-        if submitted.status_code != 202:
-            raise RuntimeError(f"POST answered {submitted.status_code}: {submitted.text[:200]}")
-        with http.stream("GET", submitted.json()["events_url"]) as response:
-            event = None
-            for line in response.iter_lines():
-                if line.startswith("event:"):
-                    event = line[6:].strip()
-                elif line.startswith("data:") and event in ("finished", "failed"):
-                    view = json.loads(line[5:])
-                    if event == "failed":
-                        raise RuntimeError(f"job failed: {view.get('error')}")
-                    return view["result"]["response"]
-        raise RuntimeError("event stream ended without an outcome")
+        conn = state.get("http")
+        if conn is None:
+            conn = state["http"] = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        try:
+            return exchange(conn, messages, conversation)
+        except Exception:
+            conn.close()  # a half-read response would refuse every later request: start afresh
+            raise
+
+    def exchange(conn, messages: list[str], conversation: str) -> str:
+        body = json.dumps({"messages": messages, "model": model, "conversation_id": conversation})
+        conn.request("POST", "/v1/chat", body=body, headers={"Content-Type": "application/json"})
+        submitted = conn.getresponse()
+        answer = submitted.read()
+        if submitted.status != 202:
+            raise RuntimeError(f"POST answered {submitted.status}: {answer[:200]!r}")
+        conn.request("GET", json.loads(answer)["events_url"])
+        events = conn.getresponse()
+        event, outcome = None, None
+        while outcome is None:
+            line = events.readline()
+            if not line:
+                break
+            if line.startswith(b"event:"):
+                event = line[6:].strip().decode()
+            elif line.startswith(b"data:") and event in ("finished", "failed"):
+                outcome = (event, json.loads(line[5:]))
+        events.read()  # the server ends the stream after the outcome: drain it, keep the connection
+        if outcome is None:
+            raise RuntimeError("event stream ended without an outcome")
+        if outcome[0] == "failed":
+            raise RuntimeError(f"job failed: {outcome[1].get('error')}")
+        return outcome[1]["result"]["response"]
 
     return turn
 
 
-def _measure(turn, users: int, requests: int, pool: list[str], seed: int, procs: dict) -> dict:
+def _measure(turn, users: int, requests: int, pool: list[str], seed: int, procs: dict, states: dict) -> dict:
+    import os
+
     cpu0 = {name: _proc_stat(p.pid)[0] for name, p in procs.items()}
-    run = _Run(users, requests, pool, turn, seed)
+    cpu0["clients"] = _proc_stat(os.getpid())[0]
+    run = _Run(users, requests, pool, turn, seed, states)
     wall = run.run()
     cpu = {name: round(100 * (_proc_stat(p.pid)[0] - cpu0[name]) / wall, 1) for name, p in procs.items()}
+    cpu["clients"] = round(100 * (_proc_stat(os.getpid())[0] - cpu0["clients"]) / wall, 1)
     return {"wall": wall, "e2e": run.e2e, "errors": run.errors, "cpu_percent": cpu}
 
 
@@ -151,18 +176,19 @@ def run(settings, model="lstm", users=64, requests=640, rounds=2, idle_turns=40,
         procs["gateway"] = start_gateway(env, port, log_path=logdir / "gateway.log")
         base = f"http://127.0.0.1:{port}"
         wait_http(base + "/healthz", procs["gateway"])
-        variants = {"direct": direct_turn(server.url, settings, model), "gateway": gateway_turn(base, model)}
+        variants = {"direct": direct_turn(server.url, settings, model), "gateway": gateway_turn(port, model)}
+        states: dict = {name: {} for name in variants}  # clients persist, as a frontend's would
         # warm both paths (connections, the worker's first batch, the gateway's first request)
-        for turn in variants.values():
-            _measure(turn, 4, 16, pool, 99, procs)
+        for name, turn in variants.items():
+            _measure(turn, users, 2 * users, pool, 99, procs, states[name])
         idle = {name: [] for name in variants}
         for i in range(idle_turns):
             for name, turn in variants.items():
-                idle[name] += _measure(turn, 1, 1, pool, i, procs)["e2e"]
+                idle[name] += _measure(turn, 1, 1, pool, i, procs, states[name])["e2e"]
         loaded = {name: [] for name in variants}
         for r in range(rounds):
             for name, turn in variants.items():
-                loaded[name].append(_measure(turn, users, requests // rounds, pool, r, procs))
+                loaded[name].append(_measure(turn, users, requests // rounds, pool, r, procs, states[name]))
     finally:
         for proc in procs.values():
             stop(proc)

@@ -16,6 +16,7 @@ import contextlib
 import json
 import secrets
 import time
+import weakref
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -36,13 +37,14 @@ from starlette.middleware.cors import CORSMiddleware
 from config import Settings, load_settings
 from config.logs import get_logger
 from producer.client import SUBMIT_SCRIPT, prepare_submit
-from producer.gateway.hub import BLOCK_MS, RESYNC_S, EventHub
+from producer.gateway.hub import BLOCK_MS, POSITION, RESYNC_S, STATUS, EventHub
 from producer.gateway.jobs import TERMINAL, read_job
-from producer.gateway.keys import RATE_PREFIX, TOKEN_BUCKET, Caller, KeyRing, presented_key
+from producer.gateway.keys import RATE_PREFIX, Caller, KeyRing, presented_key, rate_limited
 from producer.health import check
 from producer.schema import ChatError, ChatRequest, ChatResult, request_error
 
 STATIC = Path(__file__).with_name("static")
+QUIET = object()  # no change within RESYNC_S: the event stream sends a keep-alive comment
 log = get_logger("lvmq.gateway")
 
 
@@ -154,8 +156,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             redis=redis,
             hub=hub,
             sync=SyncRedis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5),
-            submit=redis.register_script(SUBMIT_SCRIPT.read_text()),
-            bucket=redis.register_script(TOKEN_BUCKET),
+            submit=redis.register_script(rate_limited(SUBMIT_SCRIPT.read_text())),
             metrics=Metrics(hub),
         )
         if keys.open:
@@ -241,20 +242,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             chunks.append(chunk)
         return b"".join(chunks)
 
-    async def rate_limit(who: Caller) -> None:
-        allowed, wait_ms = await state["bucket"](
-            keys=[RATE_PREFIX + who.owner], args=[settings.gateway_rate_per_s, settings.gateway_burst]
+    def too_many(wait_ms: int) -> ApiError:
+        state["metrics"].rate_limited.inc()
+        retry = max(1, -(-int(wait_ms) // 1000))
+        return ApiError(
+            429,
+            "rate_limited",
+            f"over {settings.gateway_rate_per_s:g} requests/s (burst {settings.gateway_burst}); retry in {retry} s",
+            headers={"Retry-After": str(retry)},
+            retry_after_s=retry,
         )
-        if not int(allowed):
-            state["metrics"].rate_limited.inc()
-            retry = max(1, -(-int(wait_ms) // 1000))
-            raise ApiError(
-                429,
-                "rate_limited",
-                f"over {settings.gateway_rate_per_s:g} requests/s (burst {settings.gateway_burst}); retry in {retry} s",
-                headers={"Retry-After": str(retry)},
-                retry_after_s=retry,
-            )
 
     async def view_or_404(job_id: str, who: Caller) -> dict[str, Any]:
         view = await read_job(state["redis"], job_id, who.owner)
@@ -295,11 +292,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 f"model {chat.model!r} is not served here",
                 fields=[{"field": "model", "reason": f"not one of {', '.join(models)} (LVM_GATEWAY_MODELS)"}],
             )
-        await rate_limit(who)
         idem = request.headers.get("idempotency-key")
         keys_, args = prepare_submit(settings, state["sync"], chat, f"{who.owner}:{idem}" if idem else None, who.owner)
-        job_id = await state["submit"](keys=keys_, args=args)
-        job_id = job_id.decode() if isinstance(job_id, bytes) else job_id
+        # the rate limit and the submit are one script: one round trip, nothing enqueued when refused
+        allowed, reply = await state["submit"](
+            keys=[*keys_, RATE_PREFIX + who.owner],
+            args=[settings.gateway_rate_per_s, settings.gateway_burst, *args],
+        )
+        if not int(allowed):
+            raise too_many(int(reply))
+        job_id = reply.decode() if isinstance(reply, bytes) else reply
         state["metrics"].submitted.labels(chat.model).inc()
         body = {"job_id": job_id, "status_url": f"/v1/chat/{job_id}", "events_url": f"/v1/chat/{job_id}/events"}
         return JSONResponse(body, status_code=202, headers={"Location": body["status_url"]})
@@ -326,7 +328,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             with state["hub"].subscribe(job_id) as sub:
                 view = await view_or_404(job_id, who)  # subscribed first: no change is missed
                 while view["status"] not in TERMINAL and (left := deadline - time.monotonic()) > 0:
-                    await sub.next(min(left, RESYNC_S))
+                    woken = await sub.next(min(left, RESYNC_S))
+                    if woken is not None and (woken[0] == POSITION or woken[1] == "started"):
+                        continue  # not an outcome: no read
                     view = await view_or_404(job_id, who)
         return JSONResponse({k: v for k, v in view.items() if v is not None})
 
@@ -337,8 +341,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     async def events(request: Request, job_id: str) -> StreamingResponse:
         who = caller(request)
-        first = await view_or_404(job_id, who)  # a 404 is an HTTP answer, before the stream starts
         hub: EventHub = state["hub"]
+        # Subscribe before the first read: a change after the read wakes the stream, one before it
+        # is in the read. So one read serves both the 404 check and the first event.
+        sub = hub.add(job_id)
+        try:
+            first = await view_or_404(job_id, who)  # a 404 is an HTTP answer, before the stream starts
+        except BaseException:
+            hub.remove(sub)
+            raise
+        if first["status"] in TERMINAL:
+            hub.remove(sub)
 
         def event(view: dict[str, Any]) -> bytes:
             status = view["status"]
@@ -346,37 +359,48 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             return sse(name, {k: v for k, v in view.items() if v is not None})
 
         async def stream() -> AsyncIterator[bytes]:
-            if first["status"] in TERMINAL:  # already over: no subscription, no second read
-                yield event(first)
-                return
-            sent: tuple[str, int | None] | None = None
-            with hub.subscribe(job_id) as sub:
+            view: dict[str, Any] | None = first
+            try:
                 while True:
-                    # read after subscribing (the first read came before it): no change is missed
-                    view = await read_job(state["redis"], job_id, who.owner)
                     if view is None:
                         yield sse("failed", {"job_id": job_id, "status": "expired",
                                              "error": {"error": "expired", "message": "the job expired"}})  # fmt: skip
                         return
-                    status, position = view["status"], view.get("position_in_queue")
-                    sub.queue_name = view.get("queue") if status == "queued" else None
-                    if (status, position) != sent:
-                        yield event(view)
-                        sent = (status, position)
-                    if status in TERMINAL:
+                    yield event(view)
+                    if view["status"] in TERMINAL:
                         return
-                    woken = await sub.next(RESYNC_S)
-                    while woken is not None and woken[0] == "position":
-                        if woken[1] is not None and woken[1] != sent[1]:  # None: just taken, started follows
-                            view["position_in_queue"] = woken[1]
-                            yield event(view)
-                            sent = (status, woken[1])
-                        woken = await sub.next(RESYNC_S)
-                    if woken is None:
+                    sub.queue_name = view.get("queue") if view["status"] == "queued" else None
+                    while (changed := await next_view(view)) is QUIET:
                         yield b": keep-alive\n\n"
+                    view = changed
+            finally:
+                hub.remove(sub)
 
+        async def next_view(view: dict[str, Any]) -> dict[str, Any] | None | object:
+            """The job's next visible change (a new position, status or outcome), None when it is
+            gone, or QUIET after RESYNC_S without one (the caller sends a keep-alive)."""
+            while True:
+                woken = await sub.next(RESYNC_S)
+                if woken is not None and woken[0] == POSITION:
+                    if view["status"] == "queued" and woken[1] not in (None, view.get("position_in_queue")):
+                        return {**view, "position_in_queue": woken[1]}
+                    continue
+                if woken is not None and woken[0] == STATUS and woken[1] == "started" and view["status"] == "queued":
+                    # the event says all there is to say: no read
+                    return {k: v for k, v in view.items() if k != "position_in_queue"} | {"status": "started"}
+                fresh = await read_job(state["redis"], job_id, who.owner)
+                same = fresh is not None and all(fresh.get(k) == view.get(k) for k in ("status", "position_in_queue"))
+                if not same:
+                    return fresh
+                if woken is None:
+                    return QUIET
+
+        body = stream()
+        # A response cancelled before its first chunk never enters the generator, so its finally
+        # never runs: the finalizer unsubscribes when the generator is dropped.
+        weakref.finalize(body, hub.remove, sub)
         headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-        return StreamingResponse(stream(), media_type="text/event-stream", headers=headers)
+        return StreamingResponse(body, media_type="text/event-stream", headers=headers)
 
     @app.get("/v1/models", summary="The models this gateway offers and whether a worker is ready for each")
     async def list_models(request: Request) -> JSONResponse:

@@ -82,6 +82,7 @@ def cmd_gateway(args: argparse.Namespace) -> int:
         port=port,
         workers=args.workers,
         access_log=False,
+        timeout_keep_alive=30,  # uvicorn's 5 s drops the connections of clients that chat at a human pace
         log_level="warning",
         timeout_graceful_shutdown=5,
     )

@@ -31,7 +31,9 @@ from producer.schema import EVENTS_STREAM
 BLOCK_MS = 5000
 POSITION_PERIOD_S = 1.0
 RESYNC_S = 15.0
-WAKE = "wake"
+WAKE = "wake"  # re-read the job
+STATUS = "status"  # the job's new status, from the event itself
+POSITION = "position"  # the job's new place in its queue
 
 log = get_logger("lvmq.gateway")
 
@@ -42,15 +44,15 @@ class Subscription:
     def __init__(self, job_id: str):
         self.job_id = job_id
         self.queue_name: str | None = None  # set while the job is queued: the hub sends positions
-        self.inbox: asyncio.Queue[tuple[str, int | None]] = asyncio.Queue(maxsize=16)
+        self.inbox: asyncio.Queue[tuple[str, int | str | None]] = asyncio.Queue(maxsize=16)
 
-    def put(self, kind: str, value: int | None = None) -> None:
+    def put(self, kind: str, value: int | str | None = None) -> None:
         try:
             self.inbox.put_nowait((kind, value))
         except asyncio.QueueFull:
             pass  # the client is behind on wake-ups; its next read sees the latest state anyway
 
-    async def next(self, timeout: float) -> tuple[str, int | None] | None:
+    async def next(self, timeout: float) -> tuple[str, int | str | None] | None:
         try:
             return await asyncio.wait_for(self.inbox.get(), timeout)
         except TimeoutError:
@@ -70,18 +72,26 @@ class EventHub:
     def clients(self) -> int:
         return sum(len(s) for s in self.watchers.values())
 
-    @contextlib.contextmanager
-    def subscribe(self, job_id: str) -> Iterator[Subscription]:
+    def add(self, job_id: str) -> Subscription:
         sub = Subscription(job_id)
         self.watchers.setdefault(job_id, set()).add(sub)
+        return sub
+
+    def remove(self, sub: Subscription) -> None:
+        """Idempotent: a stream's finally and its finalizer may both call it."""
+        subs = self.watchers.get(sub.job_id)
+        if subs is not None:
+            subs.discard(sub)
+            if not subs:
+                del self.watchers[sub.job_id]
+
+    @contextlib.contextmanager
+    def subscribe(self, job_id: str) -> Iterator[Subscription]:
+        sub = self.add(job_id)
         try:
             yield sub
         finally:
-            subs = self.watchers.get(job_id)
-            if subs is not None:
-                subs.discard(sub)
-                if not subs:
-                    del self.watchers[job_id]
+            self.remove(sub)
 
     async def start(self) -> None:
         self._tasks = [asyncio.create_task(self._read()), asyncio.create_task(self._positions())]
@@ -124,7 +134,7 @@ class EventHub:
                     self.events_seen += 1
                     job = fields.get(b"job", b"").decode("utf-8", "replace")
                     for sub in self.watchers.get(job, ()):
-                        sub.put(WAKE)
+                        sub.put(STATUS, fields.get(b"status", b"").decode("utf-8", "replace"))
 
     async def _positions(self) -> None:
         while True:
@@ -140,4 +150,4 @@ class EventHub:
             except (RedisConnectionError, RedisTimeoutError, OSError):
                 continue  # the reader logs and resyncs; positions come back with Redis
             for sub, position in zip(queued, positions, strict=True):
-                sub.put("position", None if position is None else int(position) + 1)
+                sub.put(POSITION, None if position is None else int(position) + 1)

@@ -18,28 +18,50 @@ HASH_PREFIX = "sha256:"
 LOCAL_OWNER = "local"
 RATE_PREFIX = "lvm:gateway:rate:"
 
-# Token bucket, one atomic step: refill by elapsed time (Redis's clock, so every gateway process
-# shares one clock), take a token or say how long until one is there.
-# KEYS: 1 bucket hash.  ARGV: 1 rate (tokens/s), 2 burst.
-# Returns {1, 0} when allowed, {0, ms until a token} when not.
+# Token bucket: refill by elapsed time (Redis's clock, so every gateway process shares one
+# clock), take a token or say how long until one is there.
 TOKEN_BUCKET = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
-local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
-local tokens, ts = tonumber(state[1]), tonumber(state[2])
-if not tokens or not ts then tokens, ts = burst, now end
-tokens = math.min(burst, tokens + math.max(0, now - ts) * rate / 1000)
-local allowed, wait_ms = 0, 0
-if tokens >= 1 then
-  tokens, allowed = tokens - 1, 1
-else
-  wait_ms = math.ceil((1 - tokens) * 1000 / rate)
+local function take_token(key, rate, burst)
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local state = redis.call('HMGET', key, 'tokens', 'ts')
+  local tokens, ts = tonumber(state[1]), tonumber(state[2])
+  if not tokens or not ts then tokens, ts = burst, now end
+  tokens = math.min(burst, tokens + math.max(0, now - ts) * rate / 1000)
+  local allowed, wait_ms = 0, 0
+  if tokens >= 1 then
+    tokens, allowed = tokens - 1, 1
+  else
+    wait_ms = math.ceil((1 - tokens) * 1000 / rate)
+  end
+  redis.call('HSET', key, 'tokens', tostring(tokens), 'ts', now)
+  redis.call('PEXPIRE', key, math.ceil(burst * 1000 / rate) + 1000)
+  return allowed, wait_ms
 end
-redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', now)
-redis.call('PEXPIRE', KEYS[1], math.ceil(burst * 1000 / rate) + 1000)
-return {allowed, wait_ms}
 """
+
+
+def rate_limited(script: str) -> str:
+    """``script`` behind the caller's token bucket, as one script: one round trip, and a refused
+    call changes nothing but the bucket.
+
+    KEYS: the script's own, then the bucket.  ARGV: rate (tokens/s), burst, then the script's own.
+    Returns ``{1, <the script's reply>}``, or ``{0, <ms until a token>}`` when refused.
+    """
+    return (
+        TOKEN_BUCKET
+        + """
+local allowed, wait_ms = take_token(KEYS[#KEYS], tonumber(ARGV[1]), tonumber(ARGV[2]))
+if allowed == 0 then return {0, wait_ms} end
+local own_keys, own_args = {unpack(KEYS, 1, #KEYS - 1)}, {unpack(ARGV, 3)}
+local function run(KEYS, ARGV)
+"""
+        + script
+        + """
+end
+return {1, run(own_keys, own_args)}
+"""
+    )
 
 
 def hash_key(key: str) -> str:
