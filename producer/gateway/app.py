@@ -25,7 +25,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ValidationError
 from redis import Redis as SyncRedis
 from redis.asyncio import Redis
@@ -40,6 +40,7 @@ from producer.client import SUBMIT_SCRIPT, prepare_submit
 from producer.gateway.hub import BLOCK_MS, POSITION, RESYNC_S, STATUS, EventHub
 from producer.gateway.jobs import TERMINAL, read_job
 from producer.gateway.keys import RATE_PREFIX, Caller, KeyRing, presented_key, rate_limited
+from producer.gateway.metrics import Metrics, MetricsMiddleware
 from producer.health import check
 from producer.schema import ChatError, ChatRequest, ChatResult, request_error
 
@@ -83,58 +84,6 @@ ERRORS = {
         503: "Redis unreachable",
     }.items()
 }
-
-
-class Metrics:
-    def __init__(self, hub: EventHub):
-        self.registry = CollectorRegistry()
-        self.requests = Counter(
-            "lvm_gateway_requests_total", "HTTP requests answered", ["route", "code"], registry=self.registry
-        )
-        self.latency = Histogram(
-            "lvm_gateway_request_seconds",
-            "Time to the response's first byte",
-            ["route"],
-            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10, 60),
-            registry=self.registry,
-        )
-        self.rate_limited = Counter("lvm_gateway_rate_limited_total", "Submits refused (429)", registry=self.registry)
-        self.submitted = Counter("lvm_gateway_submitted_total", "Jobs submitted", ["model"], registry=self.registry)
-        clients = Gauge("lvm_gateway_sse_clients", "Clients waiting on events or ?wait", registry=self.registry)
-        clients.set_function(lambda: hub.clients)
-        events = Gauge("lvm_gateway_events_read", "Job events read from lvm:events", registry=self.registry)
-        events.set_function(lambda: hub.events_seen)
-
-
-def route_of(path: str) -> str:
-    """A low-cardinality label: job ids never become metric labels."""
-    if path.startswith("/v1/chat/"):
-        return "/v1/chat/{id}/events" if path.endswith("/events") else "/v1/chat/{id}"
-    return path if path in {"/", "/v1/chat", "/v1/models", "/healthz", "/readyz", "/metrics", "/docs"} else "other"
-
-
-class MetricsMiddleware:
-    """Counts each response by route and status code and times its first byte (pure ASGI, so a
-    streaming response is not buffered)."""
-
-    def __init__(self, app, metrics_getter):
-        self.app, self.metrics_getter = app, metrics_getter
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        started = time.perf_counter()
-        route = route_of(scope.get("path", ""))
-
-        async def sending(message):
-            if message["type"] == "http.response.start":
-                metrics = self.metrics_getter()
-                if metrics is not None:
-                    metrics.requests.labels(route, str(message["status"])).inc()
-                    metrics.latency.labels(route).observe(time.perf_counter() - started)
-            await send(message)
-
-        await self.app(scope, receive, sending)
 
 
 def sse(event: str, data: dict[str, Any]) -> bytes:
