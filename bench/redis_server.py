@@ -24,7 +24,9 @@ def free_port() -> int:
 
 
 class RedisServer:
-    def __init__(self, port: int | None = None, appendonly: bool = False, fsync: str = "everysec"):
+    def __init__(
+        self, port: int | None = None, appendonly: bool = False, fsync: str = "everysec", extra: tuple[str, ...] = ()
+    ):
         binary = shutil.which("redis-server")
         if binary is None:
             raise FileNotFoundError(
@@ -52,6 +54,7 @@ class RedisServer:
             "no",
             "--logfile",
             str(self.dir / "redis.log"),
+            *extra,
         ]
         self.start()
 
@@ -110,6 +113,8 @@ class RedisServer:
 
 def reachable(url: str) -> bool:
     try:
-        return bool(Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1).ping())
+        from config.connections import connect
+
+        return bool(connect(url, socket_timeout=1, socket_connect_timeout=1).ping())
     except Exception:  # noqa: BLE001
         return False

@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from config.connections import SCHEMES, parse_sentinel
 from config.urls import safe_url
 
 ENV_PREFIX = "LVM_"
@@ -34,7 +35,8 @@ class Settings(BaseSettings):
     # --- Redis and queues -------------------------------------------------------------
     redis_url: str = Field(
         "redis://127.0.0.1:6379/0",
-        description="Redis URL; redis://:password@host:port/db, or rediss:// for TLS.",
+        description="Redis URL: redis://:password@host:port/db, rediss:// for TLS, unix:///path, or through "
+        "Sentinel: redis+sentinel://:password@h1:26379,h2:26379/<master name>/db (rediss+sentinel:// for TLS).",
     )
     queue_prefix: str = Field("lvm-", description="Queue name = prefix + model name, e.g. lvm-lstm.")
 
@@ -159,6 +161,16 @@ class Settings(BaseSettings):
         0, ge=0, le=20, description="Times a producer retries (with backoff) when Redis is unreachable."
     )
 
+    producer_wait_replicas: int = Field(
+        0,
+        ge=0,
+        le=16,
+        description="After each submit, WAIT until this many replicas hold it (Redis WAIT); 0 = don't. With "
+        "Sentinel, a submit a replica confirmed survives the master's loss; one it did not raises NotReplicated "
+        "(retry it with the same idempotency key).",
+    )
+    producer_wait_ms: int = Field(500, ge=1, le=60000, description="How long a submit's WAIT may take.")
+
     metrics_port: int | None = Field(
         None, ge=1, le=65535, description="Serve Prometheus metrics on this port (off when unset)."
     )
@@ -199,8 +211,9 @@ class Settings(BaseSettings):
     @field_validator("redis_url")
     @classmethod
     def _redis_scheme(cls, value: str) -> str:
-        if not value.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("must start with redis://, rediss:// or unix://")
+        if not value.startswith(tuple(f"{s}://" for s in SCHEMES)):
+            raise ValueError("must start with redis://, rediss://, unix://, redis+sentinel:// or rediss+sentinel://")
+        parse_sentinel(value)  # a malformed Sentinel URL says how here, at start-up
         return value
 
     @field_validator("device")

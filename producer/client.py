@@ -15,8 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from redis import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import RedisError
 from rq import Queue
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
@@ -24,8 +23,10 @@ from rq.serializers import JSONSerializer
 from rq.utils import now
 
 from config import Settings, load_settings
+from config.connections import connect as open_redis
+from config.connections import unavailable
 from config.urls import safe_url
-from producer.errors import ChatFailed, ChatTimeout, JobNotFound, RedisUnavailable
+from producer.errors import ChatFailed, ChatTimeout, JobNotFound, NotReplicated, RedisUnavailable
 from producer.schema import JOB_FUNCTION, ChatError, ChatRequest, ChatResult
 
 RequestLike = ChatRequest | dict[str, Any]
@@ -44,7 +45,9 @@ def reaching_redis(method: Callable[..., T]) -> Callable[..., T]:
         for attempt in range(attempts):
             try:
                 return method(self, *args, **kwargs)
-            except (RedisConnectionError, RedisTimeoutError) as exc:
+            except RedisError as exc:
+                if not unavailable(exc):  # unreachable, or mid-failover (NOREPLICAS, READONLY)
+                    raise
                 if attempt + 1 == attempts:
                     raise RedisUnavailable(
                         f"cannot reach Redis at {safe_url(self.url)} ({exc}); is it running? "
@@ -57,7 +60,8 @@ def reaching_redis(method: Callable[..., T]) -> Callable[..., T]:
 
 
 def connect(url: str, socket_timeout: float | None = 5.0) -> Redis:
-    return Redis.from_url(url, socket_timeout=socket_timeout, socket_connect_timeout=5, socket_keepalive=True)
+    """Redis for any LVM_REDIS_URL, Sentinel included (config.connections)."""
+    return open_redis(url, socket_timeout=socket_timeout)
 
 
 def prepare_submit(
@@ -131,10 +135,22 @@ class ChatClient:
 
     @reaching_redis
     def _enqueue(self, prepared: list[tuple[list[str], list[Any]]]) -> list[str]:
+        wanted = self.settings.producer_wait_replicas
         with self.redis.pipeline(transaction=False) as pipe:
             for keys, args in prepared:
                 self._submit(keys=keys, args=args, client=pipe)
-            return [i.decode() if isinstance(i, bytes) else i for i in pipe.execute()]
+            if wanted:
+                pipe.wait(wanted, self.settings.producer_wait_ms)  # same round trip
+            replies = pipe.execute()
+        ids = [i.decode() if isinstance(i, bytes) else i for i in replies[: len(prepared)]]
+        if wanted and int(replies[-1]) < wanted:
+            raise NotReplicated(
+                f"{int(replies[-1])} of {wanted} replicas confirmed the submit within {self.settings.producer_wait_ms} "
+                "ms (LVM_PRODUCER_WAIT_REPLICAS): it is queued on the master but a failover could lose it; retry "
+                "with the same idempotency key",
+                ids,
+            )
+        return ids
 
     # -- reading ---------------------------------------------------------------------------
     def _job(self, job_id: str, connection: Redis | None = None) -> Job:

@@ -28,3 +28,12 @@ class JobNotFound(LVMQueueError, KeyError):
 
 class RedisUnavailable(LVMQueueError, ConnectionError):
     """Redis did not answer; the message names the URL (password hidden) and what to check."""
+
+
+class NotReplicated(LVMQueueError):
+    """Submitted to the master, but fewer replicas than LVM_PRODUCER_WAIT_REPLICAS confirmed it in
+    time: a failover now could lose it. Retrying with the same idempotency key is safe."""
+
+    def __init__(self, message: str, job_ids: list[str]):
+        self.job_ids = job_ids
+        super().__init__(message)

@@ -87,3 +87,28 @@ def test_hostile_job_hashes(env, tmp_path):
     assert t.finished + sum(t.failed.values()) + t.dropped == t.submitted
     assert set(t.failed) <= {"bad_payload", "invalid_request", "wrong_model"}, t.failed  # valid chats all finished
     assert "canary file absent" in t.notes and "rq info exit 0" in t.notes and "wrong outcomes: none" in t.notes
+
+
+@pytest.mark.parametrize("wait_replicas", [0, 1], ids=["async", "wait"])
+def test_sentinel_failover_under_load(env, tmp_path, wait_replicas):
+    """Master SIGKILLed under load; the replica is promoted and the same worker and producer follow.
+    Async replication may lose a few acknowledged writes (counted, reported); with WAIT for the
+    replica, an accepted job is never lost."""
+    import shutil
+
+    if shutil.which("redis-sentinel") is None and shutil.which("redis-server") is None:
+        pytest.skip("redis-sentinel not installed (.ci/run installs it)")
+    if wait_replicas and not FULL:
+        pytest.skip("the WAIT variant waits ~20 s for a replica to return: make chaos runs it (LVM_CHAOS_FULL=1)")
+    t = chaos.sentinel_failover(
+        {**env, "LVM_PIPELINE": "null"} if not FULL else env,
+        tmp_path,
+        seconds=8.0 if FULL else 3.0,
+        wait_replicas=wait_replicas,
+    )
+    chaos.record(t)
+    print("\n" + chaos.HEADER + "\n" + t.row())
+    assert t.job_exits == 0 and t.submitted > 0, t.row()
+    assert "first new answer None" not in t.notes, t.notes  # the service came back without a restart
+    if wait_replicas:
+        assert t.lost == 0, t.row()  # a submit the replica confirmed survives the master

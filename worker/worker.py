@@ -30,14 +30,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from redis import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import RedisError
 from rq import Queue, SimpleWorker
 from rq.serializers import JSONSerializer
 from rq.suspension import is_suspended
 from rq.worker_registration import clean_worker_registry
 
 from config import Settings, load_settings
+from config.connections import unavailable
 from config.logs import configure_logging, get_logger
 from producer.schema import ChatError
 from worker import faults
@@ -48,7 +48,6 @@ from worker.lifecycle import Claim, Lifecycle, Outcome
 from worker.runtime import RequestRejected, Runtime
 
 log = get_logger("lvmq.worker")
-REDIS_DOWN = (RedisConnectionError, RedisTimeoutError)
 IDLE_BLOCK_S = 1  # longest a blocked claim waits before the loop looks at signals and maintenance
 MAINTENANCE_S = 60
 
@@ -282,7 +281,9 @@ class LVMWorker(SimpleWorker):
             return False
         try:
             suspended = is_suspended(self.connection, self)
-        except REDIS_DOWN:
+        except RedisError as exc:
+            if not unavailable(exc):
+                raise
             return self._redis_down_pause("suspension check")
         self._suspension_checked = 0.0 if suspended else time.monotonic()
         if suspended:
@@ -298,7 +299,9 @@ class LVMWorker(SimpleWorker):
             self.heartbeat()
             for queue in self.queues:
                 clean_worker_registry(queue)
-        except REDIS_DOWN as exc:
+        except RedisError as exc:
+            if not unavailable(exc):
+                raise
             log.warning("redis unreachable; maintenance skipped", error=str(exc))
 
     def _redis_down_pause(self, what: str) -> bool:
@@ -353,7 +356,9 @@ class LVMWorker(SimpleWorker):
                 self.connection.blmove(keys[0], keys[0], IDLE_BLOCK_S, "RIGHT", "RIGHT")
             else:
                 time.sleep(0.02)
-        except REDIS_DOWN:
+        except RedisError as exc:
+            if not unavailable(exc):
+                raise
             self._redis_down_pause("wait for jobs")
 
     # -- one batch ---------------------------------------------------------------------------
@@ -495,7 +500,9 @@ class LVMWorker(SimpleWorker):
         while True:
             try:
                 return step()
-            except REDIS_DOWN as exc:
+            except RedisError as exc:
+                if not unavailable(exc):  # a failover's NOREPLICAS / READONLY count as unavailable
+                    raise
                 if self.stop_signals > 1 or (self.alarm.stop_at is not None and time.monotonic() > self.alarm.stop_at):
                     raise GiveUp(what) from exc
                 log.warning("redis unreachable; retrying", step=what, retry_in_s=round(delay, 2), error=str(exc))
@@ -505,7 +512,9 @@ class LVMWorker(SimpleWorker):
     def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
         try:
             super().heartbeat(timeout, pipeline)
-        except REDIS_DOWN as exc:
+        except RedisError as exc:
+            if not unavailable(exc):
+                raise
             log.warning("redis unreachable; worker heartbeat skipped", error=str(exc))
 
     # -- shutdown -----------------------------------------------------------------------------
@@ -529,11 +538,15 @@ class LVMWorker(SimpleWorker):
                 if lease.ids:
                     handed = self.lifecycle.release(lease.queue, lease.token, list(lease.ids))
                     log.warning("handed unfinished jobs back to the queue", job_ids=handed)
-        except REDIS_DOWN as exc:
+        except RedisError as exc:
+            if not unavailable(exc):
+                raise
             log.warning("redis unreachable at shutdown; unfinished jobs await recovery", error=str(exc))
         try:
             super().teardown()
-        except REDIS_DOWN as exc:
+        except RedisError as exc:
+            if not unavailable(exc):
+                raise
             log.warning("redis unreachable at shutdown", error=str(exc))
         finally:
             self.pulse.stop(delete=True)

@@ -27,14 +27,13 @@ from fastapi.responses import FileResponse, JSONResponse, Response, StreamingRes
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ValidationError
-from redis import Redis as SyncRedis
-from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware.cors import CORSMiddleware
 
 from config import Settings, load_settings
+from config.connections import connect as open_redis
 from config.logs import get_logger
 from producer.client import SUBMIT_SCRIPT, prepare_submit
 from producer.gateway.hub import BLOCK_MS, POSITION, RESYNC_S, STATUS, EventHub
@@ -98,13 +97,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        redis = Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
-        blocking = Redis.from_url(settings.redis_url, socket_timeout=BLOCK_MS / 1000 + 5, socket_connect_timeout=5)
+        redis = open_redis(settings.redis_url, asyncio=True)
+        blocking = open_redis(settings.redis_url, socket_timeout=BLOCK_MS / 1000 + 5, asyncio=True)
         hub = EventHub(blocking, redis)
         state.update(
             redis=redis,
             hub=hub,
-            sync=SyncRedis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5),
+            sync=open_redis(settings.redis_url),
             submit=redis.register_script(rate_limited(SUBMIT_SCRIPT.read_text())),
             metrics=Metrics(hub),
         )

@@ -1,0 +1,128 @@
+"""One way to open Redis from LVM_REDIS_URL, plain or through Redis Sentinel.
+
+Accepted forms:
+- ``redis://[[user]:password@]host:port/db``, ``rediss://`` (TLS), ``unix://[:password@]/path``
+  — redis-py's own URLs;
+- ``redis+sentinel://[[user]:password@]h1:26379,h2:26379,h3:26379/<master name>[/db]`` and
+  ``rediss+sentinel://…`` (TLS to the master and replicas). Query parameters:
+  ``sentinel_password`` (when the sentinels have their own password; default: none) and
+  ``sentinel_ssl=true`` (TLS to the sentinels too).
+
+With Sentinel, every new connection asks the sentinels which node is the master now, so after a
+failover the next reconnect reaches the promoted replica: producers and workers follow without
+a restart. A connection still open to a demoted master fails on its next write (READONLY) and
+is dropped, and the retry after it finds the new master.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qs, unquote
+
+SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
+# Replies of a node that cannot take this write now but will: mid-failover (a demoted master is
+# READONLY, a master without its replicas answers NOREPLICAS, a replica cut from its master
+# MASTERDOWN) or still loading its data. Scripts are refused whole before they run, so a retry
+# is safe.
+_TRANSIENT = re.compile(r"(^|error: )(NOREPLICAS|READONLY|MASTERDOWN|LOADING|TRYAGAIN)\b")
+SCHEMES = ("redis", "rediss", "unix", *SENTINEL_SCHEMES)
+
+
+@dataclass
+class SentinelURL:
+    """A parsed ``redis+sentinel://`` URL."""
+
+    sentinels: list[tuple[str, int]]
+    master: str
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+    ssl: bool = False
+    sentinel_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def rq_settings(self) -> dict[str, Any]:
+        """The SENTINEL dict RQ's `rq worker -c` reads (rq.cli.helpers.get_redis_from_config)."""
+        return {
+            "INSTANCES": self.sentinels,
+            "MASTER_NAME": self.master,
+            "DB": self.db,
+            "USERNAME": self.username,
+            "PASSWORD": self.password,
+            "SSL": self.ssl,
+            "SENTINEL_KWARGS": self.sentinel_kwargs,
+        }
+
+
+def parse_sentinel(url: str) -> SentinelURL | None:
+    """The Sentinel form of ``url``, None for redis-py's own forms; ValueError when malformed."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in SENTINEL_SCHEMES:
+        return None
+    rest, _, query = rest.partition("?")
+    userinfo, at, hosts_path = rest.rpartition("@")
+    if not at:
+        userinfo, hosts_path = "", rest
+    hosts, _, path = hosts_path.partition("/")
+    parts = [p for p in path.split("/") if p]
+    if not parts or len(parts) > 2:
+        raise ValueError("a Sentinel URL names the master and optionally a db: …/<master name>[/<db>]")
+    if len(parts) == 2 and not parts[1].isdigit():
+        raise ValueError(f"db must be a number, got {parts[1]!r}")
+    sentinels = []
+    for host in hosts.split(","):
+        name, colon, port = host.strip().rpartition(":")
+        if not colon:
+            name, port = host.strip(), "26379"
+        if not name or not port.isdigit():
+            raise ValueError(f"sentinel address {host!r} is not host:port")
+        sentinels.append((name.strip("[]"), int(port)))
+    username, _, password = userinfo.partition(":")
+    options = {k: v[-1] for k, v in parse_qs(query).items()}
+    sentinel_kwargs: dict[str, Any] = {}
+    if options.get("sentinel_password"):
+        sentinel_kwargs["password"] = unquote(options["sentinel_password"])
+    if options.get("sentinel_ssl", "").lower() in ("1", "true", "yes"):
+        sentinel_kwargs["ssl"] = True
+    return SentinelURL(
+        sentinels=sentinels,
+        master=unquote(parts[0]),
+        db=int(parts[1]) if len(parts) == 2 else 0,
+        username=unquote(username) or None,
+        password=unquote(password) or None,
+        ssl=scheme == "rediss+sentinel",
+        sentinel_kwargs=sentinel_kwargs,
+    )
+
+
+def connect(url: str, socket_timeout: float | None = 5.0, asyncio: bool = False, **kwargs: Any):
+    """A Redis client (redis.asyncio's when ``asyncio``) for any accepted URL."""
+    options = {"socket_timeout": socket_timeout, "socket_connect_timeout": 5, "socket_keepalive": True, **kwargs}
+    spec = parse_sentinel(url)
+    if asyncio:
+        from redis.asyncio import Redis
+        from redis.asyncio.sentinel import Sentinel
+    else:
+        from redis import Redis
+        from redis.sentinel import Sentinel
+    if spec is None:
+        return Redis.from_url(url, **options)
+    sentinel = Sentinel(
+        spec.sentinels,
+        sentinel_kwargs={"socket_timeout": 2, "socket_connect_timeout": 2, **spec.sentinel_kwargs},
+        **options,
+    )
+    return sentinel.master_for(spec.master, db=spec.db, username=spec.username, password=spec.password, ssl=spec.ssl)
+
+
+def unavailable(exc: BaseException) -> bool:
+    """True when ``exc`` means Redis is unreachable or between masters: wait and retry, don't fail
+    the job. The one test behind every Redis retry (worker.retry_redis, producer.reaching_redis)."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import ResponseError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    if isinstance(exc, (RedisConnectionError, RedisTimeoutError)):
+        return True
+    return isinstance(exc, ResponseError) and _TRANSIENT.search(str(exc)) is not None
