@@ -38,6 +38,36 @@ def _proc_stat(pid: int) -> tuple[float, int]:
     return cpu, peak
 
 
+def redis_counters(redis) -> dict:
+    """Commands by name, bytes in and out, and main-thread CPU seconds of a redis-server so far."""
+    stats, cpu = redis.info("stats"), redis.info("cpu")
+    calls = {k.removeprefix("cmdstat_"): v["calls"] for k, v in redis.info("commandstats").items()}
+    return {
+        "calls": calls,
+        "bytes_in": stats["total_net_input_bytes"],
+        "bytes_out": stats["total_net_output_bytes"],
+        "cpu_s": cpu.get("used_cpu_sys_main_thread", cpu["used_cpu_sys"])
+        + cpu.get("used_cpu_user_main_thread", cpu["used_cpu_user"]),
+    }
+
+
+def redis_cost(before: dict, after: dict, jobs: int) -> dict:
+    """Per chat job: Redis commands (by name), bytes, main-thread CPU, and the jobs/s at which
+    that CPU fills one core: where one Redis stops being enough."""
+    jobs = max(1, jobs)
+    calls = {k: after["calls"][k] - before["calls"].get(k, 0) for k in after["calls"]}
+    calls = {k: round(v / jobs, 2) for k, v in sorted(calls.items(), key=lambda kv: -kv[1]) if v > 0}
+    cpu_ms = 1000 * (after["cpu_s"] - before["cpu_s"]) / jobs
+    return {
+        "commands_per_job": round(sum(calls.values()), 2),
+        "commands_by_name": calls,
+        "bytes_in_per_job": round((after["bytes_in"] - before["bytes_in"]) / jobs),
+        "bytes_out_per_job": round((after["bytes_out"] - before["bytes_out"]) / jobs),
+        "cpu_ms_per_job": round(cpu_ms, 4),
+        "jobs_per_s_per_redis_core": round(1000 / cpu_ms) if cpu_ms > 0 else None,
+    }
+
+
 def user_messages(bank_path: Path, n: int = 2000, seed: int = 0) -> list[str]:
     """Chat-length turns: bank sentences of 4-12 words."""
     from lvm.bank import SentenceBank
@@ -138,8 +168,10 @@ def _variant(settings, url, model, env_extra, workers, users, requests, pool, id
                 history.append(res.response)
             out["idle_warm_conversation_e2e_ms"] = summary(e2e)
         cpu0 = sum(_proc_stat(p.pid)[0] for p in procs)
+        counters = redis_counters(redis)
         load = Users(url, settings, model, users, requests, pool)
         wall = load.run()
+        out["redis"] = redis_cost(counters, redis_counters(redis), len(load.records))
         cpu1, peaks = 0.0, []
         for p in procs:
             cpu, peak = _proc_stat(p.pid)
@@ -222,6 +254,9 @@ def format_result(res: dict) -> str:
             f"{st['queue_wait_ms']}, encode {st['encoding_ms']}, lvm {st['lvm_inference_ms']}, decode "
             f"{st['decoding_ms']}, worker total {st['total_latency_ms']}",
             f"  worker CPU {v['worker_cpu_percent']}% of a core; peak RSS {v['worker_peak_rss_mb']} MB",
+            f"  Redis per job: {v['redis']['commands_per_job']} commands, {v['redis']['bytes_in_per_job']} B in, "
+            f"{v['redis']['bytes_out_per_job']} B out, {v['redis']['cpu_ms_per_job']} ms CPU -> one Redis core "
+            f"saturates near {v['redis']['jobs_per_s_per_redis_core']} jobs/s",
         ]
         if "idle_warm_conversation_e2e_ms" in v:
             s = v["idle_warm_conversation_e2e_ms"]

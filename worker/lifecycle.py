@@ -115,11 +115,12 @@ for _ = 1, tonumber(ARGV[1]) do
       out[#out + 1] = {'dropped', id, 'job is already ' .. status .. ' (its id was queued twice)'}
     else
       local stripped = {}
-      for i = 9, #ARGV do
-        local v = redis.call('HGET', key, ARGV[i])
+      local acted = redis.call('HMGET', key, unpack(ARGV, 9))  -- one call, not one per field
+      for i = 1, #ARGV - 8 do
+        local v = acted[i]
         if v then
-          if v ~= '' then stripped[#stripped + 1] = ARGV[i] end
-          redis.call('HDEL', key, ARGV[i])
+          if v ~= '' then stripped[#stripped + 1] = ARGV[i + 8] end
+          redis.call('HDEL', key, ARGV[i + 8])
         end
       end
       local fields = {}
