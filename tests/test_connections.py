@@ -93,3 +93,14 @@ def test_health_and_stats_accept_a_sentinel_url():
     )
     assert out.returncode == 1
     assert "Traceback" not in out.stderr and "mymaster" in out.stderr, out.stderr
+
+
+def test_default_worker_names_are_unique_across_hosts_and_restarts():
+    import socket
+
+    from worker.worker import default_name
+
+    names = {default_name() for _ in range(1000)}
+    assert len(names) == 1000  # same host, same pid: the random part still tells them apart
+    host, pid, suffix = next(iter(names)).rsplit(".", 2)
+    assert host == socket.gethostname()[:40] and pid.isdigit() and len(suffix) == 8

@@ -79,8 +79,9 @@ class GiveUp(Exception):
 
 
 def default_name() -> str:
-    """Unique across hosts and restarts: host, pid and a random suffix."""
-    return f"{socket.gethostname()[:40]}.{os.getpid()}.{os.urandom(2).hex()}"
+    """Unique across hosts and restarts: host, pid and 32 random bits (two pods may share a pid,
+    and a restarted container reuses its host name and often its pid)."""
+    return f"{socket.gethostname()[:40]}.{os.getpid()}.{os.urandom(4).hex()}"
 
 
 class LVMWorker(SimpleWorker):
