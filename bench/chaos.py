@@ -524,7 +524,12 @@ def _results_snapshot(redis: Redis, ids: list[str]) -> dict[str, bytes]:
 
 
 def sentinel_failover(
-    env: dict[str, str], logs: Path, seconds: float = 4.0, rate: float = 40.0, wait_replicas: int = 0
+    env: dict[str, str],
+    logs: Path,
+    seconds: float = 4.0,
+    rate: float = 40.0,
+    wait_replicas: int = 0,
+    replica_lag_s: float = 0.0,
 ) -> Tally:
     """One master, one replica, three sentinels; a worker and a producer (``rate`` req/s) on the
     redis+sentinel:// URL. The master is SIGKILLed mid-load; the sentinels promote the replica,
@@ -569,9 +574,13 @@ def sentinel_failover(
         producer = threading.Thread(target=produce, daemon=True)
         producer.start()
         time.sleep(seconds / 2)
+        if replica_lag_s:
+            cluster.cut_replica()
+            time.sleep(replica_lag_s)
         answered = _results_snapshot(cluster.master.client(), list(ids))
         cluster.master.kill()
         killed = time.monotonic()
+        cluster.replica.resume()
         promoted = cluster.wait_promoted()
         if wait_replicas:
             # min-replicas-to-write 1 leaves a lone master read-only (NOREPLICAS) until a replica is
@@ -590,8 +599,9 @@ def sentinel_failover(
         producer.join()
         redis = connect(url, socket_timeout=5)
         wait_terminal(redis, ids, timeout=120)
-        t = tally(redis, "Sentinel failover, master SIGKILL" + (", WAIT 1 + min-replicas 1" if wait_replicas else ""),
-                  ids, started, workers.stop_all())  # fmt: skip
+        name = "Sentinel failover, master SIGKILL" + (f", replica {replica_lag_s:g} s behind" if replica_lag_s else "")
+        name += ", WAIT 1 + min-replicas 1" if wait_replicas else ", async"
+        t = tally(redis, name, ids, started, workers.stop_all())
         after = _results_snapshot(redis, list(answered))
         twice = sum(1 for j, run in answered.items() if j in after and after[j] != run)
         t.twice += twice

@@ -92,7 +92,16 @@ class SentinelSet:
         self._wait(lambda: self.master_port() == self.replica.port, "the replica's promotion", timeout)
         return time.monotonic() - started
 
+    def cut_replica(self) -> None:
+        """Cut the replica off its master, as a partition would: SIGSTOP it, then have the master
+        drop its link. What the master acknowledges from now on never reaches the replica. (A
+        SIGSTOP alone would not do: the kernel keeps receiving into the stopped replica's socket
+        buffer, and it catches up when resumed.) ``replica.resume()`` ends the stop."""
+        self.replica.pause()
+        self.master.client().client_kill_filter(_type="replica")
+
     def stop(self) -> None:
+        self.replica.resume()
         for proc in self.procs:
             if proc.poll() is None:
                 proc.terminate()
