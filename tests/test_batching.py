@@ -220,12 +220,19 @@ def test_metrics_endpoint_and_stats(redis_url, serving_artifacts, tmp_path):
         bad = queue.enqueue(JOB_FUNCTION, {"messages": []}, job_timeout=60)
         with pytest.raises(ChatFailed):
             client.wait(bad.id, timeout=30)
-        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-        samples = _parse_metrics(text)
+        samples: list = []
 
         def value(metric, **labels):
             want = {"model": "lstm", "worker": name, **labels}
-            return next(v for n, lab, v in samples if n == metric and lab == want)
+            return next((v for n, lab, v in samples if n == metric and lab == want), None)
+
+        # The worker counts a job in its metrics just after its finish write, which is what woke
+        # the wait above: scrape until the last job is counted.
+        deadline = time.monotonic() + 10
+        while value("lvm_jobs_total", outcome="failed") is None and time.monotonic() < deadline:
+            text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+            samples = _parse_metrics(text)
+            time.sleep(0.05)
 
         assert value("lvm_jobs_total", outcome="finished") == 5
         assert value("lvm_jobs_total", outcome="failed") == 1
