@@ -295,6 +295,21 @@ def test_redis_down_is_a_503_and_not_ready(tmp_path):
     assert "gateway_no_api_keys" in Path(tmp_path / "gw.log").read_text()
 
 
+def test_hash_key_from_stdin_matches_the_keyring():
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "producer.cli", "gateway", "--hash-key", "-"],
+        input="hidden\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0 and out.stdout.strip() == HASH_PREFIX + hash_key("hidden")
+    assert KeyRing(out.stdout.strip(), "").identify("hidden", "8.8.8.8").owner == hash_key("hidden")
+
+
 def test_keyring_local_only_and_hashed_keys():
     local = KeyRing("", "127.0.0.0/8,::1/128")
     assert local.open and local.identify(None, "127.0.0.1").owner == "local"

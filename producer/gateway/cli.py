@@ -27,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--hash-key",
         metavar="KEY",
         help="print the sha256:<hex> form of KEY for LVM_GATEWAY_API_KEYS (so the plain key stays out of config) "
-        "and exit",
+        "and exit; '-' reads the key from stdin, keeping it out of ps and shell history",
     )
     p.add_argument(
         "--probe",
@@ -53,7 +53,11 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     from producer.gateway.keys import HASH_PREFIX, hash_key
 
     if args.hash_key is not None:
-        print(HASH_PREFIX + hash_key(args.hash_key))
+        key = sys.stdin.readline().rstrip("\n") if args.hash_key == "-" else args.hash_key
+        if not key:
+            print("error: empty key", file=sys.stderr)
+            return 1
+        print(HASH_PREFIX + hash_key(key))
         return 0
     if args.probe:
         from config import load_settings
