@@ -19,6 +19,11 @@ from config.urls import safe_url
 ENV_PREFIX = "LVM_"
 
 
+def comma_list(value: str) -> list[str]:
+    """The non-empty, stripped items of a comma-separated setting (LVM_GATEWAY_*)."""
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
 class SettingsError(ValueError):
     """A setting has an invalid value; the message names the environment variable."""
 
@@ -180,8 +185,9 @@ class Settings(BaseSettings):
     gateway_port: int = Field(8000, ge=1, le=65535, description="Port `lvmq gateway` listens on.")
     gateway_api_keys: str = Field(
         "",
-        description="Comma-separated API keys, each the key itself or sha256:<hex> of it (`lvmq gateway hash-key`); "
-        "the gateway keeps only hashes. Unset: no keys, and only clients from LVM_GATEWAY_LOCAL_NETWORKS are served.",
+        description="Comma-separated API keys, each the key itself or sha256:<hex> of it "
+        "(`lvmq gateway --hash-key -`); the gateway keeps only hashes. Unset: no keys, and only clients from "
+        "LVM_GATEWAY_LOCAL_NETWORKS are served.",
     )
     gateway_local_networks: str = Field(
         "127.0.0.0/8,::1/128",
@@ -231,8 +237,7 @@ class Settings(BaseSettings):
         return self.lease_seconds or 2 * self.heartbeat_seconds
 
     def gateway_model_names(self) -> list[str]:
-        named = [m.strip() for m in self.gateway_models.split(",") if m.strip()]
-        return named or sorted(self.models)
+        return comma_list(self.gateway_models) or sorted(self.models)
 
     def queue_name(self, model: str) -> str:
         return f"{self.queue_prefix}{model}"

@@ -295,6 +295,23 @@ def test_redis_down_is_a_503_and_not_ready(tmp_path):
     assert "gateway_no_api_keys" in Path(tmp_path / "gw.log").read_text()
 
 
+def test_a_master_refusing_writes_mid_failover_is_a_503_not_a_500(tmp_path):
+    """NOREPLICAS (a master that lost its replicas under min-replicas-to-write) means "Redis is away
+    for now", as everywhere else in the project (config.connections.unavailable)."""
+    server = RedisServer(extra=("--min-replicas-to-write", "1"))
+    port = free_port()
+    gateway = start_gateway({"LVM_REDIS_URL": server.url, "LVM_GATEWAY_MODELS": "lstm"}, port, tmp_path / "gw.log")
+    try:
+        wait_http(f"http://127.0.0.1:{port}/healthz", gateway)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as api:
+            r = api.post("/v1/chat", json={"messages": ["x"]})
+            assert r.status_code == 503 and r.json()["error"] == "unavailable", r.text
+            assert r.headers["retry-after"] == "1"
+    finally:
+        stop(gateway)
+        server.stop()
+
+
 def test_hash_key_from_stdin_matches_the_keyring():
     import subprocess
     import sys

@@ -27,14 +27,15 @@ from fastapi.responses import FileResponse, JSONResponse, Response, StreamingRes
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ValidationError
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import RedisError
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware.cors import CORSMiddleware
 
 from config import Settings, load_settings
 from config.connections import connect as open_redis
+from config.connections import unavailable
 from config.logs import get_logger
+from config.settings import comma_list
 from producer.client import SUBMIT_SCRIPT, prepare_submit
 from producer.gateway.hub import BLOCK_MS, POSITION, RESYNC_S, STATUS, EventHub
 from producer.gateway.jobs import TERMINAL, read_job
@@ -93,6 +94,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or load_settings()
     keys = KeyRing(settings.gateway_api_keys, settings.gateway_local_networks)
     models = settings.gateway_model_names()
+    queues = [settings.queue_name(m) for m in models]
     state: dict[str, Any] = {}
 
     @contextlib.asynccontextmanager
@@ -131,7 +133,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.add_middleware(MetricsMiddleware, metrics_getter=lambda: state.get("metrics"))
-    origins = [o.strip() for o in settings.gateway_cors_origins.split(",") if o.strip()]
+    origins = comma_list(settings.gateway_cors_origins)
     if origins:
         app.add_middleware(
             CORSMiddleware,
@@ -152,9 +154,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         body = {"error": "invalid_request", "message": f"{len(fields)} invalid field(s)", "fields": fields}
         return JSONResponse(body, status_code=422)
 
-    @app.exception_handler(RedisConnectionError)
-    @app.exception_handler(RedisTimeoutError)
-    async def redis_down(request: Request, exc: Exception) -> JSONResponse:
+    @app.exception_handler(RedisError)
+    async def redis_error(request: Request, exc: RedisError) -> JSONResponse:
+        # the project's one test for "Redis is away" (unreachable, or mid-failover: NOREPLICAS, READONLY)
+        if not unavailable(exc):
+            return await internal(request, exc)
         log.warning("gateway_redis_unreachable", error=str(exc))
         body = {"error": "unavailable", "message": "Redis is unreachable; retry shortly"}
         return JSONResponse(body, status_code=503, headers={"Retry-After": "1"})
@@ -270,8 +274,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "wait out of range",
                 fields=[{"field": "wait", "reason": f"must be 0-{settings.gateway_max_wait_s:g} seconds"}],
             )
-        view = await view_or_404(job_id, who)
-        if wait > 0 and view["status"] not in TERMINAL:
+        if not wait:
+            view = await view_or_404(job_id, who)
+        else:
             deadline = time.monotonic() + wait
             with state["hub"].subscribe(job_id) as sub:
                 view = await view_or_404(job_id, who)  # subscribed first: no change is missed
@@ -353,7 +358,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.get("/v1/models", summary="The models this gateway offers and whether a worker is ready for each")
     async def list_models(request: Request) -> JSONResponse:
         caller(request)
-        report = await run_in_threadpool(check, state["sync"], [settings.queue_name(m) for m in models])
+        report = await run_in_threadpool(check, state["sync"], queues)
         return JSONResponse(
             {"models": [{"model": m, "ready": q.ok} for m, q in zip(models, report.queues, strict=True)]}
         )
@@ -366,11 +371,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def readyz() -> JSONResponse:
         try:
             await state["redis"].ping()
-            report = await run_in_threadpool(check, state["sync"], [settings.queue_name(m) for m in models])
-        except (RedisConnectionError, RedisTimeoutError) as exc:
+            report = await run_in_threadpool(check, state["sync"], queues)
+        except RedisError as exc:
+            if not unavailable(exc):
+                raise
             return JSONResponse({"ok": False, "redis": False, "reason": f"Redis unreachable: {exc}"}, status_code=503)
-        queues = [{"queue": q.queue, "ok": q.ok, "reason": q.reason} for q in report.queues]
-        return JSONResponse({"ok": report.ok, "redis": True, "queues": queues}, status_code=200 if report.ok else 503)
+        served = [{"queue": q.queue, "ok": q.ok, "reason": q.reason} for q in report.queues]
+        return JSONResponse({"ok": report.ok, "redis": True, "queues": served}, status_code=200 if report.ok else 503)
 
     @app.get("/metrics", summary="Prometheus metrics")
     async def metrics() -> Response:

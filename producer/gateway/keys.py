@@ -14,6 +14,8 @@ import hmac
 import ipaddress
 from dataclasses import dataclass
 
+from config.settings import comma_list
+
 HASH_PREFIX = "sha256:"
 LOCAL_OWNER = "local"
 RATE_PREFIX = "lvm:gateway:rate:"
@@ -68,10 +70,6 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8")).hexdigest()
 
 
-def _split(value: str) -> list[str]:
-    return [part.strip() for part in value.split(",") if part.strip()]
-
-
 @dataclass(frozen=True)
 class Caller:
     owner: str  # the key's hash, or LOCAL_OWNER
@@ -82,7 +80,7 @@ class KeyRing:
 
     def __init__(self, api_keys: str, local_networks: str):
         self.hashes: list[str] = []
-        for entry in _split(api_keys):
+        for entry in comma_list(api_keys):
             if entry.startswith(HASH_PREFIX):
                 digest = entry[len(HASH_PREFIX) :].lower()
                 if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
@@ -91,7 +89,7 @@ class KeyRing:
             else:
                 self.hashes.append(hash_key(entry))
         try:
-            self.local = [ipaddress.ip_network(n, strict=False) for n in _split(local_networks)]
+            self.local = [ipaddress.ip_network(n, strict=False) for n in comma_list(local_networks)]
         except ValueError as exc:
             raise ValueError(f"LVM_GATEWAY_LOCAL_NETWORKS: {exc}") from None
 
