@@ -13,30 +13,22 @@ from __future__ import annotations
 import json
 import random
 import tempfile
-import threading
 import time
 import uuid
 from pathlib import Path
 
-from bench.load import _proc_stat, user_messages
+from bench.load import ClosedLoop, _proc_stat, user_messages
 from bench.processes import start_gateway, start_worker, stop, wait_http, wait_ready
 from bench.redis_server import RedisServer, free_port
 from bench.stats import percentile
 
 
-class _Run:
+class _Run(ClosedLoop):
     def __init__(self, users: int, requests: int, pool: list[str], turn, seed: int, states: dict):
-        self.users, self.total, self.pool, self.turn, self.seed = users, requests, pool, turn, seed
+        super().__init__(users, requests)
+        self.pool, self.turn, self.seed = pool, turn, seed
         self.states = states  # per user: its client and connection, kept across rounds
-        self.lock = threading.Lock()
-        self.issued = 0
         self.e2e: list[float] = []
-        self.errors: list[str] = []
-
-    def _take(self) -> bool:
-        with self.lock:
-            self.issued += 1
-            return self.issued <= self.total
 
     def _user(self, index: int) -> None:
         rng = random.Random(self.seed * 1000 + index)
@@ -54,15 +46,6 @@ class _Run:
             with self.lock:
                 self.e2e.append((time.perf_counter() - started) * 1000)
             history.append(answer)
-
-    def run(self) -> float:
-        threads = [threading.Thread(target=self._user, args=(i,), daemon=True) for i in range(self.users)]
-        started = time.perf_counter()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        return time.perf_counter() - started
 
 
 def direct_turn(url: str, settings, model: str):

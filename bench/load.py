@@ -76,14 +76,14 @@ def user_messages(bank_path: Path, n: int = 2000, seed: int = 0) -> list[str]:
     return random.Random(seed).sample(sentences, min(n, len(sentences)))
 
 
-class Users:
-    def __init__(self, url, settings, model, users, requests, pool, seed=0):
-        self.url, self.settings, self.model = url, settings, model
-        self.users, self.total, self.pool = users, requests, pool
-        self.seed = seed
+class ClosedLoop:
+    """``users`` threads, each a user who sends its next turn when the last one is answered,
+    sharing ``requests`` turns in all. Subclasses say what a user does (``_user``)."""
+
+    def __init__(self, users: int, requests: int):
+        self.users, self.total = users, requests
         self.lock = threading.Lock()
         self.issued = 0
-        self.records: list[dict] = []
         self.errors: list[str] = []
 
     def _take(self) -> bool:
@@ -92,6 +92,26 @@ class Users:
                 return False
             self.issued += 1
             return True
+
+    def _user(self, index: int) -> None:
+        raise NotImplementedError
+
+    def run(self) -> float:
+        threads = [threading.Thread(target=self._user, args=(i,), daemon=True) for i in range(self.users)]
+        started = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return time.perf_counter() - started
+
+
+class Users(ClosedLoop):
+    def __init__(self, url, settings, model, users, requests, pool, seed=0):
+        super().__init__(users, requests)
+        self.url, self.settings, self.model = url, settings, model
+        self.pool, self.seed = pool, seed
+        self.records: list[dict] = []
 
     def _user(self, index: int) -> None:
         from producer.client import ChatClient
@@ -121,15 +141,6 @@ class Users:
                         "cache_misses": res.cache_misses,
                     }
                 )
-
-    def run(self) -> float:
-        threads = [threading.Thread(target=self._user, args=(i,), daemon=True) for i in range(self.users)]
-        started = time.perf_counter()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        return time.perf_counter() - started
 
 
 def _variant(settings, url, model, env_extra, workers, users, requests, pool, idle_turns) -> dict:

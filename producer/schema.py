@@ -18,6 +18,8 @@ MAX_MESSAGE_CHARS = 4000  # about 700 words; longer input is refused, never sile
 MAX_RESPONSE_SENTENCES = 8
 MAX_DECODE_STEPS = 200
 MAX_FORWARD = 0.5  # the forward curve `lvmq eval` reports spans g = 0 ... 0.5
+JOB_PREFIX = "rq:job:"  # RQ's job hash
+RESULTS_PREFIX = "rq:results:"  # RQ's result stream
 HEARTBEAT_PREFIX = "lvm:heartbeat:"
 STATS_PREFIX = "lvm:stats:"  # per-minute job counters: lvm:stats:<queue>:<unix minute>:<finished|failed>
 # Every change of a job's state after submit appends {job, status} here, in the same Lua step as

@@ -50,10 +50,8 @@ from typing import Any
 
 from redis import Redis
 
-from producer.schema import EVENTS_MAXLEN, EVENTS_STREAM, STATS_PREFIX
+from producer.schema import EVENTS_MAXLEN, EVENTS_STREAM, JOB_PREFIX, RESULTS_PREFIX, STATS_PREFIX
 
-JOB_PREFIX = "rq:job:"
-RESULTS_PREFIX = "rq:results:"
 ALIVE_KEY = "lvm:alive"
 STATS_TTL_S = 3600
 MAX_HISTORY_CHARS = 2000

@@ -16,10 +16,8 @@ from typing import Any
 from pydantic import ValidationError
 from redis.asyncio import Redis
 
-from producer.schema import ChatError, ChatResult
+from producer.schema import JOB_PREFIX, RESULTS_PREFIX, ChatError, ChatResult
 
-JOB_PREFIX = "rq:job:"
-RESULTS_PREFIX = "rq:results:"
 TERMINAL = frozenset({"finished", "failed", "stopped", "canceled"})
 JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 MAX_META_BYTES = 64 * 1024
