@@ -4,6 +4,14 @@ A file of sentences and their unit vectors, loaded once and searched with one ba
 matrix product (FAISS measured slower for batches at k=1 on these machines). The best
 cosine is the confidence, since the bank vector IS the returned text's embedding.
 
+The product may run on a half-precision copy (float16 or bfloat16), which moves half the
+bytes; the answer stays exact because every row that rounding could have lifted to the top
+is rescored in float32 (``_candidates``). Which copy is fastest depends on the machine: on
+a 2-core AMD EPYC (AVX512-BF16), one query over 53k x 384 took 5.1 ms in float32 through
+torch, 1.4 in bfloat16 and 0.9 in float16; a batch of 32 took 11.2, 2.7 and 30 ms. An Intel
+host with AMX measured a lone bfloat16 query slower than float32. So ``to("cpu")`` times the
+three on the bank itself and keeps the fastest for lone queries and for batches.
+
 File format (``.npz``, no pickle): ``vectors`` float32 [N, D], ``text_bytes`` uint8 (all
 sentences UTF-8, concatenated), ``offsets`` int64 [N+1], ``meta`` JSON string.
 """
@@ -11,6 +19,7 @@ sentences UTF-8, concatenated), ``offsets`` int64 [N+1], ``meta`` JSON string.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,12 +29,18 @@ import torch
 from lvm.decoders import Decoded
 from lvm.text import normalize
 
-# A half-precision search keeps this many best rows per query and rescores them in float32, so
-# the answer is the exact argmax unless the true best ranks below them on rounded scores.
+# Unit roundoff of each search precision. A score computed from rounded operands is off by at
+# most (3u + D * 2^-24) * |q| * |v|: 2u from rounding the two operands (|sum q_i v_i| error
+# <= 2u * sum|q_i v_i| <= 2u |q||v|, Cauchy-Schwarz), u from rounding the product's output,
+# and the float32 accumulation. A row can therefore only be the true best if its rounded score
+# is within twice that of the rounded best; those rows are rescored exactly.
+UNIT_ROUNDOFF = {torch.float32: 2.0**-24, torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11}
+SEARCH_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+# The first look at each row's best scores; a wider window (rare: a near-tie among more rows
+# than this) scans the row.
 CANDIDATES = 8
-# On CPU the bfloat16 copy pays from this many queries on: 53k x 384, 2 threads, batch 32 took
-# 7.8-8.8 ms against 13.9 in float32, but one query 3.1 ms against 2.6-2.8.
-CPU_HALF_FROM = 8
+# The batch size at which to.("cpu") times the batched kernels: a chat batch.
+CALIBRATION_BATCH = 8
 
 
 class BankError(Exception):
@@ -43,13 +58,15 @@ class SentenceBank:
             raise BankError("the bank is empty")
         self.sentences = sentences
         self.vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        self._max_norm = float(np.max(np.linalg.norm(self.vectors, axis=1)))
         # torch shares the numpy memory; its matmul uses torch's intra-op threads (LVM_TORCH_THREADS),
         # whereas numpy's BLAS is pinned to one thread for the encoder's sake.
-        self._matrix = torch.from_numpy(self.vectors)
-        self._cpu_half: torch.Tensor | None = None  # a bfloat16 copy for batched searches (to("cpu"))
-        # The search is one large product, so a second thread halves it (6 -> 3 ms for one query
-        # over 53k x 384) without the many small barriers that make multi-threaded encoders
-        # collapse when another process holds a core; it costs at most ~2x under contention.
+        float32 = torch.from_numpy(self.vectors)
+        # The matrix searched for one query and for a batch; to() may swap in rounded copies.
+        self._lone: torch.Tensor = float32
+        self._batched: torch.Tensor = float32
+        # The search is one large product, so a second thread halves it without the many small
+        # barriers that make multi-threaded encoders collapse when another process holds a core.
         self.search_threads = search_threads
         self.meta = meta or {}
         self.dim = int(self.vectors.shape[1])
@@ -60,21 +77,50 @@ class SentenceBank:
     def __len__(self) -> int:
         return len(self.sentences)
 
-    def to(self, device: str) -> SentenceBank:
-        """Search on ``device``. On CUDA or MPS the matrix lives there in float16 (53k x 384 is
-        40 MB): the product runs on the device and only [B, N] scores come back. On a CPU with
-        native bfloat16 (AMX / AVX512-BF16) a bfloat16 copy serves batches of CPU_HALF_FROM
-        queries or more (a lone query is faster in float32). Either way the best CANDIDATES
-        rows per query are rescored exactly in float32, which picks the answer and gives its
-        confidence."""
-        if device != "cpu":
-            self._matrix = torch.from_numpy(self.vectors).to(device=device, dtype=torch.float16)
-        else:
-            from lvm.encoders import cpu_has_native_bf16
+    @property
+    def search_dtypes(self) -> dict[str, str]:
+        """What a lone query and a batch are searched in (heartbeat, `lvmq inspect`)."""
+        return {
+            "one": str(self._lone.dtype).removeprefix("torch."),
+            "batch": str(self._batched.dtype).removeprefix("torch."),
+        }
 
-            self._matrix = torch.from_numpy(self.vectors)
-            self._cpu_half = torch.from_numpy(self.vectors).to(torch.bfloat16) if cpu_has_native_bf16() else None
+    def to(self, device: str, calibrate: bool = True) -> SentenceBank:
+        """Search on ``device``. On CUDA or MPS the matrix lives there in float16 (53k x 384 is
+        40 MB): the product runs on the device and only [B, N] scores come back. On the CPU the
+        fastest of float32, bfloat16 and float16 is timed on this bank (module docstring), once
+        for a lone query and once for a batch. Rounded copies change no answer (``decode``)."""
+        if device != "cpu":
+            matrix = torch.from_numpy(self.vectors).to(device=device, dtype=torch.float16)
+            self._lone = self._batched = matrix
+            return self
+        if calibrate:
+            copies = {dtype: torch.from_numpy(self.vectors).to(dtype) for dtype in SEARCH_DTYPES}
+            self._lone = copies[self._fastest(copies, 1)]
+            self._batched = copies[self._fastest(copies, CALIBRATION_BATCH)]
         return self
+
+    def _fastest(self, copies: dict[torch.dtype, torch.Tensor], batch: int) -> torch.dtype:
+        queries = np.ascontiguousarray(self.vectors[:batch])
+        seconds = {}
+        for dtype, matrix in copies.items():
+            self._scores(queries, matrix)  # warm-up: first calls pay for kernel selection
+            started = time.perf_counter()
+            for _ in range(3):
+                self._scores(queries, matrix)
+            seconds[dtype] = time.perf_counter() - started
+        return min(seconds, key=seconds.get)
+
+    def _scores(self, queries: np.ndarray, matrix: torch.Tensor) -> np.ndarray:
+        """[B, N] float32 scores of the product in ``matrix``'s precision and on its device."""
+        previous = torch.get_num_threads()
+        try:
+            torch.set_num_threads(self.search_threads)
+            with torch.inference_mode():
+                q = torch.from_numpy(queries).to(device=matrix.device, dtype=matrix.dtype)
+                return torch.mm(q, matrix.T).float().cpu().numpy()
+        finally:
+            torch.set_num_threads(previous)
 
     def decode(
         self,
@@ -88,35 +134,36 @@ class SentenceBank:
         dictionary lookup and masked before the argmax, so exclusion costs nothing extra.
         """
         queries = np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1, self.dim)
-        matrix = self._matrix
-        if self._cpu_half is not None and len(queries) >= CPU_HALF_FROM:
-            matrix = self._cpu_half
-        rounded = matrix.dtype != torch.float32
-        previous = torch.get_num_threads()
-        try:
-            torch.set_num_threads(self.search_threads)
-            with torch.inference_mode():
-                q = torch.from_numpy(queries).to(device=matrix.device, dtype=matrix.dtype)
-                scores = torch.mm(q, matrix.T).float().cpu().numpy()
-                for row in range(len(scores)):
-                    for text in exclude[row] if exclude is not None else ():
-                        scores[row, self._rows_of.get(text, [])] = -np.inf
-                k = min(CANDIDATES, len(self.sentences)) if rounded else 1
-                top_scores, top_rows = torch.topk(torch.from_numpy(scores), k, dim=1)
-        finally:
-            torch.set_num_threads(previous)
+        matrix = self._lone if len(queries) == 1 else self._batched
+        scores = self._scores(queries, matrix)
+        for row in range(len(scores)):
+            for text in exclude[row] if exclude is not None else ():
+                scores[row, self._rows_of.get(text, [])] = -np.inf
+        rounding = UNIT_ROUNDOFF[matrix.dtype]
+        slack = 2 * (3 * rounding + self.dim * 2.0**-24) * self._max_norm * np.linalg.norm(queries, axis=1)
+        k = min(CANDIDATES, len(self.sentences)) if matrix.dtype != torch.float32 else 1
+        top_scores, top_rows = (t.numpy() for t in torch.topk(torch.from_numpy(scores), k, dim=1))
         results: list[Decoded] = []
-        for row, (cand_scores, cand_rows) in enumerate(zip(top_scores.numpy(), top_rows.numpy(), strict=True)):
-            if cand_scores[0] == -np.inf:
+        for row in range(len(scores)):
+            if top_scores[row, 0] == -np.inf:
                 raise BankError("every bank sentence is excluded by the request's context")
-            if rounded:  # rescore the candidates exactly; excluded rows stay out
-                cand_rows = cand_rows[cand_scores > -np.inf]
-                exact = self.vectors[cand_rows] @ queries[row]
-                hit, score = int(cand_rows[np.argmax(exact)]), float(np.max(exact))
+            if k == 1:
+                hit, score = int(top_rows[row, 0]), float(top_scores[row, 0])
             else:
-                hit, score = int(cand_rows[0]), float(cand_scores[0])
+                rows = self._candidates(scores[row], top_scores[row], top_rows[row], slack[row])
+                exact = self.vectors[rows] @ queries[row]
+                hit, score = int(rows[np.argmax(exact)]), float(np.max(exact))
             results.append(Decoded(self.sentences[hit], score, 0, self.name, self.vectors[hit]))
         return results
+
+    @staticmethod
+    def _candidates(scores: np.ndarray, top_scores: np.ndarray, top_rows: np.ndarray, slack: float) -> np.ndarray:
+        """Every row whose rounded score is within ``slack`` of the rounded best: one of them is
+        the exact best. Usually the first few of the top k; a tie among more scans the row."""
+        floor = top_scores[0] - slack
+        if top_scores[-1] >= floor and len(top_scores) < len(scores):
+            return np.flatnonzero(scores >= floor)
+        return top_rows[top_scores >= floor]
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)

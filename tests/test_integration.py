@@ -172,6 +172,9 @@ def test_heartbeat_payload_while_running(lstm_worker):
     ):
         assert field in info, field
     assert info["queues"] == ["lvm-lstm"] and info["pid"] == lstm_worker["proc"].pid
+    # the bank's search precisions, measured at load: one for a lone query, one for a batch
+    assert set(info["bank_search"]) == {"one", "batch"}
+    assert set(info["bank_search"].values()) <= {"float32", "bfloat16", "float16"}
     assert 0 < redis.pttl(key) <= 1500
 
 

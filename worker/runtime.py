@@ -72,6 +72,7 @@ class Runtime:
     model_version: str
     load_seconds: float
     encoder_dtype: str = "float32"
+    bank_search: dict[str, str] | None = None  # the precision measured fastest for one query and a batch
     forward: float = 0.0  # the default step away from the last sentence (LVM_FORWARD, else the checkpoint's)
     latencies_ms: list[float] = field(default_factory=list)
 
@@ -123,6 +124,7 @@ class Runtime:
             model_version=model.version,
             load_seconds=time.perf_counter() - started,
             encoder_dtype=getattr(encoder, "dtype", "float32"),
+            bank_search=bank.search_dtypes if bank is not None else None,
             forward=serving_forward(settings.forward, model.metadata),
         )
 

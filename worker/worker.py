@@ -144,6 +144,7 @@ class LVMWorker(SimpleWorker):
             model_version=self.runtime.model_version,
             device=self.runtime.device,
             encoder_dtype=self.runtime.encoder_dtype,
+            bank_search=self.runtime.bank_search,
             prefetch=self.prefetch,
             load_seconds=round(self.runtime.load_seconds, 2),
         )
@@ -188,6 +189,7 @@ class LVMWorker(SimpleWorker):
             "checkpoint": str(self.settings.models.get(self.model_name, "")),
             "device": rt.device if rt else self.settings.device,
             "encoder_dtype": rt.encoder_dtype if rt else None,
+            "bank_search": rt.bank_search if rt else None,
             "forward": rt.forward if rt else None,
             "queues": self.queue_names(),
             "jobs_done": self.jobs_done,
