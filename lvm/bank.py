@@ -39,7 +39,7 @@ SEARCH_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 # The first look at each row's best scores; a wider window (rare: a near-tie among more rows
 # than this) scans the row.
 CANDIDATES = 8
-# The batch size at which to.("cpu") times the batched kernels: a chat batch.
+# The batch size at which to("cpu") times the batched kernels: a chat batch.
 CALIBRATION_BATCH = 8
 
 
@@ -85,19 +85,19 @@ class SentenceBank:
             "batch": str(self._batched.dtype).removeprefix("torch."),
         }
 
-    def to(self, device: str, calibrate: bool = True) -> SentenceBank:
-        """Search on ``device``. On CUDA or MPS the matrix lives there in float16 (53k x 384 is
-        40 MB): the product runs on the device and only [B, N] scores come back. On the CPU the
-        fastest of float32, bfloat16 and float16 is timed on this bank (module docstring), once
-        for a lone query and once for a batch. Rounded copies change no answer (``decode``)."""
+    def to(self, device: str) -> SentenceBank:
+        """Search on ``device``. On CUDA or MPS the matrix lives there in float32 (53k x 384 is
+        80 MB; the product takes microseconds there, so rounding would buy nothing, and cuBLAS
+        may accumulate float16 in float16, which the rescoring bound does not cover); only the
+        [B, N] scores come back. On the CPU the fastest of float32, bfloat16 and float16 is
+        timed on this bank (module docstring), once for a lone query and once for a batch.
+        Rounded copies change no answer (``decode``)."""
         if device != "cpu":
-            matrix = torch.from_numpy(self.vectors).to(device=device, dtype=torch.float16)
-            self._lone = self._batched = matrix
+            self._lone = self._batched = torch.from_numpy(self.vectors).to(device)
             return self
-        if calibrate:
-            copies = {dtype: torch.from_numpy(self.vectors).to(dtype) for dtype in SEARCH_DTYPES}
-            self._lone = copies[self._fastest(copies, 1)]
-            self._batched = copies[self._fastest(copies, CALIBRATION_BATCH)]
+        copies = {dtype: torch.from_numpy(self.vectors).to(dtype) for dtype in SEARCH_DTYPES}
+        self._lone = copies[self._fastest(copies, 1)]
+        self._batched = copies[self._fastest(copies, CALIBRATION_BATCH)]
         return self
 
     def _fastest(self, copies: dict[torch.dtype, torch.Tensor], batch: int) -> torch.dtype:
