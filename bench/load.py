@@ -17,7 +17,7 @@ import time
 import uuid
 from pathlib import Path
 
-from bench.processes import start_worker, stop, wait_ready
+from bench.processes import describe, serving, start_worker, stop, wait_ready
 from bench.redis_server import RedisServer
 from bench.stats import percentile, summary
 
@@ -164,8 +164,8 @@ def _variant(settings, url, model, env_extra, workers, users, requests, pool, id
         for i in range(workers):
             proc, name = start_worker(f"{prefix}{model}", env, log_path=logdir / f"w{i}.log")
             procs.append(proc)
-            wait_ready(redis, name, proc, timeout=180)
-        out: dict = {"settings": env_extra, "workers": workers}
+            ready = wait_ready(redis, name, proc, timeout=180)
+        out: dict = {"settings": env_extra, "workers": workers, "worker": serving(ready)}
         if idle_turns:
             client = ChatClient(url, settings)
             history = [pool[0]]
@@ -259,6 +259,7 @@ def format_result(res: dict) -> str:
         st = v["stage_medians_ms"]
         lines += [
             f"{name} ({', '.join(f'{k}={val}' for k, val in v['settings'].items())}, {v['workers']} worker):",
+            f"  {describe(v['worker'])}",
             f"  throughput {v['throughput_rps']} req/s; e2e p50 {v['e2e_ms']['p50']} ms, p90 {v['e2e_ms']['p90']} ms, "
             f"p99 {v['e2e_ms']['p99']} ms; errors {v['errors']}",
             f"  mean batch {v['mean_batch_size']}; cache hit rate {v['cache_hit_rate']}; stage medians ms: queue "

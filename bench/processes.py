@@ -53,6 +53,25 @@ def wait_ready(redis: Redis, name: str, proc: subprocess.Popen, timeout: float =
     raise TimeoutError(f"worker {name} not ready after {timeout} s")
 
 
+SERVING_FIELDS = ("device", "encoder_dtype", "bank_search", "prefetch", "max_batch")
+
+
+def serving(heartbeat: dict) -> dict:
+    """Where and how a benchmarked worker ran, from its own heartbeat: a figure from a GPU
+    host proves it ran on the GPU, not on a device setting that never reached the worker."""
+    return {key: heartbeat.get(key) for key in SERVING_FIELDS}
+
+
+def describe(worker: dict) -> str:
+    """One line for the text reports: device cpu, encoder bfloat16, bank float16/bfloat16, ..."""
+    bank = worker.get("bank_search") or {}
+    return (
+        f"device {worker.get('device')}, encoder {worker.get('encoder_dtype')}, bank search "
+        f"{bank.get('one', '-')} (one) / {bank.get('batch', '-')} (batch), prefetch {worker.get('prefetch')}, "
+        f"max batch {worker.get('max_batch')}"
+    )
+
+
 def stop(proc: subprocess.Popen, timeout: float = 10.0) -> int:
     if proc.poll() is None:
         proc.terminate()

@@ -12,7 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.processes import start_worker, stop, wait_ready
+from bench.processes import describe, serving, start_worker, stop, wait_ready
 from bench.redis_server import RedisServer
 from bench.stats import summary
 
@@ -39,7 +39,7 @@ def run(settings, model: str = "lstm", n: int = 100, redis_url: str | None = Non
         t0 = time.perf_counter()
         proc, name = start_worker(settings.queue_name(model), env, log_path=log)
         procs.append(proc)
-        wait_ready(redis, name, proc)
+        ready = wait_ready(redis, name, proc)
         startup_s = time.perf_counter() - t0
 
         client = ChatClient(url, settings)
@@ -82,6 +82,7 @@ def run(settings, model: str = "lstm", n: int = 100, redis_url: str | None = Non
         return {
             "model": model,
             "chats": n,
+            "worker": serving(ready),
             "worker_startup_to_ready_s": round(startup_s, 2),
             "end_to_end_ms": summary(e2e),
             "worker_total_latency_ms": summary(total),
@@ -102,7 +103,7 @@ def format_result(res: dict) -> str:
     return "\n".join(
         [
             f"model {res['model']}, {res['chats']} one-message chats, one idle worker",
-            f"worker start-up to ready: {res['worker_startup_to_ready_s']} s",
+            f"worker: {describe(res['worker'])}; start-up to ready: {res['worker_startup_to_ready_s']} s",
             line("end to end (submit->result)", res["end_to_end_ms"]),
             line("worker total_latency_ms", res["worker_total_latency_ms"]),
             line("queue overhead", res["queue_overhead_ms"]),

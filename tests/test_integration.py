@@ -175,6 +175,11 @@ def test_heartbeat_payload_while_running(lstm_worker):
     # the bank's search precisions, measured at load: one for a lone query, one for a batch
     assert set(info["bank_search"]) == {"one", "batch"}
     assert set(info["bank_search"].values()) <= {"float32", "bfloat16", "float16"}
+    # what the benchmarks report as where the worker ran comes from these fields
+    from bench.processes import SERVING_FIELDS
+
+    assert all(info[key] is not None for key in SERVING_FIELDS), info
+    assert info["device"] == "cpu" and info["prefetch"] is False  # claim-ahead is for CUDA/MPS by default
     assert 0 < redis.pttl(key) <= 1500
 
 

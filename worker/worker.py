@@ -117,6 +117,7 @@ class LVMWorker(SimpleWorker):
         self._suspension_checked = 0.0
         self.alarm = Alarm()
         self.runtime: Runtime | None = None
+        self.prefetch = False  # claim ahead; decided once the device is known (load)
         self.metrics: Any = None
         self.pulse = Heartbeat(
             Redis(connection_pool=self.connection.connection_pool),
@@ -200,6 +201,7 @@ class LVMWorker(SimpleWorker):
             "busy_deadline_at": busy.deadline if busy else None,
             "latency_p50_ms": rt.p50_ms() if rt else None,
             "max_batch": self.settings.max_batch,
+            "prefetch": self.prefetch,
             "last_batch_size": self.batch_sizes[-1] if self.batch_sizes else None,
             "mean_batch_size": round(sum(self.batch_sizes) / len(self.batch_sizes), 2) if self.batch_sizes else None,
         }
