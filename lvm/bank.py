@@ -86,14 +86,17 @@ class SentenceBank:
         }
 
     def to(self, device: str) -> SentenceBank:
-        """Search on ``device``. On CUDA or MPS the matrix lives there in float32 (53k x 384 is
-        80 MB; the product takes microseconds there, so rounding would buy nothing, and cuBLAS
-        may accumulate float16 in float16, which the rescoring bound does not cover); only the
-        [B, N] scores come back. On the CPU the fastest of float32, bfloat16 and float16 is
-        timed on this bank (module docstring), once for a lone query and once for a batch.
-        Rounded copies change no answer (``decode``)."""
+        """Search on ``device``. On CUDA or MPS a float16 copy lives there (53k x 384 is 40 MB):
+        the product runs on the device and only [B, N] scores come back. On the CPU the fastest
+        of float32, bfloat16 and float16 is timed on this bank (module docstring), once for a
+        lone query and once for a batch. Rounded copies change no answer (``decode``)."""
         if device != "cpu":
-            self._lone = self._batched = torch.from_numpy(self.vectors).to(device)
+            if device.startswith("cuda"):
+                # The rescoring bound assumes float32 accumulation, and cuBLAS may otherwise reduce
+                # float16 GEMMs in float16 (split-K). Process-wide: the encoder's float16 matmuls
+                # then accumulate in float32 too. MPS gives no such switch; the bound is assumed.
+                torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction = False
+            self._lone = self._batched = torch.from_numpy(self.vectors).to(device=device, dtype=torch.float16)
             return self
         copies = {dtype: torch.from_numpy(self.vectors).to(dtype) for dtype in SEARCH_DTYPES}
         self._lone = copies[self._fastest(copies, 1)]
