@@ -30,7 +30,7 @@ from redis import Redis
 
 from bench.processes import start_worker, stop, wait_ready
 from bench.redis_server import RedisServer
-from producer.schema import JOB_FUNCTION
+from producer.schema import JOB_FUNCTION, QUEUE_PREFIX
 
 QUEUE = "lvm-lstm"
 TERMINAL = (b"finished", b"failed")
@@ -465,7 +465,7 @@ def hostile_corpus(env: dict[str, str], logs: Path, hostile: int = 1000, valid_e
                     pipe.sadd(f"rq:job:{job_id}", "x")
                 elif "__kind__" not in fields:
                     pipe.hset(f"rq:job:{job_id}", mapping=fields)
-                pipe.rpush(f"rq:queue:{QUEUE}", entry)
+                pipe.rpush(QUEUE_PREFIX + QUEUE, entry)
                 hostile_ids.append((job_id, name, expected))
                 n += 1
                 if n % 200 == 0:
@@ -476,7 +476,7 @@ def hostile_corpus(env: dict[str, str], logs: Path, hostile: int = 1000, valid_e
             valid += submit(redis, srv.url, valid_requests[i : i + 20])
         wait_terminal(redis, valid + [h for h, _, e in hostile_ids if e == "failed"], timeout=300)
         deadline = time.monotonic() + 60
-        while redis.llen(f"rq:queue:{QUEUE}") and time.monotonic() < deadline:
+        while redis.llen(QUEUE_PREFIX + QUEUE) and time.monotonic() < deadline:
             time.sleep(0.05)
         t = tally(redis, f"{len(hostile_ids)} hostile hashes + {len(valid)} valid chats", valid, started)
         wrong: list[str] = []

@@ -27,7 +27,7 @@ from config.connections import connect as open_redis
 from config.connections import unavailable
 from config.urls import safe_url
 from producer.errors import ChatFailed, ChatTimeout, JobNotFound, NotReplicated, RedisUnavailable
-from producer.schema import JOB_FUNCTION, ChatError, ChatRequest, ChatResult
+from producer.schema import JOB_FUNCTION, QUEUE_PREFIX, ChatError, ChatRequest, ChatResult
 
 RequestLike = ChatRequest | dict[str, Any]
 SUBMIT_SCRIPT = Path(__file__).with_name("submit.lua")
@@ -95,7 +95,7 @@ def prepare_submit(
     else:
         digest = hashlib.sha256(idempotency_key.encode("utf-8")).hexdigest()
         idem_key, idem_ttl = f"{IDEMPOTENCY_PREFIX}{queue}:{digest}", s.queue_ttl + max(s.result_ttl, s.failure_ttl)
-    keys = [job.key, f"rq:queue:{queue}", "rq:queues", idem_key]
+    keys = [job.key, QUEUE_PREFIX + queue, "rq:queues", idem_key]
     return keys, [job.id, s.queue_ttl, idem_ttl, *fields]
 
 

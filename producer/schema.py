@@ -19,6 +19,7 @@ MAX_RESPONSE_SENTENCES = 8
 MAX_DECODE_STEPS = 200
 MAX_FORWARD = 0.5  # the forward curve `lvmq eval` reports spans g = 0 ... 0.5
 JOB_PREFIX = "rq:job:"  # RQ's job hash
+QUEUE_PREFIX = "rq:queue:"  # RQ's queue list (its ids, oldest first)
 RESULTS_PREFIX = "rq:results:"  # RQ's result stream
 HEARTBEAT_PREFIX = "lvm:heartbeat:"
 STATS_PREFIX = "lvm:stats:"  # per-minute job counters: lvm:stats:<queue>:<unix minute>:<finished|failed>

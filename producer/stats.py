@@ -12,13 +12,13 @@ from typing import Any
 from redis import Redis
 
 from producer.health import read_workers
-from producer.schema import STATS_PREFIX
+from producer.schema import QUEUE_PREFIX, STATS_PREFIX
 
 WINDOWS_MIN = (1, 5, 15)
 
 
 def _queue_names(redis: Redis, prefix: str) -> list[str]:
-    names = {m.decode("utf-8", "replace").removeprefix("rq:queue:") for m in redis.smembers("rq:queues")}
+    names = {m.decode("utf-8", "replace").removeprefix(QUEUE_PREFIX) for m in redis.smembers("rq:queues")}
     return sorted(n for n in names if n.startswith(prefix))
 
 
@@ -42,7 +42,7 @@ def collect(redis: Redis, prefix: str = "lvm-") -> dict[str, Any]:
         queues.append(
             {
                 "queue": name,
-                "queued": redis.llen(f"rq:queue:{name}"),
+                "queued": redis.llen(QUEUE_PREFIX + name),
                 "started": redis.zcard(f"rq:wip:{name}"),
                 "finished_kept": redis.zcount(f"rq:finished:{name}", time.time(), "+inf"),
                 "failed_kept": redis.zcount(f"rq:failed:{name}", time.time(), "+inf"),

@@ -50,7 +50,7 @@ from typing import Any
 
 from redis import Redis
 
-from producer.schema import EVENTS_MAXLEN, EVENTS_STREAM, JOB_PREFIX, RESULTS_PREFIX, STATS_PREFIX
+from producer.schema import EVENTS_MAXLEN, EVENTS_STREAM, JOB_PREFIX, QUEUE_PREFIX, RESULTS_PREFIX, STATS_PREFIX
 
 ALIVE_KEY = "lvm:alive"
 STATS_TTL_S = 3600
@@ -387,7 +387,7 @@ class Lifecycle:
     @staticmethod
     def keys(queue: str) -> dict[str, str]:
         return {
-            "queue": f"rq:queue:{queue}",
+            "queue": QUEUE_PREFIX + queue,
             "lease": f"lvm:leases:{queue}",
             "wip": f"rq:wip:{queue}",
             "finished": f"rq:finished:{queue}",

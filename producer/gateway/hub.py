@@ -26,7 +26,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from config.logs import get_logger
-from producer.schema import EVENTS_STREAM
+from producer.schema import EVENTS_STREAM, QUEUE_PREFIX
 
 BLOCK_MS = 5000
 POSITION_PERIOD_S = 1.0
@@ -145,7 +145,7 @@ class EventHub:
             try:
                 async with self.redis.pipeline(transaction=False) as pipe:
                     for sub in queued:
-                        pipe.lpos(f"rq:queue:{sub.queue_name}", sub.job_id)
+                        pipe.lpos(QUEUE_PREFIX + sub.queue_name, sub.job_id)
                     positions = await pipe.execute()
             except (RedisConnectionError, RedisTimeoutError, OSError):
                 continue  # the reader logs and resyncs; positions come back with Redis

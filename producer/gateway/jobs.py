@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import ValidationError
 from redis.asyncio import Redis
 
-from producer.schema import JOB_PREFIX, RESULTS_PREFIX, ChatError, ChatResult
+from producer.schema import JOB_PREFIX, QUEUE_PREFIX, RESULTS_PREFIX, ChatError, ChatResult
 
 TERMINAL = frozenset({"finished", "failed", "stopped", "canceled"})
 JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
@@ -68,7 +68,7 @@ async def read_job(redis: Redis, job_id: str, owner: str) -> dict[str, Any] | No
     view: dict[str, Any] = {"job_id": job_id, "status": _text(status), "queue": _text(origin)}
     entry = entries[0][1] if entries else None
     if view["status"] == "queued" and origin:
-        position = await redis.lpos(f"rq:queue:{_text(origin)}", job_id)
+        position = await redis.lpos(QUEUE_PREFIX + _text(origin), job_id)
         view["position_in_queue"] = None if position is None else int(position) + 1
     elif view["status"] == "finished":
         view["result"] = _result(entry) if entry else None
