@@ -29,11 +29,7 @@ import torch
 from lvm.decoders import Decoded
 from lvm.text import normalize
 
-# Unit roundoff of each search precision. A score computed from rounded operands is off by at
-# most (3u + D * 2^-24) * |q| * |v|: 2u from rounding the two operands (|sum q_i v_i| error
-# <= 2u * sum|q_i v_i| <= 2u |q||v|, Cauchy-Schwarz), u from rounding the product's output,
-# and the float32 accumulation. A row can therefore only be the true best if its rounded score
-# is within twice that of the rounded best; those rows are rescored exactly.
+# Unit roundoff of each search precision (rounding_bound).
 UNIT_ROUNDOFF = {torch.float32: 2.0**-24, torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11}
 SEARCH_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 # The first look at each row's best scores; a wider window (rare: a near-tie among more rows
@@ -41,6 +37,15 @@ SEARCH_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 CANDIDATES = 8
 # The batch size at which to("cpu") times the batched kernels: a chat batch.
 CALIBRATION_BATCH = 8
+
+
+def rounding_bound(dtype: torch.dtype, dim: int) -> float:
+    """How far a score from rounded operands can be from the exact one, per unit of |q| * |v|:
+    2u from rounding the two operands (|sum q_i v_i| error <= 2u * sum|q_i v_i| <= 2u |q||v|,
+    Cauchy-Schwarz), u from rounding the product's output, and D * 2^-24 for the float32
+    accumulation. A row can therefore only be the true best if its rounded score is within
+    twice that of the rounded best; those rows are rescored exactly."""
+    return 3 * UNIT_ROUNDOFF[dtype] + dim * 2.0**-24
 
 
 class BankError(Exception):
@@ -142,15 +147,16 @@ class SentenceBank:
         for row in range(len(scores)):
             for text in exclude[row] if exclude is not None else ():
                 scores[row, self._rows_of.get(text, [])] = -np.inf
-        rounding = UNIT_ROUNDOFF[matrix.dtype]
-        slack = 2 * (3 * rounding + self.dim * 2.0**-24) * self._max_norm * np.linalg.norm(queries, axis=1)
-        k = min(CANDIDATES, len(self.sentences)) if matrix.dtype != torch.float32 else 1
+        rounded = matrix.dtype != torch.float32
+        k = min(CANDIDATES, len(self.sentences)) if rounded else 1
         top_scores, top_rows = (t.numpy() for t in torch.topk(torch.from_numpy(scores), k, dim=1))
+        if rounded:  # twice the bound: the rounded best and a rival may each be off by it
+            slack = 2 * rounding_bound(matrix.dtype, self.dim) * self._max_norm * np.linalg.norm(queries, axis=1)
         results: list[Decoded] = []
         for row in range(len(scores)):
             if top_scores[row, 0] == -np.inf:
                 raise BankError("every bank sentence is excluded by the request's context")
-            if k == 1:
+            if not rounded:
                 hit, score = int(top_rows[row, 0]), float(top_scores[row, 0])
             else:
                 rows = self._candidates(scores[row], top_scores[row], top_rows[row], slack[row])

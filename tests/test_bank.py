@@ -133,7 +133,8 @@ def test_a_near_tie_among_more_rows_than_the_first_look_still_finds_the_exact_be
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 def test_rounded_scores_stay_within_the_bound_the_rescoring_relies_on(dtype):
     """The rescoring window assumes torch's half-precision product on this machine errs by at
-    most (3u + D * 2^-24) * |q| * |v| (float32 accumulation). Checked on scores of every size."""
+    most rounding_bound = 3u + D * 2^-24 per unit of |q| * |v| (float32 accumulation), as
+    derived there. Checked on scores of every size, lone and batched."""
     import torch
 
     import lvm.bank
@@ -145,7 +146,7 @@ def test_rounded_scores_stay_within_the_bound_the_rescoring_relies_on(dtype):
         bank = SentenceBank([f"{i}" for i in range(len(vectors))], vectors)
         matrix = torch.from_numpy(vectors).to(getattr(torch, dtype))
         exact = queries.astype(np.float64) @ vectors.T.astype(np.float64)
-        bound = 3 * lvm.bank.UNIT_ROUNDOFF[matrix.dtype] + dim * 2.0**-24
+        bound = lvm.bank.rounding_bound(matrix.dtype, dim)  # unit vectors: |q| * |v| = 1
         for batch in (queries[:1], queries):
             err = np.abs(bank._scores(batch, matrix) - exact[: len(batch)])
             assert err.max() <= bound, (dim, len(batch), err.max(), bound)
