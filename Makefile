@@ -59,9 +59,13 @@ chaos: setup-dev redis-server
 	LVM_CHAOS_FULL=1 LVM_CHAOS_REPORT=.chaos.jsonl $(BIN)/pytest -q -m chaos
 	@$(BIN)/python -m bench.chaos report .chaos.jsonl
 
+# ruff, the import-graph contracts in pyproject.toml (layers, no cycles, no torch in the light
+# parts), and the generated configuration page.
 lint: setup-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
+	$(BIN)/python -m lvmq.docs --check
 
 bench: model redis-server
 	$(BIN)/lvmq bench model --checkpoint artifacts/lstm.pt

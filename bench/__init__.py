@@ -1,1 +1,1 @@
-"""Benchmarks (`lvmq bench ...`) and the helpers they share with the tests and the demo."""
+"""Benchmarks: `lvmq bench ...` and the fault-injection scenarios (chaos.py)."""

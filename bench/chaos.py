@@ -28,9 +28,11 @@ from typing import Any
 
 from redis import Redis
 
-from bench.processes import start_worker, stop, wait_ready
-from bench.redis_server import RedisServer
-from producer.schema import JOB_FUNCTION, QUEUE_PREFIX
+from harness.processes import start_worker, stop, wait_ready
+from harness.redis_server import RedisServer
+from wire import keys
+from wire.keys import QUEUE_PREFIX
+from wire.schema import JOB_FUNCTION
 
 QUEUE = "lvm-lstm"
 TERMINAL = (b"finished", b"failed")
@@ -100,7 +102,7 @@ def wait_terminal(redis: Redis, ids: list[str], timeout: float) -> float:
     while pending and time.monotonic() - started < timeout:
         with redis.pipeline(transaction=False) as pipe:
             for job_id in pending:
-                pipe.hget(f"rq:job:{job_id}", "status")
+                pipe.hget(keys.job(job_id), "status")
             statuses = pipe.execute()
         pending = [j for j, s in zip(pending, statuses, strict=True) if s not in TERMINAL]
         if pending:
@@ -112,9 +114,9 @@ def tally(redis: Redis, scenario: str, ids: list[str], started: float, job_exits
     t = Tally(scenario, submitted=len(ids), job_exits=job_exits, notes=notes)
     last = started
     for job_id in ids:
-        h = redis.hgetall(f"rq:job:{job_id}")
+        h = redis.hgetall(keys.job(job_id))
         status = h.get(b"status")
-        if redis.xlen(f"rq:results:{job_id}") > 1:
+        if redis.xlen(keys.results(job_id)) > 1:
             t.twice += 1
         if h.get(b"lvm_reruns"):
             t.rerun += 1
@@ -276,7 +278,7 @@ def redis_pause(env: dict[str, str], logs: Path, jobs: int = 64, pause_s: float 
         started = time.time()
         ids = submit(redis, srv.url, [chat_request(i, sentences=5) for i in range(jobs)])
         deadline = time.monotonic() + 30
-        while redis.zcard(f"rq:wip:{QUEUE}") < 2 and time.monotonic() < deadline:
+        while redis.zcard(keys.started(QUEUE)) < 2 and time.monotonic() < deadline:
             time.sleep(0.005)
         srv.pause()
         time.sleep(pause_s)
@@ -306,8 +308,8 @@ def worker_pause(env: dict[str, str], logs: Path, jobs: int = 48, pause_s: float
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             owners = {
-                redis.hget(f"rq:job:{m.decode().split(':')[0]}", "worker_name")
-                for m in redis.zrange(f"rq:wip:{QUEUE}", 0, -1)
+                redis.hget(keys.job(m.decode().split(":")[0]), "worker_name")
+                for m in redis.zrange(keys.started(QUEUE), 0, -1)
             }
             if slow_name.encode() in owners:
                 break
@@ -340,7 +342,7 @@ def repeated_sigterm(env: dict[str, str], logs: Path, jobs: int = 32, signals: i
         started = time.time()
         ids = submit(redis, srv.url, [chat_request(i, sentences=5) for i in range(jobs)])
         deadline = time.monotonic() + 30
-        while redis.zcard(f"rq:wip:{QUEUE}") == 0 and time.monotonic() < deadline:
+        while redis.zcard(keys.started(QUEUE)) == 0 and time.monotonic() < deadline:
             time.sleep(0.002)
         sent = time.monotonic()
         for _ in range(signals):
@@ -458,13 +460,13 @@ def hostile_corpus(env: dict[str, str], logs: Path, hostile: int = 1000, valid_e
                 if "__entry__" in fields:
                     entry = fields["__entry__"]
                 elif fields.get("__kind__") == "string":
-                    pipe.set(f"rq:job:{job_id}", "x")
+                    pipe.set(keys.job(job_id), "x")
                 elif fields.get("__kind__") == "list":
-                    pipe.rpush(f"rq:job:{job_id}", "x")
+                    pipe.rpush(keys.job(job_id), "x")
                 elif fields.get("__kind__") == "set":
-                    pipe.sadd(f"rq:job:{job_id}", "x")
+                    pipe.sadd(keys.job(job_id), "x")
                 elif "__kind__" not in fields:
-                    pipe.hset(f"rq:job:{job_id}", mapping=fields)
+                    pipe.hset(keys.job(job_id), mapping=fields)
                 pipe.rpush(QUEUE_PREFIX + QUEUE, entry)
                 hostile_ids.append((job_id, name, expected))
                 n += 1
@@ -481,7 +483,7 @@ def hostile_corpus(env: dict[str, str], logs: Path, hostile: int = 1000, valid_e
         t = tally(redis, f"{len(hostile_ids)} hostile hashes + {len(valid)} valid chats", valid, started)
         wrong: list[str] = []
         for job_id, name, expected in hostile_ids:
-            status = redis.hget(f"rq:job:{job_id}", "status") if redis.type(f"rq:job:{job_id}") == b"hash" else None
+            status = redis.hget(keys.job(job_id), "status") if redis.type(keys.job(job_id)) == b"hash" else None
             if expected == "dropped":
                 t.dropped += 1
                 if status in TERMINAL and name != "status finished (queued twice)":
@@ -489,9 +491,9 @@ def hostile_corpus(env: dict[str, str], logs: Path, hostile: int = 1000, valid_e
                 continue
             t.submitted += 1
             if status == b"failed":
-                reason = json.loads(redis.hget(f"rq:job:{job_id}", "meta") or b"{}").get("error", {}).get("error")
+                reason = json.loads(redis.hget(keys.job(job_id), "meta") or b"{}").get("error", {}).get("error")
                 t.failed[reason] = t.failed.get(reason, 0) + 1
-                if redis.xlen(f"rq:results:{job_id}") > 1:
+                if redis.xlen(keys.results(job_id)) > 1:
                     t.twice += 1
             else:
                 t.lost += 1
@@ -518,7 +520,7 @@ def _results_snapshot(redis: Redis, ids: list[str]) -> dict[str, bytes]:
     """id -> execution id of each job's latest result, read straight from a node."""
     with redis.pipeline(transaction=False) as pipe:
         for job_id in ids:
-            pipe.xrevrange(f"rq:results:{job_id}", count=1)
+            pipe.xrevrange(keys.results(job_id), count=1)
         entries = pipe.execute()
     return {j: e[0][1].get(b"execution_id", b"") for j, e in zip(ids, entries, strict=True) if e}
 
@@ -541,9 +543,9 @@ def sentinel_failover(
     replica before counting a submit as accepted (LVM_PRODUCER_WAIT_REPLICAS), and the master runs
     with min-replicas-to-write 1, so an accepted job survives the master; the price is that a
     master without a replica takes no writes, so the killed node is restarted (as a replica)."""
-    from bench.sentinel import SentinelSet
     from config import load_settings
     from config.connections import connect
+    from harness.sentinel import SentinelSet
     from producer.client import ChatClient
     from producer.errors import LVMQueueError
 

@@ -18,9 +18,9 @@ import uuid
 from pathlib import Path
 
 from bench.load import ClosedLoop, _proc_stat, user_messages
-from bench.processes import start_gateway, start_worker, stop, wait_http, wait_ready
-from bench.redis_server import RedisServer, free_port
 from bench.stats import percentile
+from harness.processes import start_gateway, start_worker, stop, wait_http, wait_ready
+from harness.redis_server import RedisServer, free_port
 
 
 class _Run(ClosedLoop):

@@ -17,9 +17,9 @@ import time
 import uuid
 from pathlib import Path
 
-from bench.processes import describe, serving, start_worker, stop, wait_ready
-from bench.redis_server import RedisServer
 from bench.stats import percentile, summary
+from harness.processes import describe, serving, start_worker, stop, wait_ready
+from harness.redis_server import RedisServer
 
 
 def _proc_stat(pid: int) -> tuple[float, int]:

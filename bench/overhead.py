@@ -16,8 +16,9 @@ import time
 from pathlib import Path
 
 from bench.load import _proc_stat
-from bench.processes import start_worker, stop, wait_ready
-from bench.redis_server import RedisServer
+from harness.processes import start_worker, stop, wait_ready
+from harness.redis_server import RedisServer
+from wire import keys
 
 QUEUE = "lvm-lstm"
 
@@ -65,7 +66,7 @@ def run(batches: tuple[int, ...] = (1, 8, 32, 128), n: int = 5000) -> dict:
             proc, name = start_worker(QUEUE, {**env, "LVM_MAX_BATCH": str(batch)}, log_path=logs / f"b{batch}.log")
             try:
                 wait_ready(redis, name, proc)
-                out["lvm_worker"][str(batch)] = _drain(redis, proc, f"rq:finished:{QUEUE}", n)
+                out["lvm_worker"][str(batch)] = _drain(redis, proc, keys.finished(QUEUE), n)
             finally:
                 stop(proc)
 
@@ -78,7 +79,7 @@ def run(batches: tuple[int, ...] = (1, 8, 32, 128), n: int = 5000) -> dict:
                 pipe.execute()
         proc, _ = start_worker("bench-noop", env, worker_class="rq.SimpleWorker", log_path=logs / "rq.log")
         try:
-            out["rq_simpleworker_noop"] = _drain(redis, proc, "rq:finished:bench-noop", n)
+            out["rq_simpleworker_noop"] = _drain(redis, proc, keys.finished("bench-noop"), n)
         finally:
             stop(proc)
         rq_rate = out["rq_simpleworker_noop"]["jobs_per_s"]

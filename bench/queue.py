@@ -12,9 +12,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.processes import describe, serving, start_worker, stop, wait_ready
-from bench.redis_server import RedisServer
 from bench.stats import summary
+from harness.processes import describe, serving, start_worker, stop, wait_ready
+from harness.redis_server import RedisServer
+from wire import keys
 
 
 def run(settings, model: str = "lstm", n: int = 100, redis_url: str | None = None) -> dict:
@@ -70,7 +71,7 @@ def run(settings, model: str = "lstm", n: int = 100, redis_url: str | None = Non
         from rq.job import Job
 
         deadline = time.monotonic() + 60
-        while not redis.exists(f"rq:worker:{noop_name}") and time.monotonic() < deadline:
+        while not redis.exists(keys.rq_worker(noop_name)) and time.monotonic() < deadline:
             time.sleep(0.05)
         noop_rt = []
         for i in range(n + 5):

@@ -7,11 +7,12 @@ trying the network.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import numpy as np
+
+from lvm.offline import offline
 
 MINILM = "minilm"
 DTYPES = ("auto", "float32", "float16", "bfloat16")
@@ -51,12 +52,6 @@ class Encoder(Protocol):
     def encode(self, texts: list[str]) -> np.ndarray: ...
 
 
-def _offline() -> None:
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    os.environ["TRANSFORMERS_OFFLINE"] = "1"
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-
 class SentenceTransformerEncoder:
     """Any sentence-transformers model in a local directory, output L2-normalised."""
 
@@ -76,7 +71,7 @@ class SentenceTransformerEncoder:
                 f"no sentence-transformers model in {path} (expected modules.json or config.json there); "
                 "pass a local model directory, or use 'minilm' for the packaged all-MiniLM-L6-v2"
             )
-        _offline()
+        offline()
         import torch
         from sentence_transformers import SentenceTransformer
 

@@ -13,14 +13,14 @@ from pathlib import Path
 
 import numpy as np
 
+from lvm.offline import offline
+
 GTR_REPO = "sentence-transformers/gtr-t5-base"
 
 
 def find_gtr(path: str | Path | None = None) -> Path:
     """A local GTR-T5 directory: ``path`` if given, else the local Hugging Face cache."""
-    from lvm.encoders import _offline
-
-    _offline()
+    offline()
     if path:
         folder = Path(path)
         if not (folder / "config.json").is_file():

@@ -22,9 +22,7 @@ from lvm.decoders import Decoder
 from lvm.encoders import Encoder
 from lvm.memory import VectorMemory
 from lvm.text import normalize, split_sentences
-
-MAX_RESPONSE_SENTENCES = 8
-MAX_FORWARD = 0.5
+from wire.schema import MAX_FORWARD, MAX_RESPONSE_SENTENCES  # the request limits, checked again in-process
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lvm.models import ModelConfig, fit_context
+from lvm.architecture import ModelConfig, fit_context
 
 
 class StackedLSTM(nn.Module):

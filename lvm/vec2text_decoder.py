@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from lvm.decoders import Decoded
-from lvm.encoders import Encoder, _offline
+from lvm.encoders import Encoder
+from lvm.offline import offline
 
 INVERSION_REPO = "jxm/gtr__nq__32"
 CORRECTOR_REPO = "jxm/gtr__nq__32__correct"
@@ -37,7 +38,7 @@ def _quiet() -> None:
 
 def load_inverter(inversion_path: str | Path | None = None, corrector_path: str | Path | None = None) -> Inverter:
     """The real vec2text gtr-base corrector, as an Inverter."""
-    _offline()
+    offline()
     try:
         import vec2text
     except ImportError as exc:

@@ -2,7 +2,7 @@
 
 from producer.client import ChatClient
 from producer.errors import ChatFailed, ChatTimeout, JobNotFound, LVMQueueError
-from producer.schema import ChatError, ChatRequest, ChatResult, LatencyBreakdown
+from wire.schema import ChatError, ChatRequest, ChatResult, LatencyBreakdown
 
 __all__ = [
     "ChatClient",

@@ -11,7 +11,6 @@ import functools
 import hashlib
 import time
 from collections.abc import Callable, Iterable, Sequence
-from pathlib import Path
 from typing import Any, TypeVar
 
 from redis import Redis
@@ -27,11 +26,11 @@ from config.connections import connect as open_redis
 from config.connections import unavailable
 from config.urls import safe_url
 from producer.errors import ChatFailed, ChatTimeout, JobNotFound, NotReplicated, RedisUnavailable
-from producer.schema import JOB_FUNCTION, QUEUE_PREFIX, ChatError, ChatRequest, ChatResult
+from wire import keys, lua
+from wire.results import error_from
+from wire.schema import JOB_FUNCTION, ChatError, ChatRequest, ChatResult
 
 RequestLike = ChatRequest | dict[str, Any]
-SUBMIT_SCRIPT = Path(__file__).with_name("submit.lua")
-IDEMPOTENCY_PREFIX = "lvm:idem:"
 WAIT_MARGIN_S = 5.0
 T = TypeVar("T")
 
@@ -94,9 +93,8 @@ def prepare_submit(
         idem_key, idem_ttl = job.key, 0
     else:
         digest = hashlib.sha256(idempotency_key.encode("utf-8")).hexdigest()
-        idem_key, idem_ttl = f"{IDEMPOTENCY_PREFIX}{queue}:{digest}", s.queue_ttl + max(s.result_ttl, s.failure_ttl)
-    keys = [job.key, QUEUE_PREFIX + queue, "rq:queues", idem_key]
-    return keys, [job.id, s.queue_ttl, idem_ttl, *fields]
+        idem_key, idem_ttl = keys.idempotency(queue, digest), s.queue_ttl + max(s.result_ttl, s.failure_ttl)
+    return [job.key, keys.queue(queue), keys.QUEUES, idem_key], [job.id, s.queue_ttl, idem_ttl, *fields]
 
 
 class ChatClient:
@@ -106,7 +104,7 @@ class ChatClient:
         self.redis = connect(self.url)
         self._blocking: Redis | None = None
         self._blocking_timeout = 0.0
-        self._submit = self.redis.register_script(SUBMIT_SCRIPT.read_text())
+        self._submit = self.redis.register_script(lua.source("submit"))
 
     # -- submitting ------------------------------------------------------------------------
     def queue(self, model: str) -> Queue:
@@ -218,7 +216,4 @@ class ChatClient:
     def _error(self, job: Job, exc_string: str | None = None) -> ChatError:
         job = self._job(job.id)
         meta = job.get_meta(refresh=False) if hasattr(job, "get_meta") else job.meta
-        if isinstance(meta, dict) and isinstance(meta.get("error"), dict):
-            return ChatError.model_validate({**meta["error"], "job_id": job.id})
-        last = (exc_string or job.exc_info or "unknown failure").strip().splitlines()[-1]
-        return ChatError(error="internal", message=last, job_id=job.id)
+        return error_from(meta, exc_string or job.exc_info).model_copy(update={"job_id": job.id})

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from producer.schema import ChatError
+from wire.schema import ChatError
 
 
 class LVMQueueError(Exception):

@@ -15,7 +15,8 @@ from typing import Any
 
 from redis import Redis
 
-from producer.schema import HEARTBEAT_PREFIX
+from wire.keys import HEARTBEAT_PREFIX
+from wire.schema import Heartbeat
 
 SERVING = ("ready", "busy")
 
@@ -60,11 +61,13 @@ def read_workers(redis: Redis) -> list[dict[str, Any]]:
     for key, raw in zip(keys, values, strict=True):
         if raw is None:
             continue  # expired between SCAN and MGET
+        name = key.decode("utf-8", "replace").removeprefix(HEARTBEAT_PREFIX)
         try:
-            info = json.loads(raw)
-        except ValueError:
-            info = {"status": "error", "error": "unreadable heartbeat"}
-        info.setdefault("worker", key.decode().removeprefix(HEARTBEAT_PREFIX))
+            parsed = json.loads(raw)
+            beat = Heartbeat.model_validate({"worker": name, **parsed} if isinstance(parsed, dict) else parsed)
+        except (ValueError, RecursionError):  # pydantic's ValidationError is a ValueError
+            beat = Heartbeat(worker=name, status="error", error="unreadable heartbeat")
+        info = beat.model_dump(exclude_none=True)
         info["age_s"] = _age_s(info, now)
         workers.append(info)
     return workers

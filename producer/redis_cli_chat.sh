@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Send one chat to lvm-queue with plain redis-cli, and print the result JSON.
 # The wire protocol (README, "Wire protocol for other languages"): RQ 3.x job hash + JSON payload,
-# request schema_version 1, enqueued atomically by producer/submit.lua. No Python or RQ needed.
+# request schema_version 1, enqueued atomically by wire/scripts/submit.lua. No Python or RQ needed.
 #
 #   LVM_REDIS_URL=redis://127.0.0.1:6379/0 REDISCLI_AUTH=secret producer/redis_cli_chat.sh "What is diabetes?" [model]
 #
@@ -42,7 +42,7 @@ if [ -n "${LVM_IDEMPOTENCY_KEY:-}" ]; then                      # the same diges
   IDEM_TTL=86700                                                # queue_ttl + failure_ttl
 fi
 # One atomic step: job hash, queue TTL, queue registration, push; the first id on a repeat.
-ID="$(cli --raw EVAL "$(cat "$HERE/submit.lua")" 4 "rq:job:${ID}" "rq:queue:${QUEUE}" rq:queues "$IDEM_KEY" \
+ID="$(cli --raw EVAL "$(cat "$HERE/../wire/scripts/submit.lua")" 4 "rq:job:${ID}" "rq:queue:${QUEUE}" rq:queues "$IDEM_KEY" \
     "$ID" 300 "$IDEM_TTL" data "$DATA" status queued origin "$QUEUE" description "chat via redis-cli" \
     created_at "$NOW" enqueued_at "$NOW" timeout 60 result_ttl 3600 failure_ttl 86400 ttl 300)"
 

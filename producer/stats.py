@@ -12,13 +12,14 @@ from typing import Any
 from redis import Redis
 
 from producer.health import read_workers
-from producer.schema import QUEUE_PREFIX, STATS_PREFIX
+from wire import keys
+from wire.keys import QUEUE_PREFIX
 
 WINDOWS_MIN = (1, 5, 15)
 
 
 def _queue_names(redis: Redis, prefix: str) -> list[str]:
-    names = {m.decode("utf-8", "replace").removeprefix(QUEUE_PREFIX) for m in redis.smembers("rq:queues")}
+    names = {m.decode("utf-8", "replace").removeprefix(QUEUE_PREFIX) for m in redis.smembers(keys.QUEUES)}
     return sorted(n for n in names if n.startswith(prefix))
 
 
@@ -26,26 +27,26 @@ def collect(redis: Redis, prefix: str = "lvm-") -> dict[str, Any]:
     now_min = int(time.time() // 60)
     queues = []
     for name in _queue_names(redis, prefix):
-        keys = [
-            f"{STATS_PREFIX}{name}:{m}:{o}"
+        wanted = [
+            keys.stats(name, m, o)
             for m in range(now_min - max(WINDOWS_MIN) + 1, now_min + 1)
             for o in ("finished", "failed")
         ]
-        counts = dict(zip(keys, (int(v or 0) for v in redis.mget(keys)), strict=True))
+        counts = dict(zip(wanted, (int(v or 0) for v in redis.mget(wanted)), strict=True))
         throughput = {}
         for window in WINDOWS_MIN:
-            done = sum(counts[f"{STATS_PREFIX}{name}:{m}:finished"] for m in range(now_min - window + 1, now_min + 1))
-            failed = sum(counts[f"{STATS_PREFIX}{name}:{m}:failed"] for m in range(now_min - window + 1, now_min + 1))
+            done = sum(counts[keys.stats(name, m, "finished")] for m in range(now_min - window + 1, now_min + 1))
+            failed = sum(counts[keys.stats(name, m, "failed")] for m in range(now_min - window + 1, now_min + 1))
             # the current minute is partial: divide by the seconds actually covered
             seconds = (window - 1) * 60 + (time.time() % 60)
             throughput[f"{window}m"] = {"finished": done, "failed": failed, "per_s": round(done / seconds, 2)}
         queues.append(
             {
                 "queue": name,
-                "queued": redis.llen(QUEUE_PREFIX + name),
-                "started": redis.zcard(f"rq:wip:{name}"),
-                "finished_kept": redis.zcount(f"rq:finished:{name}", time.time(), "+inf"),
-                "failed_kept": redis.zcount(f"rq:failed:{name}", time.time(), "+inf"),
+                "queued": redis.llen(keys.queue(name)),
+                "started": redis.zcard(keys.started(name)),
+                "finished_kept": redis.zcount(keys.finished(name), time.time(), "+inf"),
+                "failed_kept": redis.zcount(keys.failed(name), time.time(), "+inf"),
                 "throughput": throughput,
             }
         )

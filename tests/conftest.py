@@ -44,7 +44,7 @@ BANK_SENTENCES = [
 def redis_server():
     if shutil.which("redis-server") is None:
         pytest.skip("redis-server not installed (.ci/run installs it with apt-get)")
-    from bench.redis_server import RedisServer
+    from harness.redis_server import RedisServer
 
     server = RedisServer()
     yield server

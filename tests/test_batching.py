@@ -17,12 +17,12 @@ from redis import Redis
 from rq import Queue
 from rq.serializers import JSONSerializer
 
-from bench.processes import start_worker, stop, wait_ready
 from config import load_settings
+from harness.processes import start_worker, stop, wait_ready
 from helpers import worker_env
 from producer.client import ChatClient
 from producer.errors import ChatFailed
-from producer.schema import JOB_FUNCTION
+from wire.schema import JOB_FUNCTION
 from worker.conversation_cache import RedisVectorMemory
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def _burst(env, name):
     """`lvmq worker --burst`: started after the jobs are queued, so its first batch takes them all."""
     out = subprocess.run(
-        [sys.executable, "-m", "producer.cli", "worker", "--model", "lstm", "--burst", "--name", name],
+        [sys.executable, "-m", "lvmq.cli", "worker", "--model", "lstm", "--burst", "--name", name],
         env={**os.environ, **env},
         capture_output=True,
         text=True,
@@ -205,7 +205,7 @@ def test_jobs_of_a_worker_killed_mid_batch_are_rerun_or_failed(redis_url, servin
 def test_metrics_endpoint_and_stats(redis_url, serving_artifacts, tmp_path):
     import urllib.request
 
-    from bench.redis_server import free_port
+    from harness.redis_server import free_port
 
     port = free_port()
     env = worker_env(redis_url, serving_artifacts, LVM_METRICS_PORT=str(port))
@@ -244,7 +244,7 @@ def test_metrics_endpoint_and_stats(redis_url, serving_artifacts, tmp_path):
         assert 0 <= value("lvm_heartbeat_age_seconds") < 5
 
         out = subprocess.run(
-            [sys.executable, "-m", "producer.cli", "stats", "--json"],
+            [sys.executable, "-m", "lvmq.cli", "stats", "--json"],
             env={**os.environ, **env},
             capture_output=True,
             text=True,

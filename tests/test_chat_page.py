@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-from bench.processes import start_gateway, start_worker, stop, wait_http, wait_ready
-from bench.redis_server import free_port
+from harness.processes import start_gateway, start_worker, stop, wait_http, wait_ready
+from harness.redis_server import free_port
 from helpers import worker_env
 from producer.client import connect
 

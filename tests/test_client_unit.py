@@ -11,7 +11,8 @@ from config import load_settings
 from producer.client import ChatClient
 from producer.errors import ChatFailed, JobNotFound
 from producer.health import check, format_report
-from producer.schema import HEARTBEAT_PREFIX, JOB_FUNCTION
+from wire.keys import HEARTBEAT_PREFIX
+from wire.schema import JOB_FUNCTION
 
 
 @pytest.fixture

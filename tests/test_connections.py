@@ -86,7 +86,7 @@ def test_failover_replies_count_as_unavailable_not_as_failures():
 def test_health_and_stats_accept_a_sentinel_url():
     """lvmq health with a Sentinel URL and no sentinel running: a clear error, exit 1, no traceback."""
     out = subprocess.run(
-        [sys.executable, "-m", "producer.cli", "health", "--redis-url", "redis+sentinel://127.0.0.1:1/mymaster/0"],
+        [sys.executable, "-m", "lvmq.cli", "health", "--redis-url", "redis+sentinel://127.0.0.1:1/mymaster/0"],
         capture_output=True,
         text=True,
         timeout=60,

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from config import Settings
-from producer.cli import build_parser
+from lvmq.cli import build_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = yaml.safe_load((ROOT / "docker" / "compose.yml").read_text())

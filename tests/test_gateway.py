@@ -14,11 +14,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bench.processes import start_gateway, start_worker, stop, wait_http, wait_ready
-from bench.redis_server import RedisServer, free_port
+from gateway.auth import HASH_PREFIX, KeyRing, hash_key
+from harness.processes import start_gateway, start_worker, stop, wait_http, wait_ready
+from harness.redis_server import RedisServer, free_port
 from producer.client import ChatClient, connect
-from producer.gateway.keys import HASH_PREFIX, KeyRing, hash_key
-from producer.schema import EVENTS_STREAM
+from wire.keys import EVENTS
 
 pytestmark = pytest.mark.integration
 
@@ -263,7 +263,7 @@ def test_health_readiness_metrics_and_docs(api, stack):
     assert page.status_code == 200 and 'aria-live="polite"' in page.text
     assert api.get("/static/chat.js").status_code == 200
     # the compose healthcheck: lvmq gateway --probe
-    from producer.cli import main
+    from lvmq.cli import main
 
     assert main(["gateway", "--probe", "--port", stack["base"].rsplit(":", 1)[1]]) == 0
     assert main(["gateway", "--probe", "--port", str(free_port())]) == 1
@@ -274,7 +274,7 @@ def test_events_stream_records_every_transition(stack, api):
     redis = stack["redis"]
     job = api.post("/v1/chat", json={"messages": ["Log me."]}, headers=auth(KEY_A)).json()
     api.get(job["status_url"], params={"wait": 10}, headers=auth(KEY_A))
-    seen = [f[b"status"].decode() for _, f in redis.xrange(EVENTS_STREAM) if f[b"job"].decode() == job["job_id"]]
+    seen = [f[b"status"].decode() for _, f in redis.xrange(EVENTS) if f[b"job"].decode() == job["job_id"]]
     assert seen == ["started", "finished"]
 
 
@@ -317,7 +317,7 @@ def test_hash_key_from_stdin_matches_the_keyring():
     import sys
 
     out = subprocess.run(
-        [sys.executable, "-m", "producer.cli", "gateway", "--hash-key", "-"],
+        [sys.executable, "-m", "lvmq.cli", "gateway", "--hash-key", "-"],
         input="hidden\n",
         capture_output=True,
         text=True,

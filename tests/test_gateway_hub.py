@@ -7,8 +7,8 @@ import asyncio
 import pytest
 from redis.exceptions import ResponseError
 
-from producer.gateway.hub import STATUS, WAKE, EventHub
-from producer.schema import EVENTS_STREAM
+from gateway.hub import STATUS, WAKE, EventHub
+from wire.keys import EVENTS
 
 
 class StreamOnce:
@@ -17,7 +17,7 @@ class StreamOnce:
     def __init__(self, first_error: Exception):
         self.replies: list = [
             first_error,
-            [(EVENTS_STREAM.encode(), [(b"1-0", {b"job": b"j1", b"status": b"finished"})])],
+            [(EVENTS.encode(), [(b"1-0", {b"job": b"j1", b"status": b"finished"})])],
         ]
 
     async def xrevrange(self, stream, count):

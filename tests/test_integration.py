@@ -16,11 +16,12 @@ import pytest
 from rq import Queue
 from rq.serializers import JSONSerializer
 
-from bench.processes import start_worker, stop, wait_ready
+from harness.processes import start_worker, stop, wait_ready
 from helpers import worker_env
 from producer.client import ChatClient
 from producer.errors import ChatFailed
-from producer.schema import HEARTBEAT_PREFIX, JOB_FUNCTION
+from wire.keys import HEARTBEAT_PREFIX
+from wire.schema import JOB_FUNCTION
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[1]
@@ -176,7 +177,7 @@ def test_heartbeat_payload_while_running(lstm_worker):
     assert set(info["bank_search"]) == {"one", "batch"}
     assert set(info["bank_search"].values()) <= {"float32", "bfloat16", "float16"}
     # what the benchmarks report as where the worker ran comes from these fields
-    from bench.processes import SERVING_FIELDS
+    from harness.processes import SERVING_FIELDS
 
     assert all(info[key] is not None for key in SERVING_FIELDS), info
     assert info["device"] == "cpu" and info["prefetch"] is False  # claim-ahead is for CUDA/MPS by default
@@ -185,7 +186,7 @@ def test_heartbeat_payload_while_running(lstm_worker):
 
 def _lvmq(*args, env):
     return subprocess.run(
-        [sys.executable, "-m", "producer.cli", *args],
+        [sys.executable, "-m", "lvmq.cli", *args],
         env={**os.environ, **env},
         capture_output=True,
         text=True,

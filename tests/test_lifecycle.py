@@ -13,9 +13,10 @@ from redis import Redis
 from config import load_settings
 from producer.client import ChatClient
 from producer.errors import ChatFailed
-from producer.schema import JOB_FUNCTION, ChatError
+from wire.keys import ALIVE as ALIVE_KEY
+from wire.schema import JOB_FUNCTION, ChatError
 from worker.jobdata import JobRejected, parse
-from worker.lifecycle import ALIVE_KEY, Claimed, Lifecycle, Outcome
+from worker.lifecycle import Claimed, Lifecycle, Outcome
 
 Q = "lvm-lstm"
 
@@ -82,7 +83,7 @@ def test_finish_is_fenced_by_the_token(redis, client):
 
 
 def test_failure_carries_the_structured_error(redis, client):
-    from worker.worker import failure
+    from worker.loop import failure
 
     job_id = client.submit({"messages": ["Hello."]})
     life = _life(redis)
@@ -181,7 +182,7 @@ def test_stats_and_health_never_unpickle(redis, client, redis_url, tmp_path):
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "LVM_REDIS_URL": redis_url, "PYTHONPATH": str(root)}
     for cmd in (["stats", "--json"], ["health", "--json"]):
-        subprocess.run([sys.executable, "-m", "producer.cli", *cmd], env=env, cwd=root, capture_output=True, timeout=60)
+        subprocess.run([sys.executable, "-m", "lvmq.cli", *cmd], env=env, cwd=root, capture_output=True, timeout=60)
     assert not canary.exists()
     assert redis.zcard(f"rq:wip:{Q}") == 1  # read-only: no cleanup ran
 

@@ -12,13 +12,14 @@ from redis import Redis
 from rq import Queue
 from rq.serializers import JSONSerializer
 
-from bench.processes import start_worker, stop, wait_ready
-from bench.redis_server import RedisServer
 from config import load_settings
+from harness.processes import start_worker, stop, wait_ready
+from harness.redis_server import RedisServer
 from helpers import worker_env
 from producer.client import ChatClient
 from producer.errors import ChatFailed, RedisUnavailable
-from producer.schema import HEARTBEAT_PREFIX, JOB_FUNCTION
+from wire.keys import HEARTBEAT_PREFIX
+from wire.schema import JOB_FUNCTION
 
 pytestmark = pytest.mark.integration
 WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho sigma tau".split()
@@ -149,7 +150,7 @@ def test_worker_survives_a_redis_restart(serving_artifacts, tmp_path):
 
 
 def test_producer_retries_are_configurable(tmp_path, monkeypatch):
-    from bench.redis_server import free_port
+    from harness.redis_server import free_port
 
     monkeypatch.setenv("LVM_PRODUCER_RETRIES", "2")
     client = ChatClient(f"redis://:s3cret@127.0.0.1:{free_port()}/0", load_settings())

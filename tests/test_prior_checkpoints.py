@@ -130,9 +130,9 @@ def test_a_worker_serves_prior_checkpoints_with_a_768d_gtr_style_encoder(redis_u
 
     from transformers import T5Config, T5EncoderModel
 
-    from bench.processes import start_worker, stop, wait_ready
     from config import load_settings
     from conftest import BANK_SENTENCES
+    from harness.processes import start_worker, stop, wait_ready
     from helpers import worker_env
     from lvm.bank import SentenceBank
     from lvm.encoders import load_encoder, minilm_path

@@ -6,7 +6,7 @@ import pytest
 from pydantic import ValidationError
 
 from config import SettingsError, load_settings
-from producer.schema import MAX_MESSAGE_CHARS, ChatRequest, validation_fields
+from wire.schema import MAX_MESSAGE_CHARS, ChatRequest, validation_fields
 
 
 def test_request_defaults_and_json():
@@ -54,9 +54,9 @@ def test_invalid_requests_name_the_field(payload, field):
 
 def test_producer_and_schema_import_without_torch():
     code = (
-        "import sys, producer, producer.schema, producer.client, producer.health, config;"
-        "import producer.gateway.app, producer.gateway.cli;"
-        "producer.gateway.app.create_app();"  # the gateway, too: the [gateway] extra brings no torch
+        "import sys, producer, wire.schema, producer.client, producer.health, config;"
+        "import gateway.app, gateway.cli;"
+        "gateway.app.create_app();"  # the gateway, too: the [gateway] extra brings no torch
         "assert 'torch' not in sys.modules, 'torch imported';"
         "assert 'numpy' not in sys.modules, 'numpy imported'"
     )

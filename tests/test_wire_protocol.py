@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from redis import Redis
 
-from bench.processes import start_worker, stop, wait_ready
+from harness.processes import start_worker, stop, wait_ready
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[1]
@@ -129,7 +129,7 @@ def test_the_shipped_redis_cli_example(worker_url):
 def test_redis_cli_example_keeps_the_password_off_the_command_line(tmp_path):
     """A password-protected Redis: the script moves the URL's password into REDISCLI_AUTH,
     and a repeated run with the same idempotency key answers with the first job."""
-    from bench.redis_server import RedisServer
+    from harness.redis_server import RedisServer
 
     server = RedisServer()
     try:

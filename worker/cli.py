@@ -38,7 +38,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
-    from producer.client import connect
+    from config.connections import connect
     from worker.worker import LVMWorker
 
     connection = connect(settings.redis_url, socket_timeout=None)

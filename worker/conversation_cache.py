@@ -17,9 +17,9 @@ from redis import Redis
 from redis.exceptions import RedisError
 
 from config.logs import get_logger
+from wire.keys import CONVERSATION_PREFIX
 
 log = get_logger("lvmq.cache")
-PREFIX = "lvm:conv:"
 
 
 def _field(sentence: str) -> bytes:
@@ -29,7 +29,7 @@ def _field(sentence: str) -> bytes:
 class RedisVectorMemory:
     def __init__(self, redis: Redis, encoder_name: str, dim: int, ttl: int):
         slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in encoder_name)
-        self.namespace = f"{PREFIX}{slug}:{dim}:"
+        self.namespace = f"{CONVERSATION_PREFIX}{slug}:{dim}:"
         self.redis = redis
         self.dim = dim
         self.ttl = ttl

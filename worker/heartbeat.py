@@ -7,24 +7,25 @@ it never touches the job loop.
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, get_args
 
 from redis import Redis
 from redis.exceptions import RedisError
 
 from config.logs import get_logger
-from producer.schema import HEARTBEAT_PREFIX
+from wire.keys import HEARTBEAT_PREFIX
+from wire.schema import Heartbeat as HeartbeatMessage
+from wire.schema import WorkerStatus
 
 log = get_logger("lvmq.heartbeat")
 
-STATUSES = ("starting", "ready", "busy", "draining", "error")
+STATUSES = get_args(WorkerStatus)
 
 
 def _iso(ts: float) -> str:
@@ -71,7 +72,8 @@ class Heartbeat:
 
     def beat(self) -> None:
         try:
-            self.connection.set(self.key, json.dumps(self.payload()), px=self.ttl_ms)
+            message = HeartbeatMessage.model_validate(self.payload())  # the wire contract, checked as written
+            self.connection.set(self.key, message.model_dump_json(exclude_none=True), px=self.ttl_ms)
             self.last_written = time.time()
         except RedisError:
             pass  # Redis away: the key expires and health says so; the next beat retries

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from producer.schema import JOB_FUNCTION, ChatError
+from wire.schema import JOB_FUNCTION, MAX_META_BYTES, ChatError
 from worker.lifecycle import ACTED_ON_FIELDS, OVERSIZE_MARK, Claimed
 
 # What RQ's enqueue (and the documented raw protocol, and a re-queued job) writes on a chat job.
@@ -27,7 +27,6 @@ KNOWN_FIELDS = frozenset(
     }
 )  # fmt: skip
 MAX_TTL_S = 30 * 86400
-MAX_META_BYTES = 64 * 1024
 INTEGER = re.compile(rb"^-?[0-9]{1,12}$")
 
 

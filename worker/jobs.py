@@ -12,7 +12,7 @@ from typing import Any
 
 from rq import get_current_job
 
-from producer.schema import ChatError
+from wire.schema import ChatError
 
 WRONG_WORKER = "worker.jobs.chat runs only inside worker.LVMWorker (rq worker -w worker.LVMWorker ...)"
 

@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from config import Settings
-from producer.schema import ChatError, ChatRequest, ChatResult, LatencyBreakdown, request_error
+from wire.schema import ChatError, ChatRequest, ChatResult, LatencyBreakdown, request_error
 
 
 class RequestRejected(Exception):

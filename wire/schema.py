@@ -1,13 +1,16 @@
-"""The wire contract between producers and workers: pydantic models, no torch.
+"""The wire contract's messages: what a producer sends, what a worker answers, what a worker
+announces. pydantic only: no torch, no Redis, no FastAPI.
 
 A job's single argument is ``ChatRequest.model_dump(mode="json")``; its return value is
-``ChatResult.model_dump(mode="json")``. Both travel through RQ's JSON serializer, never pickle.
-Unknown fields are rejected rather than ignored: every field a caller sends does something.
+``ChatResult.model_dump(mode="json")``. Both travel through RQ's JSON serializer, never pickle
+(wire.results encodes and decodes them). Unknown request fields are rejected rather than ignored:
+every field a caller sends does something. The job lifecycle that moves these between states is
+worker/lifecycle.py; the keys they live under are wire/keys.py.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -18,16 +21,25 @@ MAX_MESSAGE_CHARS = 4000  # about 700 words; longer input is refused, never sile
 MAX_RESPONSE_SENTENCES = 8
 MAX_DECODE_STEPS = 200
 MAX_FORWARD = 0.5  # the forward curve `lvmq eval` reports spans g = 0 ... 0.5
-JOB_PREFIX = "rq:job:"  # RQ's job hash
-QUEUE_PREFIX = "rq:queue:"  # RQ's queue list (its ids, oldest first)
-RESULTS_PREFIX = "rq:results:"  # RQ's result stream
-HEARTBEAT_PREFIX = "lvm:heartbeat:"
-STATS_PREFIX = "lvm:stats:"  # per-minute job counters: lvm:stats:<queue>:<unix minute>:<finished|failed>
-# Every change of a job's state after submit appends {job, status} here, in the same Lua step as
-# the change itself: one stream that a gateway process reads with one blocking XREAD and fans out
-# to its many waiting clients. Trimmed approximately to EVENTS_MAXLEN entries.
-EVENTS_STREAM = "lvm:events"
-EVENTS_MAXLEN = 10000
+MAX_CONVERSATION_ID = 128
+MAX_META_BYTES = 64 * 1024  # a job's meta (JSON) beyond this is refused by workers, unread by gateways
+
+# RQ's job statuses, as the job hash's ``status`` field holds them.
+JobStatus = Literal["queued", "started", "finished", "failed", "stopped", "canceled", "deferred", "scheduled"]
+TERMINAL: frozenset[str] = frozenset({"finished", "failed", "stopped", "canceled"})
+
+# Why a job failed (ChatError.error), each emitted by exactly one place:
+# invalid_request, wrong_model: the worker's request check (worker/runtime.py);
+# bad_payload: a job hash the worker refuses to read (worker/jobdata.py);
+# timeout: the batch ran past the job's timeout (worker/loop.py);
+# abandoned: its worker died mid-batch more than LVM_MAX_RERUNS times (recover.lua);
+# internal: a bug, or a job function run outside LVMWorker (worker/jobs.py);
+# expired: the job hash expired before its outcome was read (the gateway's event stream).
+ErrorCode = Literal["invalid_request", "wrong_model", "bad_payload", "timeout", "abandoned", "internal", "expired"]
+ERROR_CODES: tuple[str, ...] = get_args(ErrorCode)
+
+# A worker's status in its heartbeat (worker/heartbeat.py).
+WorkerStatus = Literal["starting", "ready", "busy", "draining", "error"]
 
 
 def _encodable(text: str, what: str) -> str:
@@ -50,7 +62,9 @@ class ChatRequest(BaseModel):
         description=f"The conversation so far, oldest first: 1-{MAX_MESSAGES} non-empty strings of at most "
         f"{MAX_MESSAGE_CHARS} characters. The model reads the last 5 sentences.",
     )
-    conversation_id: str | None = Field(None, max_length=128, description="Opaque id echoed in the result.")
+    conversation_id: str | None = Field(
+        None, max_length=MAX_CONVERSATION_ID, description="Opaque id echoed in the result."
+    )
     model: str = Field(
         "lstm", pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$", description="Which model answers; queue lvm-<model>."
     )
@@ -126,7 +140,7 @@ class ChatResult(BaseModel):
 class ChatError(BaseModel):
     """What a failed job says, stored in the job's meta under ``error``."""
 
-    error: str = Field(description="invalid_request | wrong_model | bad_payload | abandoned | internal")
+    error: ErrorCode = Field(description=" | ".join(ERROR_CODES))
     message: str
     fields: list[dict[str, str]] = Field(default_factory=list, description="[{field, reason}] for invalid_request")
     job_id: str | None = None
@@ -147,3 +161,44 @@ def validation_fields(exc: ValidationError) -> list[dict[str, str]]:
         reason = err["msg"].removeprefix("Value error, ")
         out.append({"field": field, "reason": reason})
     return out
+
+
+class CurrentJob(BaseModel):
+    id: str
+    jobs: int = Field(description="Jobs in the batch being computed.")
+    running_s: float
+
+
+class Heartbeat(BaseModel):
+    """What ``lvm:heartbeat:<worker>`` holds (JSON), refreshed every ``period_s`` with a TTL of
+    three periods. Written by worker/heartbeat.py, read by `lvmq health`, stats and the gateway.
+    Extra fields are kept: a newer worker may announce more than this reader knows."""
+
+    model_config = ConfigDict(extra="allow")
+
+    worker: str
+    status: WorkerStatus
+    host: str | None = None
+    pid: int | None = None
+    started_at: str | None = None
+    last_seen: str | None = None
+    period_s: float = 5.0
+    error: str | None = None
+    incarnation: str | None = None
+    model: str | None = None
+    model_version: str | None = None
+    checkpoint: str | None = None
+    device: str | None = None
+    encoder_dtype: str | None = None
+    bank_search: dict[str, str] | None = None
+    forward: float | None = None
+    queues: list[str] = Field(default_factory=list)
+    jobs_done: int = 0
+    jobs_failed: int = 0
+    current_job: CurrentJob | None = None
+    busy_deadline_at: float | None = Field(None, description="Unix time the batch in hand must end by.")
+    latency_p50_ms: float | None = None
+    max_batch: int | None = None
+    prefetch: bool | None = None
+    last_batch_size: int | None = None
+    mean_batch_size: float | None = None

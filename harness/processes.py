@@ -13,7 +13,7 @@ from pathlib import Path
 
 from redis import Redis
 
-from producer.schema import HEARTBEAT_PREFIX
+from wire.keys import HEARTBEAT_PREFIX
 
 
 def rq_worker_command(queue: str, name: str, worker_class: str = "worker.LVMWorker") -> list[str]:

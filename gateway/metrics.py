@@ -7,7 +7,7 @@ import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from producer.gateway.hub import EventHub
+from gateway.hub import EventHub
 
 
 class Metrics:

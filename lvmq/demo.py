@@ -74,7 +74,7 @@ def _port(preferred: int) -> int:
     """The configured gateway port when it is free, else any free one."""
     import socket
 
-    from bench.redis_server import free_port
+    from harness.redis_server import free_port
 
     with socket.socket() as s:
         try:
@@ -86,7 +86,7 @@ def _port(preferred: int) -> int:
 
 def serve(url: str, model: str, settings, folder: Path) -> None:
     """Run the gateway in front of the demo's worker until Ctrl-C; the URL is the last line printed."""
-    from bench.processes import start_gateway, stop, wait_http
+    from harness.processes import start_gateway, stop, wait_http
 
     port = _port(settings.gateway_port)
     log = folder / "gateway.log"
@@ -105,9 +105,9 @@ def serve(url: str, model: str, settings, folder: Path) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from bench.processes import start_worker, stop, wait_ready
-    from bench.redis_server import RedisServer, reachable
     from config import load_settings
+    from harness.processes import start_worker, stop, wait_ready
+    from harness.redis_server import RedisServer, reachable
     from producer.client import ChatClient, connect
     from producer.health import check, format_report
 

@@ -50,7 +50,7 @@ def probe(port: int) -> int:
 
 
 def cmd_gateway(args: argparse.Namespace) -> int:
-    from producer.gateway.keys import HASH_PREFIX, hash_key
+    from gateway.auth import HASH_PREFIX, hash_key
 
     if args.hash_key is not None:
         key = sys.stdin.readline().rstrip("\n") if args.hash_key == "-" else args.hash_key
@@ -70,7 +70,7 @@ def cmd_gateway(args: argparse.Namespace) -> int:
         return 1
     from config import load_settings
     from config.logs import configure_logging
-    from producer.gateway.keys import KeyRing
+    from gateway.auth import KeyRing
 
     settings = load_settings()
     configure_logging(settings.log_level, settings.log_format)
@@ -80,7 +80,7 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     shown = f"[{host}]" if ":" in host else host
     print(f"lvmq gateway: chat page http://{shown}:{port}/ · API docs http://{shown}:{port}/docs", file=sys.stderr)
     uvicorn.run(
-        "producer.gateway.app:create_app",
+        "gateway.app:create_app",
         factory=True,
         host=host,
         port=port,

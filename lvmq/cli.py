@@ -69,9 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     stats.set_defaults(func=cmd_stats)
 
     from bench.cli import register as register_bench
+    from gateway.cli import register as register_gateway
     from lvm.cli import register as register_lvm
-    from producer.demo import register as register_demo
-    from producer.gateway.cli import register as register_gateway
+    from lvmq.demo import register as register_demo
     from worker.cli import register as register_worker
 
     register_worker(sub)

@@ -26,7 +26,7 @@ from redis.exceptions import RedisError
 
 from config.connections import unavailable
 from config.logs import get_logger
-from producer.schema import EVENTS_STREAM, QUEUE_PREFIX
+from wire.keys import EVENTS, QUEUE_PREFIX
 
 BLOCK_MS = 5000
 POSITION_PERIOD_S = 1.0
@@ -115,7 +115,7 @@ class EventHub:
                 sub.put(WAKE)
 
     async def _latest_id(self) -> str:
-        last = await self.blocking.xrevrange(EVENTS_STREAM, count=1)
+        last = await self.blocking.xrevrange(EVENTS, count=1)
         return last[0][0].decode() if last else "0-0"
 
     async def _read(self) -> None:
@@ -125,7 +125,7 @@ class EventHub:
             try:
                 if last is None:
                     last = await self._latest_id()
-                reply = await self.blocking.xread({EVENTS_STREAM: last}, count=1000, block=BLOCK_MS)
+                reply = await self.blocking.xread({EVENTS: last}, count=1000, block=BLOCK_MS)
                 delay = 0.1
             except (RedisError, OSError) as exc:
                 if not _passing(exc):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from redis import Redis
 
-from bench.redis_server import RedisServer, free_port
+from harness.redis_server import RedisServer, free_port
 
 MASTER_NAME = "mymaster"
 

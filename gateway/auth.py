@@ -1,10 +1,11 @@
-"""Who is calling: API keys kept only as hashes, local-only mode, and a per-key rate limit.
+"""Who is calling: API keys kept only as hashes, local-only mode, and the ``caller`` dependency.
 
 A key's owner id is its SHA-256, hex: the gateway stores it on every job it submits
 (``lvm_owner``) and shows a job only to the same owner. Keys in LVM_GATEWAY_API_KEYS may be
 given already hashed (``sha256:<hex>``, from ``lvmq gateway --hash-key``), so the plain key need
 not sit in any config file. With no keys configured the gateway serves only clients from
-LVM_GATEWAY_LOCAL_NETWORKS, all as the one owner ``local``.
+LVM_GATEWAY_LOCAL_NETWORKS, all as the one owner ``local``. The per-key rate limit is a Lua
+token bucket run in the same step as the submit (wire/scripts/rate_limit.lua).
 """
 
 from __future__ import annotations
@@ -14,56 +15,13 @@ import hmac
 import ipaddress
 from dataclasses import dataclass
 
+from fastapi import Request
+
 from config.settings import comma_list
+from gateway.errors import ApiError
 
 HASH_PREFIX = "sha256:"
 LOCAL_OWNER = "local"
-RATE_PREFIX = "lvm:gateway:rate:"
-
-# Token bucket: refill by elapsed time (Redis's clock, so every gateway process shares one
-# clock), take a token or say how long until one is there.
-TOKEN_BUCKET = """
-local function take_token(key, rate, burst)
-  local t = redis.call('TIME')
-  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  local state = redis.call('HMGET', key, 'tokens', 'ts')
-  local tokens, ts = tonumber(state[1]), tonumber(state[2])
-  if not tokens or not ts then tokens, ts = burst, now end
-  tokens = math.min(burst, tokens + math.max(0, now - ts) * rate / 1000)
-  local allowed, wait_ms = 0, 0
-  if tokens >= 1 then
-    tokens, allowed = tokens - 1, 1
-  else
-    wait_ms = math.ceil((1 - tokens) * 1000 / rate)
-  end
-  redis.call('HSET', key, 'tokens', tostring(tokens), 'ts', now)
-  redis.call('PEXPIRE', key, math.ceil(burst * 1000 / rate) + 1000)
-  return allowed, wait_ms
-end
-"""
-
-
-def rate_limited(script: str) -> str:
-    """``script`` behind the caller's token bucket, as one script: one round trip, and a refused
-    call changes nothing but the bucket.
-
-    KEYS: the script's own, then the bucket.  ARGV: rate (tokens/s), burst, then the script's own.
-    Returns ``{1, <the script's reply>}``, or ``{0, <ms until a token>}`` when refused.
-    """
-    return (
-        TOKEN_BUCKET
-        + """
-local allowed, wait_ms = take_token(KEYS[#KEYS], tonumber(ARGV[1]), tonumber(ARGV[2]))
-if allowed == 0 then return {0, wait_ms} end
-local own_keys, own_args = {unpack(KEYS, 1, #KEYS - 1)}, {unpack(ARGV, 3)}
-local function run(KEYS, ARGV)
-"""
-        + script
-        + """
-end
-return {1, run(own_keys, own_args)}
-"""
-    )
 
 
 def hash_key(key: str) -> str:
@@ -122,3 +80,18 @@ def presented_key(authorization: str | None, x_api_key: str | None) -> str | Non
         if scheme.lower() == "bearer" and value.strip():
             return value.strip()
     return x_api_key or None
+
+
+def caller(request: Request) -> Caller:
+    """The FastAPI dependency every route but the probes and the page takes: who is calling, or
+    401 (unknown or missing key) / 403 (local-only mode, a client from elsewhere)."""
+    keys: KeyRing = request.app.state.keys
+    who = keys.identify(
+        presented_key(request.headers.get("authorization"), request.headers.get("x-api-key")),
+        request.client.host if request.client else None,
+    )
+    if isinstance(who, Caller):
+        return who
+    if keys.open:
+        raise ApiError(403, "forbidden", who)
+    raise ApiError(401, "unauthorized", who, headers={"WWW-Authenticate": "Bearer"})

@@ -1,0 +1,93 @@
+"""The HTTP gateway: submit, poll, wait and stream chat jobs for browsers and other HTTP clients.
+
+``create_app`` is the whole wiring; each route lives with its concern:
+- gateway/chat.py: ``POST /v1/chat`` -> 202 ``{job_id, status_url, events_url}`` (422 with the
+  worker's own field errors, 429 with Retry-After past the key's rate) and
+  ``GET /v1/chat/{id}[?wait=N]`` -> ``{status, position_in_queue?, result?, error?}``;
+- gateway/events.py: ``GET /v1/chat/{id}/events``, server-sent events;
+- gateway/service.py: ``/v1/models``, ``/healthz``, ``/readyz``, ``/metrics`` and the chat page;
+- gateway/auth.py (who calls), errors.py (every non-success answer), views.py (a job as shown),
+  hub.py (one event reader per process), metrics.py.
+
+Shared state lives on ``app.state``: settings, key ring, models, and from start-up on the Redis
+connections, the event hub, the submit script and the metrics. Nothing here imports torch: the
+gateway is the light producer plus FastAPI and uvicorn.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
+from starlette.middleware.cors import CORSMiddleware
+
+from config import Settings, load_settings
+from config.connections import connect as open_redis
+from config.logs import get_logger
+from config.settings import comma_list
+from gateway import chat, errors, events, service
+from gateway.auth import KeyRing
+from gateway.hub import BLOCK_MS, EventHub
+from gateway.metrics import Metrics, MetricsMiddleware
+from wire import lua
+
+log = get_logger("lvmq.gateway")
+
+
+@contextlib.asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    state = app.state
+    settings: Settings = state.settings
+    state.redis = open_redis(settings.redis_url, asyncio=True)
+    blocking = open_redis(settings.redis_url, socket_timeout=BLOCK_MS / 1000 + 5, asyncio=True)
+    state.hub = EventHub(blocking, state.redis)
+    state.sync = open_redis(settings.redis_url)
+    state.submit = state.redis.register_script(lua.rate_limited("submit"))
+    state.metrics = Metrics(state.hub)
+    if state.keys.open:
+        log.warning(
+            "gateway_no_api_keys",
+            message="LVM_GATEWAY_API_KEYS is unset: serving ONLY clients from LVM_GATEWAY_LOCAL_NETWORKS "
+            f"({settings.gateway_local_networks}), all as one user. Set keys before exposing this port.",
+        )
+    await state.hub.start()
+    log.info("gateway_started", models=state.models, keys=len(state.keys.hashes))
+    try:
+        yield
+    finally:
+        await state.hub.stop()
+        await state.redis.aclose()
+        await blocking.aclose()
+        state.sync.close()
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or load_settings()
+    app = FastAPI(
+        title="lvm-queue gateway",
+        version="1",
+        description="Chat with Latent Vector Models over HTTP: submit, poll, wait or stream server-sent events. "
+        "Send `Authorization: Bearer <key>` when the gateway has API keys.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.keys = KeyRing(settings.gateway_api_keys, settings.gateway_local_networks)
+    app.state.models = settings.gateway_model_names()
+    app.state.queues = [settings.queue_name(m) for m in app.state.models]
+    app.state.metrics = None  # set at start-up; the middleware counts nothing before
+    app.add_middleware(MetricsMiddleware, metrics_getter=lambda: app.state.metrics)
+    origins = comma_list(settings.gateway_cors_origins)
+    if origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "X-API-Key", "Content-Type", "Idempotency-Key"],
+        )
+    errors.install(app)
+    for module in (chat, events, service):
+        app.include_router(module.router)
+    app.mount("/static", StaticFiles(directory=service.STATIC), name="static")
+    return app

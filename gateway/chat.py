@@ -1,0 +1,137 @@
+"""Submit a chat and read its outcome: ``POST /v1/chat`` and ``GET /v1/chat/{id}[?wait=N]``."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ValidationError
+
+from gateway.auth import Caller, caller
+from gateway.errors import ERRORS, ApiError
+from gateway.hub import POSITION, RESYNC_S
+from gateway.views import JobView, read_job
+from producer.client import prepare_submit
+from wire import keys
+from wire.schema import TERMINAL, ChatRequest, request_error
+
+router = APIRouter()
+Who = Annotated[Caller, Depends(caller)]
+
+
+class Submitted(BaseModel):
+    job_id: str
+    status_url: str
+    events_url: str
+
+
+async def view_or_404(request: Request, job_id: str, who: Caller) -> dict[str, Any]:
+    view = await read_job(request.app.state.redis, job_id, who.owner)
+    if view is None:
+        raise ApiError(404, "not_found", f"no job {job_id[:128]} for this key (never submitted, or expired)")
+    return view
+
+
+async def body_of(request: Request) -> bytes:
+    """The request body, refused with 413 past LVM_GATEWAY_MAX_BODY_BYTES whatever Content-Length says."""
+    cap = request.app.state.settings.gateway_max_body_bytes
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > cap):
+        raise ApiError(413, "too_large", f"request body over {cap} bytes (LVM_GATEWAY_MAX_BODY_BYTES)")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > cap:
+            raise ApiError(413, "too_large", f"request body over {cap} bytes (LVM_GATEWAY_MAX_BODY_BYTES)")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse_chat(raw: bytes, models: list[str]) -> ChatRequest:
+    """The body as a ChatRequest for a model served here, or the 422 a worker would give."""
+    try:
+        payload = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError(422, "bad_payload", f"request is not valid JSON: {exc}") from None
+    if not isinstance(payload, dict):
+        raise ApiError(422, "bad_payload", f"request must be a JSON object, got {type(payload).__name__}")
+    try:
+        chat = ChatRequest.model_validate(payload)
+    except ValidationError as exc:
+        raise ApiError(422, **request_error(exc).model_dump(exclude={"job_id"})) from None
+    if chat.model not in models:
+        raise ApiError(
+            422,
+            "invalid_request",
+            f"model {chat.model!r} is not served here",
+            fields=[{"field": "model", "reason": f"not one of {', '.join(models)} (LVM_GATEWAY_MODELS)"}],
+        )
+    return chat
+
+
+@router.post(
+    "/v1/chat",
+    status_code=202,
+    response_model=Submitted,
+    responses={k: v for k, v in ERRORS.items() if k != 404},
+    openapi_extra={
+        "requestBody": {"required": True, "content": {"application/json": {"schema": ChatRequest.model_json_schema()}}}
+    },
+    summary="Submit a chat; answers at once with the URLs to poll or stream",
+)
+async def submit(request: Request, who: Who) -> JSONResponse:
+    state, settings = request.app.state, request.app.state.settings
+    chat = parse_chat(await body_of(request), state.models)
+    idem = request.headers.get("idempotency-key")
+    script_keys, args = prepare_submit(settings, state.sync, chat, f"{who.owner}:{idem}" if idem else None, who.owner)
+    # the rate limit and the submit are one script: one round trip, nothing enqueued when refused
+    allowed, reply = await state.submit(
+        keys=[*script_keys, keys.rate(who.owner)], args=[settings.gateway_rate_per_s, settings.gateway_burst, *args]
+    )
+    if not int(allowed):
+        state.metrics.rate_limited.inc()
+        retry = max(1, -(-int(reply) // 1000))
+        raise ApiError(
+            429,
+            "rate_limited",
+            f"over {settings.gateway_rate_per_s:g} requests/s (burst {settings.gateway_burst}); retry in {retry} s",
+            headers={"Retry-After": str(retry)},
+            retry_after_s=retry,
+        )
+    job_id = reply.decode() if isinstance(reply, bytes) else reply
+    state.metrics.submitted.labels(chat.model).inc()
+    body = {"job_id": job_id, "status_url": f"/v1/chat/{job_id}", "events_url": f"/v1/chat/{job_id}/events"}
+    return JSONResponse(body, status_code=202, headers={"Location": body["status_url"]})
+
+
+@router.get(
+    "/v1/chat/{job_id}",
+    response_model=JobView,
+    response_model_exclude_none=True,
+    responses={k: ERRORS[k] for k in (401, 403, 404, 503)},
+    summary="A job's status, position, result or error; ?wait=N blocks up to N s for the outcome",
+)
+async def status(request: Request, job_id: str, who: Who, wait: float = 0.0) -> JSONResponse:
+    max_wait = request.app.state.settings.gateway_max_wait_s
+    if not 0 <= wait <= max_wait:
+        raise ApiError(
+            422,
+            "invalid_request",
+            "wait out of range",
+            fields=[{"field": "wait", "reason": f"must be 0-{max_wait:g} seconds"}],
+        )
+    if not wait:
+        view = await view_or_404(request, job_id, who)
+    else:
+        deadline = time.monotonic() + wait
+        with request.app.state.hub.subscribe(job_id) as sub:
+            view = await view_or_404(request, job_id, who)  # subscribed first: no change is missed
+            while view["status"] not in TERMINAL and (left := deadline - time.monotonic()) > 0:
+                woken = await sub.next(min(left, RESYNC_S))
+                if woken is not None and (woken[0] == POSITION or woken[1] == "started"):
+                    continue  # not an outcome: no read
+                view = await view_or_404(request, job_id, who)
+    return JSONResponse({k: v for k, v in view.items() if v is not None})

@@ -1,0 +1,95 @@
+"""Every answer but success: ``ApiError`` and the handlers that turn exceptions into JSON.
+
+Bodies have the ChatError shape (``{error, message, fields?}``) so a client reads a 422 from the
+gateway and a failed job from a worker the same way. Redis being away (unreachable, or
+mid-failover) is a 503 with Retry-After, decided by the project's one availability test.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any, Literal
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from redis.exceptions import RedisError
+
+from config.connections import unavailable
+from config.logs import get_logger
+
+log = get_logger("lvmq.gateway")
+
+# The gateway's own codes; a job's failure codes are wire.schema.ErrorCode.
+ApiErrorCode = Literal[
+    "unauthorized", "forbidden", "not_found", "too_large", "invalid_request", "bad_payload", "rate_limited",
+    "unavailable", "internal",
+]  # fmt: skip
+
+
+class ApiErrorBody(BaseModel):
+    error: ApiErrorCode
+    message: str
+    fields: list[dict[str, str]] | None = None
+    retry_after_s: int | None = None
+
+
+class ApiError(Exception):
+    """An answer other than success: status, the ChatError-shaped body, extra headers."""
+
+    def __init__(
+        self, status: int, error: ApiErrorCode, message: str, headers: dict[str, str] | None = None, **extra: Any
+    ):
+        self.status, self.headers = status, headers or {}
+        self.body = {"error": error, "message": message, **extra}
+
+
+# For the OpenAPI page: what each status means on this API.
+ERRORS = {
+    code: {"model": ApiErrorBody, "description": what}
+    for code, what in {
+        401: "missing or unknown API key",
+        403: "no API keys configured and the client is not local",
+        404: "no such job, or not this key's",
+        413: "body over LVM_GATEWAY_MAX_BODY_BYTES",
+        422: "invalid request: the same {field, reason} list a worker gives",
+        429: "rate limited: see Retry-After",
+        503: "Redis unreachable",
+    }.items()
+}
+
+
+async def api_error(request: Request, exc: ApiError) -> JSONResponse:
+    return JSONResponse(exc.body, status_code=exc.status, headers=exc.headers)
+
+
+async def invalid_query(request: Request, exc: RequestValidationError) -> JSONResponse:
+    fields = [
+        {"field": ".".join(str(p) for p in e["loc"][1:]) or "(request)", "reason": e["msg"]} for e in exc.errors()
+    ]
+    body = {"error": "invalid_request", "message": f"{len(fields)} invalid field(s)", "fields": fields}
+    return JSONResponse(body, status_code=422)
+
+
+async def redis_error(request: Request, exc: RedisError) -> JSONResponse:
+    # the project's one test for "Redis is away" (unreachable, or mid-failover: NOREPLICAS, READONLY)
+    if not unavailable(exc):
+        return await internal(request, exc)
+    log.warning("gateway_redis_unreachable", error=str(exc))
+    body = {"error": "unavailable", "message": "Redis is unreachable; retry shortly"}
+    return JSONResponse(body, status_code=503, headers={"Retry-After": "1"})
+
+
+async def internal(request: Request, exc: Exception) -> JSONResponse:
+    reference = secrets.token_hex(6)
+    log.error("gateway_internal_error", reference=reference, path=request.url.path, exc_info=exc)
+    body = {"error": "internal", "message": f"internal error (reference {reference}); the gateway log has details"}
+    return JSONResponse(body, status_code=500)
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(ApiError, api_error)  # type: ignore[arg-type]
+    app.add_exception_handler(RequestValidationError, invalid_query)  # type: ignore[arg-type]
+    app.add_exception_handler(RedisError, redis_error)  # type: ignore[arg-type]
+    app.add_exception_handler(Exception, internal)

@@ -1,0 +1,5 @@
+import sys
+
+from lvmq.cli import main
+
+sys.exit(main())

@@ -1,0 +1,91 @@
+"""Every Redis key lvm-queue reads or writes, named once.
+
+RQ's own keys (``rq:*``) keep RQ's layout, so `rq info`, RQ's CLI and raw producers in any
+language see ordinary RQ jobs; lvm-queue's additions live under ``lvm:*``. The job-id rule is
+here too, in its Python and Lua spellings side by side: the claim script, the gateway and the
+client must agree on it.
+"""
+
+from __future__ import annotations
+
+import re
+
+# --- RQ's keys -----------------------------------------------------------------------------
+JOB_PREFIX = "rq:job:"  # a job's hash
+QUEUE_PREFIX = "rq:queue:"  # a queue's list of job ids, oldest first
+QUEUES = "rq:queues"  # the set of every queue's key (RQ's registry of queues)
+RESULTS_PREFIX = "rq:results:"  # a job's result stream
+WORKER_PREFIX = "rq:worker:"  # RQ's worker hash
+
+# --- lvm-queue's keys ----------------------------------------------------------------------
+HEARTBEAT_PREFIX = "lvm:heartbeat:"  # a worker's health: JSON wire.schema.Heartbeat, TTL 3 periods
+ALIVE = "lvm:alive"  # zset: worker incarnation -> last renew (Redis ms); recovery reads it
+STATS_PREFIX = "lvm:stats:"  # per-minute job counters: lvm:stats:<queue>:<unix minute>:<finished|failed>
+IDEMPOTENCY_PREFIX = "lvm:idem:"  # lvm:idem:<queue>:<sha256 of the key> -> the first job's id
+RATE_PREFIX = "lvm:gateway:rate:"  # the gateway's token bucket per API-key owner
+CONVERSATION_PREFIX = "lvm:conv:"  # lvm:conv:<model slug>:<dim>:...: cached sentence vectors (worker)
+# Every change of a job's state after submit appends {job, status} here, in the same Lua step as
+# the change itself: one stream that a gateway process reads with one blocking XREAD and fans out
+# to its many waiting clients. Trimmed approximately to EVENTS_MAXLEN entries.
+EVENTS = "lvm:events"
+EVENTS_MAXLEN = 10000
+
+# --- job ids ---------------------------------------------------------------------------------
+JOB_ID_MAX = 128
+JOB_ID = re.compile(rf"^[A-Za-z0-9_-]{{1,{JOB_ID_MAX}}}$")
+JOB_ID_LUA_CLASS = "%w_%-"  # the same characters as a Lua pattern class (Redis runs Lua in the C locale)
+
+
+def job(job_id: str) -> str:
+    return JOB_PREFIX + job_id
+
+
+def queue(name: str) -> str:
+    return QUEUE_PREFIX + name
+
+
+def results(job_id: str) -> str:
+    return RESULTS_PREFIX + job_id
+
+
+def heartbeat(worker: str) -> str:
+    return HEARTBEAT_PREFIX + worker
+
+
+def rq_worker(name: str) -> str:
+    return WORKER_PREFIX + name
+
+
+def leases(queue_name: str) -> str:
+    """zset of ``<job id>:<token>`` -> lease deadline (Redis ms): the worker lifecycle's own."""
+    return f"lvm:leases:{queue_name}"
+
+
+# RQ's started-registry score lies this far past the lease, so that RQ's own abandoned-job cleanup
+# never races the lifecycle's recover.
+WIP_GRACE_S = 86400
+
+
+def started(queue_name: str) -> str:
+    """RQ's started registry, so `rq info` counts running jobs (member ``<id>:<token>``)."""
+    return f"rq:wip:{queue_name}"
+
+
+def finished(queue_name: str) -> str:
+    return f"rq:finished:{queue_name}"
+
+
+def failed(queue_name: str) -> str:
+    return f"rq:failed:{queue_name}"
+
+
+def stats(queue_name: str, minute: int, outcome: str) -> str:
+    return f"{STATS_PREFIX}{queue_name}:{minute}:{outcome}"
+
+
+def idempotency(queue_name: str, digest: str) -> str:
+    return f"{IDEMPOTENCY_PREFIX}{queue_name}:{digest}"
+
+
+def rate(owner: str) -> str:
+    return RATE_PREFIX + owner

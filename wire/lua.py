@@ -1,0 +1,52 @@
+"""The lifecycle's Lua scripts, loaded one way.
+
+Each script is a ``.lua`` file in ``wire/scripts/`` with its KEYS and ARGV at the top. ``source``
+gives what Redis runs: the constants the Python side owns, declared as Lua locals, then
+``prelude.lua`` (Redis's clock, the job-id rule, the event stream), then the script.
+``rate_limited`` runs a script behind the caller's token bucket in the same step (the gateway's
+submit). ``submit.lua`` alone needs no prelude, so redis-cli and other languages can EVAL the file
+as it is (producer/redis_cli_chat.sh does).
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+from wire import keys
+
+SCRIPTS = Path(__file__).with_name("scripts")
+NAMES = ("submit", "claim", "renew", "finish", "release", "recover")
+
+# Python-owned values a script needs, as Lua locals (an ARGV slot each would shift every index).
+CONSTANTS: dict[str, int | str] = {
+    "EVENTS_MAXLEN": keys.EVENTS_MAXLEN,
+    "WIP_GRACE_S": keys.WIP_GRACE_S,
+    "JOB_ID_MAX": keys.JOB_ID_MAX,
+    "JOB_ID_CLASS": keys.JOB_ID_LUA_CLASS,
+}
+
+
+def path(name: str) -> Path:
+    return SCRIPTS / f"{name}.lua"
+
+
+def _declarations() -> str:
+    def literal(value: int | str) -> str:
+        return str(value) if isinstance(value, int) else "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+    return "".join(f"local {name} = {literal(value)}\n" for name, value in CONSTANTS.items())
+
+
+@functools.cache
+def source(name: str) -> str:
+    """The script ``name`` as Redis runs it."""
+    return _declarations() + path("prelude").read_text() + path(name).read_text()
+
+
+@functools.cache
+def rate_limited(name: str) -> str:
+    """``name`` behind the token bucket of ``rate_limit.lua``, in one script: KEYS gain the bucket
+    last, ARGV gain rate and burst first; the reply is ``{1, reply}`` or ``{0, ms until a token}``."""
+    guarded = "local function run(KEYS, ARGV)\n" + path(name).read_text() + "\nend\n"
+    return _declarations() + path("prelude").read_text() + guarded + path("rate_limit").read_text()

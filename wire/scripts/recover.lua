@@ -1,0 +1,66 @@
+-- recover: a job whose lease expired and whose owner went silent goes back to the queue
+-- (STARTED -> QUEUED, a rerun counted), or fails 'abandoned' once its reruns reach the maximum.
+-- The lease is re-read inside the script, so two workers recovering the same job cannot both act.
+--
+-- KEYS: 1 lease zset, 2 RQ started registry, 3 queue list, 4 failed registry, 5 alive zset,
+--       6 stats failed key, 7 event stream
+-- ARGV: 1 max reruns, 2 my incarnation, 3 my live tokens (',t1,t2,'), 4 lease ms, 5 failure ttl,
+--       6 job prefix, 7 results prefix, 8 now iso, 9 limit, 10 stats ttl, 11 history cap
+-- Returns per expired lease {id, 'cleared' | 'requeued' | 'failed', owner}.
+local now = now_ms()
+local out = {}
+local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[9]))
+for _, member in ipairs(expired) do
+  local id, token = string.match(member, '^(.*):([^:]*)$')
+  local key = ARGV[6] .. (id or '')
+  local drop = (not id) or redis.call('TYPE', key)['ok'] ~= 'hash'
+    or redis.call('HGET', key, 'lvm_token') ~= token or redis.call('HGET', key, 'status') ~= 'started'
+  if drop then
+    redis.call('ZREM', KEYS[1], member)
+    redis.call('ZREM', KEYS[2], member)
+    out[#out + 1] = {id or member, 'cleared'}
+  else
+    local incarnation = string.match(token, '^(.*)%-%d+$') or token
+    local mine = incarnation == ARGV[2]
+    local seen = tonumber(redis.call('ZSCORE', KEYS[5], incarnation) or '0')
+    local alive = seen > now - tonumber(ARGV[4])
+    if (mine and string.find(ARGV[3], ',' .. token .. ',', 1, true)) or ((not mine) and alive) then
+      -- running here now, or its owner still renews: not an orphan
+    else
+      local owner = redis.call('HGET', key, 'worker_name') or '?'
+      local reruns = tonumber(redis.call('HGET', key, 'lvm_reruns') or '0') or 0
+      local history = (redis.call('HGET', key, 'lvm_history') or '') .. owner .. '@' .. ARGV[8] .. ' '
+      history = string.sub(history, -tonumber(ARGV[11]))
+      redis.call('ZREM', KEYS[1], member)
+      redis.call('ZREM', KEYS[2], member)
+      if mine or reruns < tonumber(ARGV[1]) then
+        redis.call('HSET', key, 'status', 'queued', 'lvm_history', history)
+        if not mine then redis.call('HSET', key, 'lvm_reruns', reruns + 1) end
+        redis.call('HDEL', key, 'lvm_token')
+        redis.call('LPUSH', KEYS[3], id)
+        announce(KEYS[7], id, 'queued')
+        out[#out + 1] = {id, 'requeued', owner}
+      else
+        local message = 'worker ' .. owner .. ' stopped renewing its lease while running this job, after '
+          .. reruns .. ' earlier re-run(s) (history: ' .. history .. '); not retried again'
+        local ok, meta = pcall(cjson.decode, redis.call('HGET', key, 'meta') or '{}')
+        if not ok or type(meta) ~= 'table' then meta = {} end
+        meta['error'] = {error = 'abandoned', message = message}
+        local ttl = tonumber(ARGV[5])
+        redis.call('HSET', key, 'status', 'failed', 'ended_at', ARGV[8], 'meta', cjson.encode(meta),
+                   'lvm_history', history)
+        redis.call('HDEL', key, 'lvm_token')
+        redis.call('ZADD', KEYS[4], math.floor(now / 1000) + ttl, id)
+        redis.call('XADD', ARGV[7] .. id, 'MAXLEN', '~', 10, '*', 'type', 2, 'worker_name', owner)
+        redis.call('EXPIRE', key, ttl)
+        redis.call('EXPIRE', ARGV[7] .. id, ttl)
+        redis.call('INCRBY', KEYS[6], 1)
+        redis.call('EXPIRE', KEYS[6], tonumber(ARGV[10]))
+        announce(KEYS[7], id, 'failed')
+        out[#out + 1] = {id, 'failed', owner}
+      end
+    end
+  end
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now - 86400000)
+return out

@@ -1,0 +1,22 @@
+-- release: STARTED -> QUEUED at the front of the queue, in order, for jobs the caller's token
+-- still owns (a drain timeout or forced stop hands its batch back).
+--
+-- KEYS: 1 lease zset, 2 RQ started registry, 3 queue list, 4 event stream
+-- ARGV: 1 token, 2 job prefix, then ids
+-- Returns the ids handed back.
+local out = {}
+for i = #ARGV, 3, -1 do
+  local id = ARGV[i]
+  local key = ARGV[2] .. id
+  local member = id .. ':' .. ARGV[1]
+  if redis.call('HGET', key, 'lvm_token') == ARGV[1] and redis.call('HGET', key, 'status') == 'started' then
+    redis.call('HSET', key, 'status', 'queued')
+    redis.call('HDEL', key, 'lvm_token')
+    redis.call('ZREM', KEYS[1], member)
+    redis.call('ZREM', KEYS[2], member)
+    redis.call('LPUSH', KEYS[3], id)
+    announce(KEYS[4], id, 'queued')
+    out[#out + 1] = id
+  end
+end
+return out
