@@ -91,7 +91,9 @@ class Settings(BaseSettings):
     )
     encoder: str = Field(
         "minilm",
-        description="Sentence encoder: 'minilm' (packaged all-MiniLM-L6-v2) or a local model directory.",
+        description="Sentence encoder: 'minilm' (packaged all-MiniLM-L6-v2), a local sentence-transformers "
+        "directory, or 'gtr' / 'gtr:/path' (GTR-T5-base from the local Hugging Face cache or a directory: the "
+        "vectors vec2text and the prior system's checkpoints use).",
     )
     bank_path: Path = Field(Path("artifacts/bank.npz"), description="Sentence bank for the decoder.")
     max_decode_steps: int = Field(20, ge=0, le=200, description="Upper bound on a request's decode_steps.")
@@ -209,7 +211,9 @@ class Settings(BaseSettings):
     gateway_max_wait_s: float = Field(60.0, gt=0, le=600, description="Upper bound on GET ?wait=N.")
 
     # --- Logging -------------------------------------------------------------------------
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="Log level of workers and the gateway: DEBUG, INFO (one event per job), WARNING, ERROR."
+    )
     log_format: Literal["auto", "json", "console"] = Field(
         "auto", description="auto: console on a TTY, JSON lines otherwise."
     )
