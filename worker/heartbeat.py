@@ -73,7 +73,7 @@ class Heartbeat:
     def beat(self) -> None:
         try:
             message = HeartbeatMessage.model_validate(self.payload())  # the wire contract, checked as written
-            self.connection.set(self.key, message.model_dump_json(exclude_none=True), px=self.ttl_ms)
+            self.connection.set(self.key, message.model_dump_json(), px=self.ttl_ms)
             self.last_written = time.time()
         except RedisError:
             pass  # Redis away: the key expires and health says so; the next beat retries
