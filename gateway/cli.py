@@ -13,7 +13,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="An ASGI app served by uvicorn: POST /v1/chat, GET /v1/chat/{id}[?wait=N], "
         "GET /v1/chat/{id}/events, /healthz, /readyz, /metrics, OpenAPI at /docs and the chat page at /. "
         "Needs the gateway extra (pip install 'lvm-queue[gateway]'; no torch) and workers for its models. "
-        "Settings: LVM_GATEWAY_* (API keys, rate limit, body cap, CORS origins, models); see README.",
+        "Settings: LVM_GATEWAY_* (API keys, rate limit, body cap, CORS origins, models); "
+        "see docs/gateway.md and docs/configuration.md.",
     )
     p.add_argument("--host", help="address to listen on (default LVM_GATEWAY_HOST, 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (default LVM_GATEWAY_PORT, 8000)")

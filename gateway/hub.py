@@ -2,7 +2,7 @@
 
 Workers append ``{job, status}`` to ``lvm:events`` in the same Lua step as each change of a job's
 state (worker/lifecycle.py). The hub reads that stream with XREAD BLOCK on its own connection and
-wakes the clients watching those jobs; each woken client reads its job once (jobs.read_job). So a
+wakes the clients watching those jobs; each woken client reads its job once (views.read_job). So a
 thousand waiting clients cost one blocked connection, not a thousand polls. Queue positions of
 the watched jobs that are still queued are refreshed for all clients together: one pipelined
 LPOS round trip a second, and none while nobody waits in a queue.

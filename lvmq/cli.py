@@ -18,7 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lvmq",
         description="lvm-queue: Latent Vector Model inference over Redis/RQ. Settings come from LVM_* "
-        "environment variables or .env (see README).",
+        "environment variables or .env (every one: docs/configuration.md).",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

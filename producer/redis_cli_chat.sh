@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Send one chat to lvm-queue with plain redis-cli, and print the result JSON.
-# The wire protocol (README, "Wire protocol for other languages"): RQ 3.x job hash + JSON payload,
+# The wire protocol (docs/wire-protocol.md, "Wire protocol for other languages"): RQ 3.x job hash + JSON payload,
 # request schema_version 1, enqueued atomically by wire/scripts/submit.lua. No Python or RQ needed.
 #
 #   LVM_REDIS_URL=redis://127.0.0.1:6379/0 REDISCLI_AUTH=secret producer/redis_cli_chat.sh "What is diabetes?" [model]
