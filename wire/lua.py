@@ -31,17 +31,20 @@ def path(name: str) -> Path:
     return SCRIPTS / f"{name}.lua"
 
 
-def _declarations() -> str:
+def _head() -> str:
+    """What comes before every script but raw submit.lua: the constants as Lua locals, then the prelude."""
+
     def literal(value: int | str) -> str:
         return str(value) if isinstance(value, int) else "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
-    return "".join(f"local {name} = {literal(value)}\n" for name, value in CONSTANTS.items())
+    declarations = "".join(f"local {name} = {literal(value)}\n" for name, value in CONSTANTS.items())
+    return declarations + path("prelude").read_text()
 
 
 @functools.cache
 def source(name: str) -> str:
     """The script ``name`` as Redis runs it."""
-    return _declarations() + path("prelude").read_text() + path(name).read_text()
+    return _head() + path(name).read_text()
 
 
 @functools.cache
@@ -49,4 +52,4 @@ def rate_limited(name: str) -> str:
     """``name`` behind the token bucket of ``rate_limit.lua``, in one script: KEYS gain the bucket
     last, ARGV gain rate and burst first; the reply is ``{1, reply}`` or ``{0, ms until a token}``."""
     guarded = "local function run(KEYS, ARGV)\n" + path(name).read_text() + "\nend\n"
-    return _declarations() + path("prelude").read_text() + guarded + path("rate_limit").read_text()
+    return _head() + guarded + path("rate_limit").read_text()

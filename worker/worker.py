@@ -36,8 +36,6 @@ from rq.worker_registration import clean_worker_registry
 from config import Settings, load_settings
 from config.connections import unavailable
 from config.logs import configure_logging, get_logger
-from wire.schema import CurrentJob
-from wire.schema import Heartbeat as HeartbeatMessage
 from worker.heartbeat import Heartbeat
 from worker.leases import LeaseBook
 from worker.lifecycle import Claim, Lifecycle
@@ -143,9 +141,9 @@ class LVMWorker(SimpleWorker):
     def _heartbeat_info(self) -> dict[str, Any]:
         rt, loop, busy = self.runtime, self.loop, self.leases.computing
         sizes = loop.batch_sizes if loop else ()
-        info = HeartbeatMessage(
+        # Plain fields: Heartbeat.beat validates the whole message (wire.schema.Heartbeat) once, as it writes.
+        info: dict[str, Any] = dict(
             worker=self.name,
-            status=self.pulse.status,
             incarnation=self.lifecycle.incarnation,
             model=self.model_name,
             model_version=rt.model_version if rt else None,
@@ -157,7 +155,7 @@ class LVMWorker(SimpleWorker):
             queues=self.queue_names(),
             jobs_done=loop.jobs_done if loop else 0,
             jobs_failed=loop.jobs_failed if loop else 0,
-            current_job=CurrentJob(id=busy.ids[0], jobs=len(busy.ids), running_s=round(time.time() - busy.started, 3))
+            current_job={"id": busy.ids[0], "jobs": len(busy.ids), "running_s": round(time.time() - busy.started, 3)}
             if busy and busy.ids
             else None,
             busy_deadline_at=busy.deadline if busy else None,
@@ -166,7 +164,7 @@ class LVMWorker(SimpleWorker):
             prefetch=loop.prefetch if loop else False,
             last_batch_size=sizes[-1] if sizes else None,
             mean_batch_size=round(sum(sizes) / len(sizes), 2) if sizes else None,
-        ).model_dump(exclude_unset=True, exclude={"status"})
+        )
         if loop and loop.stop_signals and self.pulse.status in ("ready", "busy"):
             info["status"] = "draining"
         return info
