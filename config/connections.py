@@ -24,9 +24,13 @@ from urllib.parse import parse_qs, unquote
 SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
 # Replies of a node that cannot take this write now but will: mid-failover (a demoted master is
 # READONLY, a master without its replicas answers NOREPLICAS, a replica cut from its master
-# MASTERDOWN) or still loading its data. Scripts are refused whole before they run, so a retry
-# is safe.
-_TRANSIENT = re.compile(r"(^|error: )(NOREPLICAS|READONLY|MASTERDOWN|LOADING|TRYAGAIN)\b")
+# MASTERDOWN), still loading its data, at maxmemory (OOM: with noeviction it refuses writes until
+# memory frees), busy running a long script (BUSY), or a shared key of the wrong type that an
+# operator must fix (LVMQ_WRONGTYPE, from our scripts' checks). Each is refused before anything is
+# written (scripts carry a shebang, so Redis refuses them whole), so a retry is safe.
+_TRANSIENT = re.compile(
+    r"(^|error: )(NOREPLICAS|READONLY|MASTERDOWN|LOADING|TRYAGAIN|OOM|BUSY|LVMQ_WRONGTYPE)\b"
+)
 SCHEMES = ("redis", "rediss", "unix", *SENTINEL_SCHEMES)
 
 
@@ -123,6 +127,11 @@ def unavailable(exc: BaseException) -> bool:
     from redis.exceptions import ResponseError
     from redis.exceptions import TimeoutError as RedisTimeoutError
 
-    if isinstance(exc, (RedisConnectionError, RedisTimeoutError)):
+    from redis.exceptions import MasterDownError, OutOfMemoryError, ReadOnlyError, TryAgainError
+
+    if isinstance(exc, (RedisConnectionError, RedisTimeoutError)):  # LOADING is a ConnectionError
+        return True
+    # redis-py strips the code from these replies' text, so they are told by class, the rest by text.
+    if isinstance(exc, (ReadOnlyError, OutOfMemoryError, MasterDownError, TryAgainError)):
         return True
     return isinstance(exc, ResponseError) and _TRANSIENT.search(str(exc)) is not None

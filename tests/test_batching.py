@@ -106,7 +106,7 @@ def test_a_poisoned_job_fails_alone(redis_url, serving_artifacts, tmp_path, mini
     results = [client.result(j.id) for j in good]
     assert all(r is not None and r.response for r in results)
     assert max(r.batch_size for r in results) >= 2
-    with pytest.raises(ChatFailed, match="internal: BankError: every bank sentence is excluded"):
+    with pytest.raises(ChatFailed, match=r"internal: the worker failed on this request \(BankError\)"):
         client.result(exhausts.id)
 
 

@@ -31,25 +31,33 @@ def path(name: str) -> Path:
     return SCRIPTS / f"{name}.lua"
 
 
+def _body(name: str) -> str:
+    """A script file without its shebang line (submit.lua carries one to run raw)."""
+    text = path(name).read_text()
+    return text.split("\n", 1)[1] if text.startswith("#!") else text
+
+
 def _head() -> str:
-    """What comes before every script but raw submit.lua: the constants as Lua locals, then the prelude."""
+    """What comes before every script but raw submit.lua: the shebang (Redis 7 then refuses the
+    whole script up front at maxmemory, never stops it halfway), the constants as Lua locals,
+    then the prelude."""
 
     def literal(value: int | str) -> str:
         return str(value) if isinstance(value, int) else "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
     declarations = "".join(f"local {name} = {literal(value)}\n" for name, value in CONSTANTS.items())
-    return declarations + path("prelude").read_text()
+    return "#!lua\n" + declarations + _body("prelude")
 
 
 @functools.cache
 def source(name: str) -> str:
     """The script ``name`` as Redis runs it."""
-    return _head() + path(name).read_text()
+    return _head() + _body(name)
 
 
 @functools.cache
 def rate_limited(name: str) -> str:
     """``name`` behind the token bucket of ``rate_limit.lua``, in one script: KEYS gain the bucket
     last, ARGV gain rate and burst first; the reply is ``{1, reply}`` or ``{0, ms until a token}``."""
-    guarded = "local function run(KEYS, ARGV)\n" + path(name).read_text() + "\nend\n"
-    return _head() + guarded + path("rate_limit").read_text()
+    guarded = "local function run(KEYS, ARGV)\n" + _body(name) + "\nend\n"
+    return _head() + guarded + _body("rate_limit")

@@ -8,6 +8,7 @@ first problem becomes a ``bad_payload`` error naming the field, and the job fail
 from __future__ import annotations
 
 import json
+import math
 import re
 import zlib
 from dataclasses import dataclass
@@ -28,6 +29,33 @@ KNOWN_FIELDS = frozenset(
 )  # fmt: skip
 MAX_TTL_S = 30 * 86400
 INTEGER = re.compile(rb"^-?[0-9]{1,12}$")
+MAX_INT_DIGITS = 18  # an int past this reads as a double in Lua's cjson, and 1e400 as inf
+
+
+def strict_json(text: str) -> Any:
+    """``json.loads`` for hostile text: no NaN, Infinity or numbers a double cannot hold (Python's
+    json and RQ write them, JSON has none, and Lua's cjson cannot encode them back), and nesting
+    too deep for the parser is a ``ValueError`` like any other bad JSON, not a ``RecursionError``
+    that would escape the job and take the worker down with it."""
+
+    def refuse(name: str) -> Any:
+        raise ValueError(f"{name} is not JSON")
+
+    def finite(number: str) -> float:
+        value = float(number)
+        if not math.isfinite(value):
+            raise ValueError(f"{number[:20]} is past a double's range")
+        return value
+
+    def bounded(number: str) -> int:
+        if len(number.lstrip("-")) > MAX_INT_DIGITS:
+            raise ValueError(f"an integer of {len(number)} digits is past a double's exact range")
+        return int(number)
+
+    try:
+        return json.loads(text, parse_constant=refuse, parse_float=finite, parse_int=bounded)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
 
 
 class JobRejected(Exception):
@@ -141,9 +169,9 @@ def _meta(value: bytes | None) -> dict:
     if len(value) > MAX_META_BYTES:
         raise JobRejected("meta", f"is {len(value)} bytes; the cap is {MAX_META_BYTES}")
     try:
-        meta = json.loads(value.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        raise JobRejected("meta", "is not JSON (jobs are JSON, never pickle)") from None
+        meta = strict_json(value.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise JobRejected("meta", f"is not JSON (jobs are JSON, never pickle): {str(exc)[:120]}") from None
     if not isinstance(meta, dict):
         raise JobRejected("meta", f"must be a JSON object, got {type(meta).__name__}")
     return meta
@@ -165,9 +193,11 @@ def _request(data: bytes | None, cap: int) -> Any:
     except zlib.error:
         raw = data  # RQ accepts uncompressed data too
     try:
-        job = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        raise JobRejected("data", "is not a JSON job; enqueue with RQ's JSONSerializer (never pickle)") from None
+        job = strict_json(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise JobRejected(
+            "data", f"is not a JSON job ({str(exc)[:120]}); enqueue with RQ's JSONSerializer (never pickle)"
+        ) from None
     if not isinstance(job, list) or len(job) != 4:
         raise JobRejected("data", "must be the JSON array [function, instance, args, kwargs]")
     function, instance, args, kwargs = job

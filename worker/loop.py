@@ -172,6 +172,11 @@ class BatchLoop:
             except JobRejected as exc:
                 batch.outcomes[claimed.id] = failure(claimed.id, {}, s.failure_ttl, exc.error())
                 continue
+            except Exception as exc:  # noqa: BLE001 - whatever one hash does, it fails alone
+                error = ChatError(error="bad_payload", message=f"job hash unreadable: {type(exc).__name__}")
+                log.warning("job hash unreadable", job_id=claimed.id, error=f"{type(exc).__name__}: {exc}"[:300])
+                batch.outcomes[claimed.id] = failure(claimed.id, {}, s.failure_ttl, error)
+                continue
             batch.chat_jobs.append(job)
             batch.requests[job.id] = job.request
         faults.reached("after_prepare")
@@ -229,7 +234,11 @@ class BatchLoop:
             if isinstance(answer, RequestRejected):
                 answer = answer.error
             elif isinstance(answer, BaseException):
-                answer = ChatError(error="internal", message=f"{type(answer).__name__}: {answer}")
+                # The exception's text stays in the worker's log: it can hold paths, shapes and
+                # other internals that a client has no use for.
+                log.error("job failed inside the worker", job_id=job.id, error=f"{type(answer).__name__}: {answer}")
+                answer = ChatError(error="internal", message=f"the worker failed on this request "
+                                   f"({type(answer).__name__}); its log has the details under this job id")
             elif not isinstance(answer, ChatError) and elapsed > job.timeout:
                 answer = ChatError(error="timeout", message=f"answered after {elapsed:.1f} s, past the "
                                    f"job's own timeout of {job.timeout} s")  # fmt: skip

@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from config import Settings
 from wire.schema import ChatError, ChatRequest, ChatResult, LatencyBreakdown, request_error
+from worker.jobdata import strict_json
 
 
 class RequestRejected(Exception):
@@ -130,10 +131,8 @@ class Runtime:
 
     def parse(self, payload: Any) -> ChatRequest:
         if isinstance(payload, (bytes, str)):
-            import json
-
             try:
-                payload = json.loads(payload)
+                payload = strict_json(payload.decode("utf-8") if isinstance(payload, bytes) else payload)
             except (ValueError, UnicodeDecodeError) as exc:
                 raise RequestRejected(
                     ChatError(error="bad_payload", message=f"request is not valid JSON: {exc}")
@@ -196,9 +195,11 @@ class Runtime:
     def handle_batch(self, items: list[tuple[Any, datetime | None, datetime | None]]) -> list[dict | BaseException]:
         """Answer many jobs with one pipeline run; each bad one fails alone.
 
-        A request that fails validation is rejected before the batch runs. If the batch run
-        itself raises, it is split in halves and each half retried, down to the single request
-        that raises: one poisoned request cannot fail the others.
+        A request that fails validation is rejected before the batch runs, whatever the
+        validation raises (a request nested past the parser's depth raises RecursionError, not a
+        ValidationError). If the batch run itself raises, it is split in halves and each half
+        retried, down to the single request that raises: one poisoned request cannot fail the
+        others. Building one answer that raises fails that job alone.
         """
         from lvm.pipeline import ChatInput
 
@@ -209,6 +210,9 @@ class Runtime:
                 valid.append((i, self.parse(payload)))
             except RequestRejected as exc:
                 outcomes[i] = exc
+            except Exception as exc:  # noqa: BLE001 - one hostile request fails alone
+                message = f"request could not be read: {type(exc).__name__}"
+                outcomes[i] = RequestRejected(ChatError(error="bad_payload", message=message))
         inputs = [
             ChatInput(
                 r.messages,
@@ -223,8 +227,11 @@ class Runtime:
         for (i, request), output in zip(valid, outputs, strict=True):
             if isinstance(output, BaseException):
                 outcomes[i] = output
-            else:
+                continue
+            try:
                 outcomes[i] = self.answer(request, output, items[i][1], items[i][2])
+            except Exception as exc:  # noqa: BLE001 - fails this job alone (the loop reports it as internal)
+                outcomes[i] = exc
         return outcomes  # type: ignore[return-value]
 
     def _run_isolating(self, inputs: list[Any]) -> list[Any]:

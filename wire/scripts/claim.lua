@@ -5,6 +5,8 @@
 -- ARGV: 1 max jobs, 2 worker name, 3 token, 4 lease ms, 5 value cap (bytes), 6 started_at,
 --       7 job key prefix, 8 max fields, then the acted-on field names
 -- Returns per entry {'claimed', id, fields, stripped, status} or {'dropped', entry, why}.
+local bad = wrong_types({{KEYS[1], 'list'}, {KEYS[2], 'zset'}, {KEYS[3], 'zset'}})
+if bad then return bad end
 local lease_until = now_ms() + tonumber(ARGV[4])
 local cap = tonumber(ARGV[5])
 local busy = {started = 1, finished = 1, failed = 1, stopped = 1, canceled = 1}
@@ -16,12 +18,12 @@ for _ = 1, tonumber(ARGV[1]) do
     out[#out + 1] = {'dropped', string.sub(id, 1, 64), 'queue entry is not a job id'}
   else
     local key = ARGV[7] .. id
-    local kind = redis.call('TYPE', key)['ok']
-    local status = kind == 'hash' and redis.call('HGET', key, 'status') or false
-    if kind == 'none' then
+    local type_ = kind(key)
+    local status = type_ == 'hash' and redis.call('HGET', key, 'status') or false
+    if type_ == 'none' then
       out[#out + 1] = {'dropped', id, 'no job hash (expired before a worker took it, or never written)'}
-    elseif kind ~= 'hash' then
-      out[#out + 1] = {'dropped', id, 'job key is a ' .. kind .. ', not a hash'}
+    elseif type_ ~= 'hash' then
+      out[#out + 1] = {'dropped', id, 'job key is a ' .. type_ .. ', not a hash'}
     elseif status and busy[status] then
       out[#out + 1] = {'dropped', id, 'job is already ' .. status .. ' (its id was queued twice)'}
     else

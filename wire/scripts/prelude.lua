@@ -1,6 +1,11 @@
--- Shared by every script but submit.lua's raw form: wire/lua.py puts the Python side's constants
--- (EVENTS_MAXLEN, WIP_GRACE_S, JOB_ID_MAX, JOB_ID_CLASS) above this, then these helpers, then the
--- script itself.
+-- Shared by every script but submit.lua's raw form: wire/lua.py puts the shebang and the Python
+-- side's constants (EVENTS_MAXLEN, WIP_GRACE_S, JOB_ID_MAX, JOB_ID_CLASS) above this, then these
+-- helpers, then the script itself.
+--
+-- Redis does not roll back a script that fails halfway, so every script checks what can fail
+-- (the type of every key it writes; any program can write Redis) before its first write. The
+-- shebang makes Redis refuse a script whole, before it runs, at maxmemory (OOM) or without the
+-- replicas it needs (NOREPLICAS): never a half-run script from those either.
 
 -- Redis's clock in milliseconds: one clock for every worker and gateway, whatever their hosts say.
 local function now_ms()
@@ -13,7 +18,34 @@ local function valid_job_id(id)
   return #id >= 1 and #id <= JOB_ID_MAX and string.match(id, '^[' .. JOB_ID_CLASS .. ']+$') ~= nil
 end
 
--- One entry on the job event stream, in the same step as the change it announces.
+local function kind(key)
+  return redis.call('TYPE', key)['ok']
+end
+
+-- The first of {key, type} pairs whose key exists with another type, as an error reply the
+-- caller returns before writing anything: 'LVMQ_WRONGTYPE ...' (config/connections.py counts it
+-- as "Redis cannot take this step now": back off and retry, state intact).
+local function wrong_types(pairs_)
+  for _, p in ipairs(pairs_) do
+    local k = kind(p[1])
+    if k ~= 'none' and k ~= p[2] then
+      return redis.error_reply('LVMQ_WRONGTYPE key ' .. p[1] .. ' is a ' .. k .. ', not a ' .. p[2] ..
+        '; something other than lvm-queue wrote it: rename or delete it')
+    end
+  end
+  return nil
+end
+
+-- One entry on the job event stream, in the same step as the change it announces. Best effort:
+-- the stream is a hint for watchers, and a stream key of the wrong type must not fail the change.
 local function announce(stream, id, status)
-  redis.call('XADD', stream, 'MAXLEN', '~', EVENTS_MAXLEN, '*', 'job', id, 'status', status)
+  pcall(redis.call, 'XADD', stream, 'MAXLEN', '~', EVENTS_MAXLEN, '*', 'job', id, 'status', status)
+end
+
+-- A per-minute counter. Best effort, like announce: a counter key of the wrong type (or one
+-- past an integer) must not fail the jobs it counts.
+local function count(key, n, ttl)
+  if n > 0 and pcall(redis.call, 'INCRBY', key, n) then
+    redis.call('EXPIRE', key, ttl)
+  end
 end

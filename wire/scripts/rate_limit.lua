@@ -8,6 +8,8 @@
 -- Refill by elapsed time (Redis's clock, shared by every gateway process), take a token or say
 -- how long until one is there.
 local function take_token(key, rate, burst)
+  local bad = wrong_types({{key, 'hash'}})
+  if bad then return bad, 0 end
   local now = now_ms()
   local state = redis.call('HMGET', key, 'tokens', 'ts')
   local tokens, ts = tonumber(state[1]), tonumber(state[2])
@@ -25,5 +27,8 @@ local function take_token(key, rate, burst)
 end
 
 local allowed, wait_ms = take_token(KEYS[#KEYS], tonumber(ARGV[1]), tonumber(ARGV[2]))
+if type(allowed) == 'table' then return allowed end
 if allowed == 0 then return {0, wait_ms} end
-return {1, run({unpack(KEYS, 1, #KEYS - 1)}, {unpack(ARGV, 3)})}
+local reply = run({unpack(KEYS, 1, #KEYS - 1)}, {unpack(ARGV, 3)})
+if type(reply) == 'table' and reply['err'] then return reply end  -- the guarded script's error, as its own
+return {1, reply}
