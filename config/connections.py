@@ -28,9 +28,7 @@ SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
 # memory frees), busy running a long script (BUSY), or a shared key of the wrong type that an
 # operator must fix (LVMQ_WRONGTYPE, from our scripts' checks). Each is refused before anything is
 # written (scripts carry a shebang, so Redis refuses them whole), so a retry is safe.
-_TRANSIENT = re.compile(
-    r"(^|error: )(NOREPLICAS|READONLY|MASTERDOWN|LOADING|TRYAGAIN|OOM|BUSY|LVMQ_WRONGTYPE)\b"
-)
+_TRANSIENT = re.compile(r"(^|error: )(NOREPLICAS|READONLY|MASTERDOWN|LOADING|TRYAGAIN|OOM|BUSY|LVMQ_WRONGTYPE)\b")
 SCHEMES = ("redis", "rediss", "unix", *SENTINEL_SCHEMES)
 
 
@@ -124,10 +122,8 @@ def unavailable(exc: BaseException) -> bool:
     """True when ``exc`` means Redis is unreachable or between masters: wait and retry, don't fail
     the job. The one test behind every Redis retry (worker.retry_redis, producer.reaching_redis)."""
     from redis.exceptions import ConnectionError as RedisConnectionError
-    from redis.exceptions import ResponseError
+    from redis.exceptions import MasterDownError, OutOfMemoryError, ReadOnlyError, ResponseError, TryAgainError
     from redis.exceptions import TimeoutError as RedisTimeoutError
-
-    from redis.exceptions import MasterDownError, OutOfMemoryError, ReadOnlyError, TryAgainError
 
     if isinstance(exc, (RedisConnectionError, RedisTimeoutError)):  # LOADING is a ConnectionError
         return True

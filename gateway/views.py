@@ -37,7 +37,13 @@ async def read_job(redis: Redis, job_id: str, owner: str) -> dict[str, Any] | No
     async with redis.pipeline(transaction=False) as pipe:
         pipe.hmget(keys.job(job_id), "status", "lvm_owner", "origin", "meta")
         pipe.xrevrange(keys.results(job_id), count=1)
-        (status, job_owner, origin, meta), entries = await pipe.execute()
+        fields, entries = await pipe.execute(raise_on_error=False)
+    # Any program can write Redis: a job key or result key of another type reads as absent.
+    if isinstance(fields, Exception):
+        return None
+    status, job_owner, origin, meta = fields
+    if isinstance(entries, Exception):
+        entries = []
     if status is None or _text(job_owner) != owner:
         return None
     view: dict[str, Any] = {"job_id": job_id, "status": _text(status), "queue": _text(origin)}

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 from redis import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 from rq import Queue
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
@@ -172,7 +172,7 @@ class ChatClient:
     def result(self, job_id: str) -> ChatResult | None:
         """Non-blocking: the result, None while pending; raises ChatFailed for a failed job."""
         job = self._job(job_id)
-        return self._outcome(job, job.latest_result())
+        return self._outcome(job, _latest_result(job))
 
     @reaching_redis
     def wait(self, job_id: str, timeout: float = 30.0) -> ChatResult:
@@ -184,7 +184,7 @@ class ChatClient:
             self._blocking = connect(self.url, socket_timeout=self._blocking_timeout)
         # The result stream needs only the id: skip fetching the job hash on the happy path.
         job = Job(job_id, connection=self._blocking, serializer=JSONSerializer)
-        res = job.latest_result(timeout=max(1, int(round(timeout))) if timeout > 0 else 0)
+        res = _latest_result(job, timeout=max(1, int(round(timeout))) if timeout > 0 else 0)
         if res is None and not self._blocking.exists(job.key):
             self._job(job_id)  # raises JobNotFound with the reasons
         outcome = self._outcome(job, res)
@@ -207,6 +207,10 @@ class ChatClient:
         return self._error(job) if job.get_status() == JobStatus.FAILED else None
 
     def _outcome(self, job: Job, res) -> ChatResult | None:
+        if res is _UNREADABLE:  # the job's result key is not a stream: its job hash says why it failed
+            if self._job(job.id).get_status() == JobStatus.FAILED:
+                raise ChatFailed(self._error(job))
+            return None
         if res is None:
             return None
         if res.type == res.Type.SUCCESSFUL:
@@ -216,4 +220,21 @@ class ChatClient:
     def _error(self, job: Job, exc_string: str | None = None) -> ChatError:
         job = self._job(job.id)
         meta = job.get_meta(refresh=False) if hasattr(job, "get_meta") else job.meta
-        return error_from(meta, exc_string or job.exc_info).model_copy(update={"job_id": job.id})
+        if exc_string is None and not (isinstance(meta, dict) and meta.get("error") is not None):
+            res = _latest_result(job)
+            exc_string = None if res is None or res is _UNREADABLE else res.exc_string
+        return error_from(meta, exc_string).model_copy(update={"job_id": job.id})
+
+
+_UNREADABLE = object()  # a result key of another type than a stream
+
+
+def _latest_result(job: Job, timeout: int = 0) -> Any:
+    """RQ's latest result of ``job``; ``_UNREADABLE`` when its result key holds another type
+    (any program can write Redis; the worker then fails the job with the reason in its meta)."""
+    try:
+        return job.latest_result(timeout=timeout)
+    except ResponseError as exc:
+        if "WRONGTYPE" not in str(exc):
+            raise
+        return _UNREADABLE

@@ -237,8 +237,11 @@ class BatchLoop:
                 # The exception's text stays in the worker's log: it can hold paths, shapes and
                 # other internals that a client has no use for.
                 log.error("job failed inside the worker", job_id=job.id, error=f"{type(answer).__name__}: {answer}")
-                answer = ChatError(error="internal", message=f"the worker failed on this request "
-                                   f"({type(answer).__name__}); its log has the details under this job id")
+                answer = ChatError(
+                    error="internal",
+                    message=f"the worker failed on this request "
+                    f"({type(answer).__name__}); its log has the details under this job id",
+                )
             elif not isinstance(answer, ChatError) and elapsed > job.timeout:
                 answer = ChatError(error="timeout", message=f"answered after {elapsed:.1f} s, past the "
                                    f"job's own timeout of {job.timeout} s")  # fmt: skip
