@@ -11,6 +11,7 @@ each scenario small; `make chaos` runs them full size and prints the table
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import pickle
@@ -424,6 +425,12 @@ def hostile_cases(canary: str) -> list[tuple[str, str, dict | None]]:
         ("response_sentences '2'", "failed", job(data=_data(args=[{"messages": ["x"], "response_sentences": "2"}]))),
         ("decode_steps 1.0", "failed", job(data=_data(args=[{"messages": ["x"], "decode_steps": 1.0}]))),
         ("wrong model", "failed", job(data=_data(args=[{"messages": ["x"], "model": "gru"}]))),
+        ("data nested 60,000 deep", "failed", job(data=b'["worker.jobs.chat",null,[' + b"[" * 60_000)),
+        ("meta nested 13,000 deep", "failed", job(meta='{"a":' * 13_000)),
+        ("meta NaN", "failed", job(meta='{"x": NaN}')),
+        ("meta Infinity", "failed", job(meta='{"x": Infinity}')),
+        ("meta 1e400", "failed", job(meta='{"x": 1e400}')),
+        ("result key made a string first", "failed", {**job(), "__results__": "string"}),
         ("key is a string", "dropped", {"__kind__": "string"}),
         ("key is a list", "dropped", {"__kind__": "list"}),
         ("key is a set", "dropped", {"__kind__": "set"}),
@@ -465,6 +472,9 @@ def hostile_corpus(env: dict[str, str], logs: Path, hostile: int = 1000, valid_e
                     pipe.rpush(keys.job(job_id), "x")
                 elif fields.get("__kind__") == "set":
                     pipe.sadd(keys.job(job_id), "x")
+                elif "__results__" in fields:
+                    pipe.set(keys.results(job_id), "made by the producer")
+                    pipe.hset(keys.job(job_id), mapping={k: v for k, v in fields.items() if k != "__results__"})
                 elif "__kind__" not in fields:
                     pipe.hset(keys.job(job_id), mapping=fields)
                 pipe.rpush(QUEUE_PREFIX + QUEUE, entry)
@@ -493,7 +503,7 @@ def hostile_corpus(env: dict[str, str], logs: Path, hostile: int = 1000, valid_e
             if status == b"failed":
                 reason = json.loads(redis.hget(keys.job(job_id), "meta") or b"{}").get("error", {}).get("error")
                 t.failed[reason] = t.failed.get(reason, 0) + 1
-                if redis.xlen(keys.results(job_id)) > 1:
+                if redis.type(keys.results(job_id)) == b"stream" and redis.xlen(keys.results(job_id)) > 1:
                     t.twice += 1
             else:
                 t.lost += 1
@@ -513,6 +523,131 @@ def hostile_corpus(env: dict[str, str], logs: Path, hostile: int = 1000, valid_e
         return t
     finally:
         workers.stop_all()
+        srv.stop()
+
+
+def nan_meta_kill(env: dict[str, str], logs: Path, jobs: int = 32) -> Tally:
+    """Half the jobs carry a meta Lua's cjson decodes but cannot encode (NaN, Infinity, 1e400); a
+    worker is SIGKILLed mid-batch and LVM_MAX_RERUNS=0, so recovery fails its batch 'abandoned',
+    re-encoding each job's meta. Recover once stopped there, stranding the job 'started'."""
+    srv, redis, workers = _server_and_workers(env, logs)
+    try:
+        started = time.time()
+        valid = submit(redis, srv.url, [chat_request(i) for i in range(jobs // 2)])
+        hostile = []
+        now = "2026-01-01T00:00:00.000000Z"
+        for i, meta in zip(
+            range(jobs - len(valid)), itertools.cycle(['{"x": NaN}', '{"x": Infinity}', '{"x": 1e400}'])
+        ):
+            job_id = f"nan-{i}"
+            fields = {"data": _data(args=[chat_request(1000 + i)]), "status": "queued", "origin": QUEUE,
+                      "created_at": now, "enqueued_at": now, "timeout": "30", "meta": meta}  # fmt: skip
+            redis.hset(keys.job(job_id), mapping=fields)
+            redis.rpush(QUEUE_PREFIX + QUEUE, job_id)
+            hostile.append(job_id)
+        ids = [x for pair in itertools.zip_longest(valid, hostile) for x in pair if x]
+        redis.delete(QUEUE_PREFIX + QUEUE)
+        redis.rpush(QUEUE_PREFIX + QUEUE, *ids)  # interleaved, so the killed batch holds both kinds
+        victim, _ = workers.start(wait=False, LVM_TESTING="1", LVM_TEST_FAULT="mid_batch:1", LVM_MAX_BATCH="8",
+                                  LVM_MAX_RERUNS="0")  # fmt: skip
+        victim.wait(timeout=120)
+        workers.killed.add(victim.pid)  # it killed itself on purpose
+        workers.start(LVM_MAX_RERUNS="0")
+        wait_terminal(redis, ids, timeout=120)
+        return tally(redis, "SIGKILL mid-batch, NaN/Infinity/1e400 meta, no reruns", ids, started,
+                     workers.stop_all())  # fmt: skip
+    finally:
+        workers.stop_all()
+        srv.stop()
+
+
+def maxmemory(env: dict[str, str], logs: Path, seconds: float = 5.0, rate: float = 40.0) -> Tally:
+    """Under a steady load, Redis is held at maxmemory (noeviction) for ``seconds``: every write
+    is refused. Workers must back off, not crash; refused submits must say why; every submit
+    that was acknowledged must end."""
+    from config import load_settings
+    from producer.client import ChatClient
+    from producer.errors import RedisUnavailable
+
+    srv, redis, workers = _server_and_workers(env, logs)
+    try:
+        workers.start()
+        client = ChatClient(srv.url, load_settings())
+        acked: list[str] = []
+        refused: list[str] = []
+        stop_at = time.monotonic() + seconds + 4
+        started = time.time()
+
+        def produce() -> None:
+            i = 0
+            while time.monotonic() < stop_at:
+                try:
+                    acked.append(client.submit(chat_request(i)))
+                except RedisUnavailable as exc:
+                    refused.append(str(exc))
+                i += 1
+                time.sleep(1 / rate)
+
+        producer = threading.Thread(target=produce)
+        producer.start()
+        time.sleep(2)
+        redis.config_set("maxmemory-policy", "noeviction")
+        redis.config_set("maxmemory", max(1, int(redis.info("memory")["used_memory"]) - 1024))
+        time.sleep(seconds)
+        redis.config_set("maxmemory", 0)
+        producer.join()
+        wait_terminal(redis, acked, timeout=120)
+        sample = refused[0][:90] if refused else "none refused"
+        notes = f"{len(refused)} submits refused during {seconds:.0f} s at maxmemory ({sample}…)"
+        return tally(redis, f"Redis at maxmemory {seconds:.0f} s under load", acked, started, workers.stop_all(),
+                     notes)  # fmt: skip
+    finally:
+        redis.config_set("maxmemory", 0)
+        workers.stop_all()
+        srv.stop()
+
+
+def partition(env: dict[str, str], logs: Path, mode: str, hold_s: float = 20.0, jobs: int = 40) -> Tally:
+    """The worker reaches Redis through a TCP proxy this test owns on loopback.
+
+    ``hold``: all traffic held ``hold_s`` seconds, then delivered (a partition that heals); jobs
+    are submitted before and during it, and must all end within 30 s of the heal.
+    ``half-open``: every connection the worker holds goes silent forever (no reset) while new
+    ones work; the first job submitted after the cut must be answered within 30 s.
+    """
+    from harness.tcp_proxy import TcpProxy
+
+    srv, redis, workers = _server_and_workers(env, logs)
+    proxy = TcpProxy("127.0.0.1", srv.port)
+    try:
+        workers.env["LVM_REDIS_URL"] = proxy.url()
+        workers.start()
+        started = time.time()
+        ids = submit(redis, srv.url, [chat_request(i) for i in range(jobs // 2)])
+        wait_terminal(redis, ids, timeout=60)
+        if mode == "hold":
+            proxy.hold()
+            for i in range(jobs // 2, jobs):
+                ids += submit(redis, srv.url, [chat_request(i)])
+                time.sleep(hold_s / (jobs - jobs // 2))
+            proxy.release()
+            after = wait_terminal(redis, ids, timeout=120)
+            notes = f"held {hold_s:.0f} s; all ended {after:.1f} s after the heal"
+            name = f"partition held {hold_s:.0f} s, then healed"
+        else:
+            silenced = proxy.blackhole()
+            first = submit(redis, srv.url, [chat_request(jobs)])
+            first_s = wait_terminal(redis, first, timeout=120)
+            ids += first
+            ids += submit(redis, srv.url, [chat_request(jobs + 1 + i) for i in range(jobs // 2)])
+            wait_terminal(redis, ids, timeout=120)
+            notes = f"{silenced} connections silenced; first job after the cut ended in {first_s:.1f} s"
+            name = "half-open connections (silent, no reset)"
+        return tally(redis, name, ids, started, workers.stop_all(), notes)
+    finally:
+        proxy.release()
+        workers.stop_all()
+        proxy.close()
         srv.stop()
 
 

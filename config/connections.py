@@ -98,9 +98,22 @@ def parse_sentinel(url: str) -> SentinelURL | None:
     )
 
 
+def keepalive() -> dict[str, Any]:
+    """TCP keepalive that notices a dead peer in about 20 s instead of the kernel's 2 hours: an idle
+    pooled connection cut by a partition (no RST) is then dropped before it is used."""
+    import socket
+
+    options: dict[int, int] = {}
+    for name, value in (("TCP_KEEPIDLE", 5), ("TCP_KEEPINTVL", 5), ("TCP_KEEPCNT", 3)):
+        if hasattr(socket, name):  # Linux; macOS has only some of them
+            options[getattr(socket, name)] = value
+    return {"socket_keepalive": True, "socket_keepalive_options": options}
+
+
 def connect(url: str, socket_timeout: float | None = 5.0, asyncio: bool = False, **kwargs: Any):
-    """A Redis client (redis.asyncio's when ``asyncio``) for any accepted URL."""
-    options = {"socket_timeout": socket_timeout, "socket_connect_timeout": 5, "socket_keepalive": True, **kwargs}
+    """A Redis client (redis.asyncio's when ``asyncio``) for any accepted URL, with a reply timeout
+    (a half-open connection raises instead of hanging), a connect timeout and keepalive."""
+    options = {"socket_timeout": socket_timeout, "socket_connect_timeout": 5, **keepalive(), **kwargs}
     spec = parse_sentinel(url)
     if asyncio:
         from redis.asyncio import Redis
@@ -116,6 +129,36 @@ def connect(url: str, socket_timeout: float | None = 5.0, asyncio: bool = False,
         **options,
     )
     return sentinel.master_for(spec.master, db=spec.db, username=spec.username, password=spec.password, ssl=spec.ssl)
+
+
+def harden(client: Any, socket_timeout: float) -> Any:
+    """Give every connection of ``client``'s pool a reply timeout, a connect timeout and keepalive,
+    including those it opened already. RQ's worker raises the pool's timeout to ~415 s
+    (``Worker._set_connection``) so that its own blocking pops fit; this worker blocks at most a
+    second, and a reply it waits 415 s for on a half-open connection is a stalled worker."""
+    pool = client.connection_pool
+    pool.connection_kwargs.update({"socket_timeout": socket_timeout, "socket_connect_timeout": 5, **keepalive()})
+    pool.disconnect()  # connections made with the old settings are closed; new ones get these
+    pool.reset()
+    return client
+
+
+def clone(client: Any, socket_timeout: float) -> Any:
+    """A client on a pool of its own to the same server, with a shorter reply timeout: the
+    heartbeat thread's, so a slow or dead main connection never delays renewing the leases."""
+    from redis import ConnectionPool, Redis
+    from redis.sentinel import SentinelConnectionPool
+
+    pool = client.connection_pool
+    kwargs = {**pool.connection_kwargs, "socket_timeout": socket_timeout, "socket_connect_timeout": 5, **keepalive()}
+    if isinstance(pool, SentinelConnectionPool):
+        kwargs.pop("connection_pool", None)  # the old pool's proxy; the new pool sets its own
+        new_pool: Any = SentinelConnectionPool(
+            pool.service_name, pool.sentinel_manager, connection_class=pool.connection_class, **kwargs
+        )
+    else:
+        new_pool = ConnectionPool(connection_class=pool.connection_class, **kwargs)
+    return Redis(connection_pool=new_pool)
 
 
 def unavailable(exc: BaseException) -> bool:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from config.connections import SCHEMES, parse_sentinel
@@ -130,8 +130,25 @@ class Settings(BaseSettings):
         gt=0,
         le=3600,
         description="A claimed job's lease, renewed every heartbeat while its batch runs. A job whose lease "
-        "ran out and whose worker stopped renewing is recovered within about lease + one heartbeat. "
-        "Default: 2 x LVM_HEARTBEAT_SECONDS (10 s).",
+        "ran out and whose worker stopped renewing is recovered within about lease + one heartbeat. Must be "
+        "more than 2 x LVM_HEARTBEAT_SECONDS, so one late beat cannot lose a running batch. "
+        "Default: 3 x LVM_HEARTBEAT_SECONDS (15 s).",
+    )
+    watchdog_grace_seconds: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="A batch still computing this long past its deadline (its main thread stuck in a C call, "
+        "where the deadline cannot interrupt it) stops being renewed, and the worker exits with code 3 so that "
+        "compose or Kubernetes restart it; other workers recover its jobs.",
+    )
+    redis_socket_timeout: float = Field(
+        5.0,
+        ge=2,
+        le=600,
+        description="Longest a worker waits for one Redis reply before it drops the connection and retries "
+        "on a new one (a half-open connection after a partition). The heartbeat's own connection waits at "
+        "most min(this, LVM_HEARTBEAT_SECONDS).",
     )
     max_reruns: int = Field(
         1, ge=0, le=10, description="Times a job whose worker died mid-batch is re-queued before it fails 'abandoned'."
@@ -236,9 +253,20 @@ class Settings(BaseSettings):
             return value
         raise ValueError("must be cpu, cuda, cuda:N, mps or auto")
 
+    @model_validator(mode="after")
+    def _lease_outlasts_beats(self) -> Settings:
+        # Race named here: a lease no longer than two beats expires between two renewals when one
+        # beat is late, and a peer recovers a batch that is still running (computed twice).
+        if self.lease_seconds is not None and self.lease_seconds <= 2 * self.heartbeat_seconds:
+            raise ValueError(
+                f"lease_seconds ({self.lease_seconds}) must be more than 2 x heartbeat_seconds "
+                f"({self.heartbeat_seconds}): raise LVM_LEASE_SECONDS or lower LVM_HEARTBEAT_SECONDS"
+            )
+        return self
+
     @property
     def lease_s(self) -> float:
-        return self.lease_seconds or 2 * self.heartbeat_seconds
+        return self.lease_seconds or 3 * self.heartbeat_seconds
 
     def gateway_model_names(self) -> list[str]:
         return comma_list(self.gateway_models) or sorted(self.models)
@@ -259,6 +287,9 @@ def load_settings(**overrides: object) -> Settings:
     except ValidationError as exc:
         lines = []
         for err in exc.errors():
+            if not err["loc"]:  # a check across fields: its message names them
+                lines.append(str(err["msg"]).removeprefix("Value error, "))
+                continue
             field = "__".join(str(part) for part in err["loc"]).upper()
             got = err.get("input")
             shown = safe_url(got) if isinstance(got, str) else got  # never echo a password

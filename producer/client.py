@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 from redis import Redis
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import OutOfMemoryError, RedisError, ResponseError
 from rq import Queue
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
@@ -48,6 +48,11 @@ def reaching_redis(method: Callable[..., T]) -> Callable[..., T]:
                 if not unavailable(exc):  # unreachable, or mid-failover (NOREPLICAS, READONLY)
                     raise
                 if attempt + 1 == attempts:
+                    if isinstance(exc, OutOfMemoryError):
+                        raise RedisUnavailable(
+                            f"Redis at {safe_url(self.url)} is at maxmemory and refuses new jobs ({exc}); nothing "
+                            "was enqueued: retry later (with the same idempotency key), or give Redis more memory"
+                        ) from exc
                     raise RedisUnavailable(
                         f"cannot reach Redis at {safe_url(self.url)} ({exc}); is it running? "
                         "check LVM_REDIS_URL (retries: LVM_PRODUCER_RETRIES)"

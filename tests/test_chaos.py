@@ -116,3 +116,23 @@ def test_sentinel_failover_under_load(env, tmp_path, wait_replicas, lag):
     assert "first new answer None" not in t.notes, t.notes  # the service came back without a restart
     if not lag or wait_replicas:
         assert t.lost == 0, t.row()  # nothing to lose in flight / a submit the replica confirmed survives
+
+
+def test_sigkill_while_the_batch_carries_meta_lua_cannot_encode(kill_env, tmp_path):
+    t = chaos.nan_meta_kill(kill_env, tmp_path, jobs=32 if FULL else 16)
+    _check(t)
+
+
+def test_redis_at_maxmemory_under_load(env, tmp_path):
+    t = chaos.maxmemory(env, tmp_path, seconds=5.0 if FULL else 3.0)
+    _check(t)
+    assert "submits refused" in t.notes
+
+
+@pytest.mark.parametrize("mode", ["half-open", "hold"])
+def test_partition_through_a_tcp_proxy(mode, env, tmp_path):
+    if mode == "hold" and not FULL:
+        pytest.skip("the 20 s held partition runs under make chaos")
+    t = chaos.partition(env, tmp_path, mode, hold_s=20.0)
+    _check(t)
+    assert t.finished == t.submitted

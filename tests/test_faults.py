@@ -233,3 +233,70 @@ def test_hostile_jobs_fail_alone_and_their_batch_mates_are_answered(redis_url, r
         with pytest.raises(ChatFailed, match="bad_payload"):
             client.result(job_id)
     assert redis.zcard(f"lvm:leases:{Q}") == 0 and redis.llen(f"rq:queue:{Q}") == 0
+
+
+# -- a hung batch: the watchdog ends the worker, a peer answers its job ---------------------------
+@pytest.mark.integration
+def test_a_batch_hung_in_a_c_call_is_given_up_and_answered_by_a_peer(
+    redis_url, redis, client, serving_artifacts, tmp_path
+):
+    """SIGALRM cannot interrupt a stuck C call (simulated: SIGALRM blocked, then asleep). Renew
+    stops at deadline + grace and the watchdog exits the worker with code 3; a peer recovers."""
+    from harness.processes import start_worker, stop, wait_ready
+    from helpers import worker_env
+    from worker.worker import WATCHDOG_EXIT
+
+    env = worker_env(redis_url, serving_artifacts, LVM_WATCHDOG_GRACE_SECONDS="1")
+    hung, name = start_worker(Q, {**env, "LVM_TESTING": "1", "LVM_TEST_HANG": "1"}, log_path=tmp_path / "hung.log")
+    try:
+        wait_ready(redis, name, hung)
+        job_id = ChatClient(redis_url, load_settings(job_timeout=1)).submit({"messages": ["Hello there."]})
+        assert hung.wait(timeout=30) == WATCHDOG_EXIT
+    finally:
+        stop(hung)
+    assert b"watchdog" in (tmp_path / "hung.log").read_bytes()
+    peer, peer_name = start_worker(Q, env, log_path=tmp_path / "peer.log")
+    try:
+        wait_ready(redis, peer_name, peer)
+        answer = client.wait(job_id, timeout=30)
+        assert answer.response and answer.worker == peer_name
+        assert redis.hget(f"rq:job:{job_id}", "lvm_reruns") == b"1"
+    finally:
+        stop(peer)
+
+
+# -- partitions, through a TCP proxy the test owns ------------------------------------------------
+@pytest.fixture
+def proxied_worker(redis_url, redis, serving_artifacts, tmp_path):
+    """A worker that reaches Redis only through a loopback proxy; the test talks to Redis directly."""
+    from harness.processes import start_worker, stop, wait_ready
+    from harness.tcp_proxy import TcpProxy
+    from helpers import worker_env
+
+    host_port = redis_url.split("//", 1)[1].split("/", 1)[0]
+    proxy = TcpProxy("127.0.0.1", int(host_port.rsplit(":", 1)[1]))
+    db = redis_url.rsplit("/", 1)[1]
+    env = worker_env(proxy.url(int(db)), serving_artifacts)
+    proc, name = start_worker(Q, env, log_path=tmp_path / "worker.log")
+    try:
+        wait_ready(redis, name, proc)
+        yield proxy, proc, name
+    finally:
+        proxy.release()
+        stop(proc)
+        proxy.close()
+
+
+@pytest.mark.integration
+def test_a_worker_cut_off_by_a_half_open_connection_serves_again_within_seconds(proxied_worker, client):
+    """Every connection the worker holds goes silent forever (no reset); new ones work. RQ's
+    ~415 s socket timeout used to stall it for minutes; now the first job after the cut is
+    answered within the reply timeout (LVM_REDIS_SOCKET_TIMEOUT, 10 s) plus a retry."""
+    proxy, proc, _ = proxied_worker
+    assert client.chat("Before the cut.", timeout=30).response
+    assert proxy.blackhole() >= 2  # the main connection and the heartbeat's
+    cut = time.monotonic()
+    answer = client.chat("Right after the cut.", timeout=30)
+    took = time.monotonic() - cut
+    assert answer.response and took < 30 and proc.poll() is None
+    print(f"half-open: first job after the cut answered in {took:.1f} s")

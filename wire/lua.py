@@ -37,7 +37,13 @@ def _body(name: str) -> str:
     return text.split("\n", 1)[1] if text.startswith("#!") else text
 
 
-def _head() -> str:
+# Shebang flags beyond the default. renew may run at maxmemory: it only moves the scores of
+# leases that exist (and one liveness entry), and a worker that cannot renew through a few seconds
+# of OOM would see its running batches recovered by peers and computed twice.
+FLAGS = {"renew": "allow-oom"}
+
+
+def _head(name: str = "") -> str:
     """What comes before every script but raw submit.lua: the shebang (Redis 7 then refuses the
     whole script up front at maxmemory, never stops it halfway), the constants as Lua locals,
     then the prelude."""
@@ -46,13 +52,14 @@ def _head() -> str:
         return str(value) if isinstance(value, int) else "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
     declarations = "".join(f"local {name} = {literal(value)}\n" for name, value in CONSTANTS.items())
-    return "#!lua\n" + declarations + _body("prelude")
+    shebang = f"#!lua flags={FLAGS[name]}\n" if name in FLAGS else "#!lua\n"
+    return shebang + declarations + _body("prelude")
 
 
 @functools.cache
 def source(name: str) -> str:
     """The script ``name`` as Redis runs it."""
-    return _head() + _body(name)
+    return _head(name) + _body(name)
 
 
 @functools.cache

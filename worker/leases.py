@@ -42,9 +42,17 @@ class LeaseBook:
         with self._lock:
             self.held = {t: lease for t, lease in self.held.items() if t != token}
 
-    def ids_by_token(self) -> dict[str, list[str]]:
-        """What renew extends: every held lease's ids, from one snapshot."""
-        return {token: list(lease.ids) for token, lease in self.held.items()}
+    def ids_by_token(self, grace_s: float = float("inf")) -> dict[str, list[str]]:
+        """What renew extends: every held lease's ids, from one snapshot, less a batch still
+        computing ``grace_s`` past its deadline (a main thread stuck where the deadline cannot
+        reach it must not hold its jobs forever)."""
+        hung = self.overdue(grace_s)
+        return {token: list(lease.ids) for token, lease in self.held.items() if hung is None or token != hung.token}
+
+    def overdue(self, grace_s: float) -> Lease | None:
+        """The batch being computed, if it is still computing ``grace_s`` past its deadline."""
+        busy = self.computing
+        return busy if busy is not None and time.time() > busy.deadline + grace_s else None
 
     def start_computing(self, queue: str, token: str, ids: tuple[str, ...], deadline_s: float) -> None:
         now = time.time()

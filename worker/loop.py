@@ -20,7 +20,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from redis import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from config import Settings
 from config.connections import unavailable
@@ -135,6 +137,7 @@ class BatchLoop:
         except RedisError as exc:
             if not unavailable(exc):
                 raise
+            self.drop_idle(exc)
             redis_down_pause("wait for jobs")
 
     def run_batch(self, claim: Claim, prefetch: int = 0) -> Claim | None:
@@ -221,6 +224,7 @@ class BatchLoop:
         self.pulse.set("busy", now=False)  # shown on the next beat: no extra round trip per batch
         try:
             with self.alarm.deadline(deadline):
+                faults.reached("computing")
                 answers = self.runtime.handle_batch([(j.request, j.enqueued_at, j.started_at) for j in jobs])
         except Interrupted as exc:
             if exc.reason == "stop":
@@ -289,9 +293,17 @@ class BatchLoop:
                     raise
                 if self.stop_signals > 1 or (self.alarm.stop_at is not None and time.monotonic() > self.alarm.stop_at):
                     raise GiveUp(what) from exc
+                self.drop_idle(exc)
                 log.warning("redis unreachable; retrying", step=what, retry_in_s=round(delay, 2), error=str(exc))
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
+
+    def drop_idle(self, exc: BaseException) -> None:
+        """After a timeout or a broken connection, close the pool's idle connections: they were
+        opened the same way and are as likely dead (a partition leaves them half-open), and each
+        would cost a full reply timeout to find out. The retry opens a fresh one."""
+        if isinstance(exc, (RedisConnectionError, RedisTimeoutError)):
+            self.connection.connection_pool.disconnect(inuse_connections=False)
 
     def close(self) -> None:
         self.io.shutdown(wait=True)

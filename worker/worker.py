@@ -34,16 +34,17 @@ from rq.suspension import is_suspended
 from rq.worker_registration import clean_worker_registry
 
 from config import Settings, load_settings
-from config.connections import unavailable
+from config.connections import clone, harden, unavailable
 from config.logs import configure_logging, get_logger
 from worker.heartbeat import Heartbeat
-from worker.leases import LeaseBook
+from worker.leases import Lease, LeaseBook
 from worker.lifecycle import Claim, Lifecycle
 from worker.loop import BatchLoop, GiveUp, redis_down_pause
 from worker.runtime import Runtime
 
 log = get_logger("lvmq.worker")
 MAINTENANCE_S = 60
+WATCHDOG_EXIT = 3  # the exit status of a worker ended by its watchdog (restart it)
 
 
 def default_name() -> str:
@@ -66,6 +67,7 @@ class LVMWorker(SimpleWorker):
         connection = kwargs.get("connection")
         queues = [Queue(n, connection=connection, serializer=JSONSerializer) for n in names]
         super().__init__(queues, *args, **kwargs)
+        harden(self.connection, settings.redis_socket_timeout)  # after RQ raised the timeout to ~415 s
         self.settings = settings
         self.model_name = self._model_for(names, model or settings.model)
         self.lifecycle = Lifecycle(
@@ -75,8 +77,11 @@ class LVMWorker(SimpleWorker):
         self.crashed = False
         self._suspension_checked = 0.0
         self.runtime: Runtime | None = None
+        # The heartbeat renews leases on a connection of its own with a short timeout: a main
+        # connection stuck on a half-open socket or a long claim never delays a renewal.
+        beat_timeout = max(1.0, min(settings.redis_socket_timeout, settings.heartbeat_seconds))
         self.pulse = Heartbeat(
-            Redis(connection_pool=self.connection.connection_pool),
+            clone(self.connection, beat_timeout),
             self.name,
             settings.heartbeat_seconds,
             self._heartbeat_info,
@@ -170,8 +175,12 @@ class LVMWorker(SimpleWorker):
         return info
 
     def _on_beat(self, connection: Redis) -> None:
-        """Heartbeat thread: renew this worker's leases, then recover other workers' orphans."""
-        held = self.leases.ids_by_token()
+        """Heartbeat thread: renew this worker's leases, then recover other workers' orphans; end
+        the process when the main thread is stuck past its batch's deadline plus grace."""
+        grace = self.settings.watchdog_grace_seconds
+        if (hung := self.leases.overdue(grace)) is not None:
+            self._watchdog(hung)
+        held = self.leases.ids_by_token(grace)
         lost = self.lifecycle.renew(self.queue_names(), held, connection=connection)
         if lost:
             log.warning("lost the lease of running jobs; their results will be discarded", job_ids=lost)
@@ -181,6 +190,17 @@ class LVMWorker(SimpleWorker):
             ):
                 if action != "cleared":
                     log.warning("recovered a job from a silent worker", job_id=job_id, action=action, owner=owner)
+
+    def _watchdog(self, hung: Lease) -> None:
+        """The main thread is still computing a batch ``watchdog_grace_seconds`` past its deadline:
+        stuck in a C call (CUDA, OpenMP) where SIGALRM cannot interrupt it. Stop renewing, say so
+        on the heartbeat, and exit with WATCHDOG_EXIT so that compose or Kubernetes restart the
+        worker; peers recover its jobs when their leases run out (a rerun counted)."""
+        overdue = round(time.time() - hung.deadline, 1)
+        message = f"main thread stuck {overdue} s past its batch deadline; exiting for a restart"
+        log.error("watchdog: batch hung past its deadline", job_ids=list(hung.ids), overdue_s=overdue)
+        self.pulse.set("error", message)
+        os._exit(WATCHDOG_EXIT)
 
     # -- RQ's work loop, on the batch loop -----------------------------------------------------
     def work(
@@ -279,6 +299,24 @@ class LVMWorker(SimpleWorker):
             log.warning("redis unreachable; worker heartbeat skipped", error=str(exc))
 
     # -- shutdown -----------------------------------------------------------------------------
+    def unsubscribe(self) -> None:
+        """RQ's, with every wait bounded. RQ's pubsub thread (`rq` commands such as shutdown)
+        holds a connection of its own; after a partition or a Redis restart it can sit on a
+        half-open socket, and RQ's ``stop()`` joins it without a timeout: the worker then hung
+        at exit until killed (seen as a non-zero exit in the Redis-restart chaos row). The
+        thread is a daemon, so one still stuck after this ends with the process."""
+        if not self.pubsub_thread:
+            return
+        try:
+            self.pubsub.unsubscribe()
+        except RedisError:
+            pass
+        self.pubsub_thread.stop(timeout=2)
+        try:
+            self.pubsub.close()
+        except RedisError:
+            pass
+
     def _on_signal(self, signum: int, frame: Any) -> None:
         """SIGTERM/SIGINT. Only sets state: the first asks for a drain (finish the batch within
         LVM_DRAIN_SECONDS, then exit 0), the second for a stop now. Logging, Redis writes and
