@@ -15,6 +15,7 @@ import numpy as np
 def run(device: str, n: int = 64) -> dict:
     from bench.load import user_messages
     from config import load_settings
+    from worker.jobdata import ChatJob
     from worker.runtime import Runtime
 
     settings = load_settings(conversation_cache=False)
@@ -23,7 +24,7 @@ def run(device: str, n: int = 64) -> dict:
     answers, vectors = {}, {}
     for dev in ("cpu", device):
         rt = Runtime.load(settings.model_copy(update={"device": dev}), "lstm", f"agreement-{dev}")
-        answers[dev] = [r["sentences"] for r in rt.handle_batch([(r, None, None) for r in requests])]
+        answers[dev] = [r["sentences"] for r in rt.handle_batch([ChatJob.local(r) for r in requests])]
         vectors[dev] = rt.pipeline.encoder.encode(messages[:n])
     same = sum(a == b for a, b in zip(answers["cpu"], answers[device], strict=True))
     cos = (vectors["cpu"] * vectors[device]).sum(axis=1)

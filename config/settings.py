@@ -214,7 +214,7 @@ class Settings(BaseSettings):
     )
     gateway_models: str = Field(
         "",
-        description="Comma-separated models the gateway offers and /readyz requires a ready worker for; "
+        description="Comma-separated models the gateway offers (/v1/models says which have a ready worker); "
         "default: every model in LVM_MODELS.",
     )
     gateway_rate_per_s: float = Field(5.0, gt=0, le=100000, description="Requests per second each API key may submit.")
@@ -226,6 +226,28 @@ class Settings(BaseSettings):
         "", description="Comma-separated origins allowed to call the API from a browser (CORS); none by default."
     )
     gateway_max_wait_s: float = Field(60.0, gt=0, le=600, description="Upper bound on GET ?wait=N.")
+    gateway_secret: str = Field(
+        "",
+        description="Required with API keys: the server secret the gateway keys each API key's owner id with "
+        "(HMAC-SHA256), so the ids stored on jobs (lvm_owner) cannot be brute-forced by a Redis reader. "
+        "Comma-separated to rotate: the first signs, the others still read the jobs they signed. Generate one: "
+        "python -c 'import secrets; print(secrets.token_hex(32))'.",
+    )
+    gateway_read_rate_per_s: float = Field(
+        20.0, gt=0, le=100000, description="Reads (status GETs, event streams, /v1/models) per second per key."
+    )
+    gateway_read_burst: int = Field(100, ge=1, le=100000, description="Reads a key may make at once.")
+    gateway_max_streams_per_key: int = Field(
+        64, ge=1, le=100000, description="Open event streams and waiting GETs one key may hold per gateway process."
+    )
+    gateway_max_connections: int = Field(
+        2000, ge=10, le=1_000_000, description="Connections a gateway process serves at once (503 past it)."
+    )
+    gateway_trusted_hosts: str = Field(
+        "",
+        description="Comma-separated Host names a gateway in local-only mode (no API keys) answers besides "
+        "localhost and loopback addresses: any other Host is refused (DNS rebinding).",
+    )
 
     # --- Logging -------------------------------------------------------------------------
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
@@ -261,6 +283,15 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"lease_seconds ({self.lease_seconds}) must be more than 2 x heartbeat_seconds "
                 f"({self.heartbeat_seconds}): raise LVM_LEASE_SECONDS or lower LVM_HEARTBEAT_SECONDS"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _keys_need_a_secret(self) -> Settings:
+        if self.gateway_api_keys.strip() and not comma_list(self.gateway_secret):
+            raise ValueError(
+                "LVM_GATEWAY_API_KEYS is set but LVM_GATEWAY_SECRET is not: the gateway keys owner ids with it. "
+                "Generate one: python -c 'import secrets; print(secrets.token_hex(32))'"
             )
         return self
 

@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 from starlette.middleware.cors import CORSMiddleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from config import Settings, load_settings
 from config.connections import connect as open_redis
@@ -30,6 +31,7 @@ from config.settings import comma_list
 from gateway import chat, errors, events, service
 from gateway.auth import KeyRing
 from gateway.hub import BLOCK_MS, EventHub
+from gateway.limits import Waits
 from gateway.metrics import Metrics, MetricsMiddleware
 from wire import lua
 
@@ -45,6 +47,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     state.hub = EventHub(blocking, state.redis)
     state.sync = open_redis(settings.redis_url)
     state.submit = state.redis.register_script(lua.rate_limited("submit"))
+    state.token = state.redis.register_script(lua.rate_limited("token"))
     state.metrics = Metrics(state.hub)
     if state.keys.open:
         log.warning(
@@ -73,10 +76,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
-    app.state.keys = KeyRing(settings.gateway_api_keys, settings.gateway_local_networks)
+    app.state.keys = KeyRing(settings.gateway_api_keys, settings.gateway_local_networks, settings.gateway_secret)
     app.state.models = settings.gateway_model_names()
     app.state.queues = [settings.queue_name(m) for m in app.state.models]
     app.state.metrics = None  # set at start-up; the middleware counts nothing before
+    app.state.waits = Waits(settings.gateway_max_streams_per_key)
     app.add_middleware(MetricsMiddleware, metrics_getter=lambda: app.state.metrics)
     origins = comma_list(settings.gateway_cors_origins)
     if origins:
@@ -86,6 +90,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_methods=["GET", "POST"],
             allow_headers=["Authorization", "X-API-Key", "Content-Type", "Idempotency-Key"],
         )
+    if app.state.keys.open:
+        # Local-only mode trusts the client's address, which a DNS-rebinding page shares: a name
+        # it controls, re-pointed at 127.0.0.1, would reach the gateway from the user's browser.
+        # Only loopback names (and those configured) are answered.
+        hosts = ["localhost", "127.0.0.1", "::1", "[::1]", *comma_list(settings.gateway_trusted_hosts)]
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=hosts)
     errors.install(app)
     for module in (chat, events, service):
         app.include_router(module.router)

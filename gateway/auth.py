@@ -1,11 +1,15 @@
 """Who is calling: API keys kept only as hashes, local-only mode, and the ``caller`` dependency.
 
-A key's owner id is its SHA-256, hex: the gateway stores it on every job it submits
-(``lvm_owner``) and shows a job only to the same owner. Keys in LVM_GATEWAY_API_KEYS may be
-given already hashed (``sha256:<hex>``, from ``lvmq gateway --hash-key``), so the plain key need
-not sit in any config file. With no keys configured the gateway serves only clients from
-LVM_GATEWAY_LOCAL_NETWORKS, all as the one owner ``local``. The per-key rate limit is a Lua
-token bucket run in the same step as the submit (wire/scripts/rate_limit.lua).
+Keys in LVM_GATEWAY_API_KEYS may be given already hashed (``sha256:<hex>``, from ``lvmq gateway
+--hash-key``), so the plain key need not sit in any config file. A key's owner id is
+HMAC-SHA256(LVM_GATEWAY_SECRET, its SHA-256): the gateway stores it on every job it submits
+(``lvm_owner``), keys the conversation cache, idempotency and rate buckets with it, and shows a
+job only to the same owner. A plain SHA-256 there would let anyone who can read Redis test
+guessed keys offline; the secret stops that. Rotation: put the new secret first and keep the old
+one after it (comma-separated) until the jobs it signed have expired: owners are written with
+the first and matched against all. With no keys configured the gateway serves only clients from
+LVM_GATEWAY_LOCAL_NETWORKS, all as the one owner ``local``. The per-key rate limits are Lua token
+buckets (wire/scripts/rate_limit.lua), the submit's in the same step as the submit.
 """
 
 from __future__ import annotations
@@ -30,13 +34,22 @@ def hash_key(key: str) -> str:
 
 @dataclass(frozen=True)
 class Caller:
-    owner: str  # the key's hash, or LOCAL_OWNER
+    owner: str  # the owner id new jobs get: HMAC of the key's hash under the current secret, or LOCAL_OWNER
+    owners: tuple[str, ...] = ()  # every id this caller's jobs may carry (one per secret in rotation)
+
+    def owns(self, job_owner: str | None) -> bool:
+        return job_owner is not None and any(hmac.compare_digest(job_owner, o) for o in self.owners or (self.owner,))
+
+
+def owner_ids(digest: str, secrets: list[str]) -> tuple[str, ...]:
+    return tuple(hmac.new(s.encode(), digest.encode(), hashlib.sha256).hexdigest() for s in secrets)
 
 
 class KeyRing:
     """The configured keys, as hashes; ``identify`` answers who a request is, or why not."""
 
-    def __init__(self, api_keys: str, local_networks: str):
+    def __init__(self, api_keys: str, local_networks: str, secret: str = ""):
+        self.secrets = comma_list(secret)
         self.hashes: list[str] = []
         for entry in comma_list(api_keys):
             if entry.startswith(HASH_PREFIX):
@@ -46,6 +59,8 @@ class KeyRing:
                 self.hashes.append(digest)
             else:
                 self.hashes.append(hash_key(entry))
+        if self.hashes and not self.secrets:
+            raise ValueError("LVM_GATEWAY_API_KEYS needs LVM_GATEWAY_SECRET (owner ids are keyed with it)")
         try:
             self.local = [ipaddress.ip_network(n, strict=False) for n in comma_list(local_networks)]
         except ValueError as exc:
@@ -71,7 +86,10 @@ class KeyRing:
         digest = hash_key(presented)
         # compare_digest over every configured hash: the time taken says nothing about which matched
         matched = [h for h in self.hashes if hmac.compare_digest(h, digest)]
-        return Caller(matched[0]) if matched else "unknown API key"
+        if not matched:
+            return "unknown API key"
+        owners = owner_ids(matched[0], self.secrets)
+        return Caller(owners[0], owners)
 
 
 def presented_key(authorization: str | None, x_api_key: str | None) -> str | None:

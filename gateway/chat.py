@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Annotated, Any
 
@@ -13,9 +12,11 @@ from pydantic import BaseModel, ValidationError
 from gateway.auth import Caller, caller
 from gateway.errors import ERRORS, ApiError
 from gateway.hub import POSITION, RESYNC_S
+from gateway.limits import refused, take
 from gateway.views import JobView, read_job
 from producer.client import prepare_submit
 from wire import keys
+from wire.jsontext import strict_json
 from wire.schema import TERMINAL, ChatRequest, request_error
 
 router = APIRouter()
@@ -29,7 +30,7 @@ class Submitted(BaseModel):
 
 
 async def view_or_404(request: Request, job_id: str, who: Caller) -> dict[str, Any]:
-    view = await read_job(request.app.state.redis, job_id, who.owner)
+    view = await read_job(request.app.state.redis, job_id, who)
     if view is None:
         raise ApiError(404, "not_found", f"no job {job_id[:128]} for this key (never submitted, or expired)")
     return view
@@ -50,12 +51,21 @@ async def body_of(request: Request) -> bytes:
     return b"".join(chunks)
 
 
+def require_json(request: Request) -> None:
+    """415 unless the body is declared JSON. A cross-site form or ``text/plain`` POST (which a
+    browser sends without asking the server first) is never taken for a chat: in local-only mode
+    that would let any web page a local user visits submit through the gateway."""
+    kind = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if kind != "application/json":
+        raise ApiError(415, "unsupported_media_type", "send the chat as JSON: Content-Type: application/json")
+
+
 def parse_chat(raw: bytes, models: list[str]) -> ChatRequest:
     """The body as a ChatRequest for a model served here, or the 422 a worker would give."""
     try:
-        payload = json.loads(raw)
+        payload = strict_json(raw)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise ApiError(422, "bad_payload", f"request is not valid JSON: {exc}") from None
+        raise ApiError(422, "bad_payload", f"request is not valid JSON: {str(exc)[:200]}") from None
     if not isinstance(payload, dict):
         raise ApiError(422, "bad_payload", f"request must be a JSON object, got {type(payload).__name__}")
     try:
@@ -84,26 +94,45 @@ def parse_chat(raw: bytes, models: list[str]) -> ChatRequest:
 )
 async def submit(request: Request, who: Who) -> JSONResponse:
     state, settings = request.app.state, request.app.state.settings
-    chat = parse_chat(await body_of(request), state.models)
+    try:
+        require_json(request)
+        chat = parse_chat(await body_of(request), state.models)
+    except ApiError:
+        await take(request, who, "submit")  # a refused body costs a token too: a 429 before the 4xx
+        raise
     idem = request.headers.get("idempotency-key")
     script_keys, args = prepare_submit(settings, state.sync, chat, f"{who.owner}:{idem}" if idem else None, who.owner)
-    # the rate limit and the submit are one script: one round trip, nothing enqueued when refused
-    allowed, reply = await state.submit(
-        keys=[*script_keys, keys.rate(who.owner)], args=[settings.gateway_rate_per_s, settings.gateway_burst, *args]
-    )
+    wanted = settings.producer_wait_replicas
+    # The rate limit and the submit are one script, and WAIT rides the same connection in the same
+    # round trip (it counts the replicas that hold this connection's writes).
+    async with state.redis.pipeline(transaction=False) as pipe:
+        await state.submit(
+            keys=[*script_keys, keys.rate(who.owner)],
+            args=[settings.gateway_rate_per_s, settings.gateway_burst, *args],
+            client=pipe,
+        )
+        if wanted:
+            pipe.wait(wanted, settings.producer_wait_ms)
+        replies = await pipe.execute()
+    allowed, reply = replies[0]
     if not int(allowed):
         state.metrics.rate_limited.inc()
-        retry = max(1, -(-int(reply) // 1000))
-        raise ApiError(
-            429,
-            "rate_limited",
-            f"over {settings.gateway_rate_per_s:g} requests/s (burst {settings.gateway_burst}); retry in {retry} s",
-            headers={"Retry-After": str(retry)},
-            retry_after_s=retry,
-        )
+        raise refused(settings.gateway_rate_per_s, settings.gateway_burst, reply, "submits")
     job_id = reply.decode() if isinstance(reply, bytes) else reply
-    state.metrics.submitted.labels(chat.model).inc()
     body = {"job_id": job_id, "status_url": f"/v1/chat/{job_id}", "events_url": f"/v1/chat/{job_id}/events"}
+    if wanted and int(replies[-1]) < wanted:
+        # Queued on the master, but a failover now could lose it: say so, with the id, so that a
+        # retry with the same Idempotency-Key is safe (it answers this job, never a second one).
+        raise ApiError(
+            503,
+            "unavailable",
+            f"{int(replies[-1])} of {wanted} replicas confirmed the submit within {settings.producer_wait_ms} ms: "
+            "it is queued but not yet safe from a failover; retry with the same Idempotency-Key",
+            headers={"Retry-After": "1"},
+            retry_after_s=1,
+            job_id=job_id,
+        )
+    state.metrics.submitted.labels(chat.model).inc()
     return JSONResponse(body, status_code=202, headers={"Location": body["status_url"]})
 
 
@@ -123,11 +152,12 @@ async def status(request: Request, job_id: str, who: Who, wait: float = 0.0) -> 
             "wait out of range",
             fields=[{"field": "wait", "reason": f"must be 0-{max_wait:g} seconds"}],
         )
+    await take(request, who, "read")
     if not wait:
         view = await view_or_404(request, job_id, who)
     else:
         deadline = time.monotonic() + wait
-        with request.app.state.hub.subscribe(job_id) as sub:
+        with request.app.state.waits.hold(who), request.app.state.hub.subscribe(job_id) as sub:
             view = await view_or_404(request, job_id, who)  # subscribed first: no change is missed
             while view["status"] not in TERMINAL and (left := deadline - time.monotonic()) > 0:
                 woken = await sub.next(min(left, RESYNC_S))

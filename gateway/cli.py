@@ -75,7 +75,9 @@ def cmd_gateway(args: argparse.Namespace) -> int:
 
     settings = load_settings()
     configure_logging(settings.log_level, settings.log_format)
-    KeyRing(settings.gateway_api_keys, settings.gateway_local_networks)  # a bad key list stops here, not per request
+    KeyRing(
+        settings.gateway_api_keys, settings.gateway_local_networks, settings.gateway_secret
+    )  # a bad key list stops here, not per request
     host = args.host or settings.gateway_host
     port = args.port or settings.gateway_port
     shown = f"[{host}]" if ":" in host else host
@@ -88,6 +90,8 @@ def cmd_gateway(args: argparse.Namespace) -> int:
         workers=args.workers,
         access_log=False,
         timeout_keep_alive=30,  # uvicorn's 5 s drops the connections of clients that chat at a human pace
+        limit_concurrency=settings.gateway_max_connections,  # past it: 503, not an unbounded pile of sockets
+        h11_max_incomplete_event_size=16 * 1024,  # request line and headers: 16 KB, not uvicorn's 64 KB
         log_level="warning",
         timeout_graceful_shutdown=5,
     )

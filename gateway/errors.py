@@ -23,8 +23,8 @@ log = get_logger("lvmq.gateway")
 
 # The gateway's own codes; a job's failure codes are wire.schema.ErrorCode.
 ApiErrorCode = Literal[
-    "unauthorized", "forbidden", "not_found", "too_large", "invalid_request", "bad_payload", "rate_limited",
-    "unavailable", "internal",
+    "unauthorized", "forbidden", "not_found", "too_large", "unsupported_media_type", "invalid_request",
+    "bad_payload", "rate_limited", "unavailable", "internal",
 ]  # fmt: skip
 
 
@@ -33,6 +33,7 @@ class ApiErrorBody(BaseModel):
     message: str
     fields: list[dict[str, str]] | None = None
     retry_after_s: int | None = None
+    job_id: str | None = None  # a 503 after a submit the replicas did not confirm: the job it queued
 
 
 class ApiError(Exception):
@@ -53,9 +54,11 @@ ERRORS = {
         403: "no API keys configured and the client is not local",
         404: "no such job, or not this key's",
         413: "body over LVM_GATEWAY_MAX_BODY_BYTES",
+        415: "the body is not declared JSON (Content-Type: application/json)",
         422: "invalid request: the same {field, reason} list a worker gives",
         429: "rate limited: see Retry-After",
-        503: "Redis unreachable",
+        503: "Redis unreachable, or (with job_id) a submit the replicas did not confirm: retry with the same "
+        "Idempotency-Key",
     }.items()
 }
 

@@ -22,6 +22,7 @@ from gateway.auth import Caller, caller
 from gateway.chat import view_or_404
 from gateway.errors import ERRORS
 from gateway.hub import POSITION, RESYNC_S, STATUS, EventHub, Subscription
+from gateway.limits import Slot, take
 from gateway.views import read_job
 from wire.schema import TERMINAL
 
@@ -41,29 +42,33 @@ def event_of(view: dict[str, Any]) -> bytes:
 
 @router.get(
     "/v1/chat/{job_id}/events",
-    responses={200: {"content": {"text/event-stream": {}}}, **{k: ERRORS[k] for k in (401, 403, 404)}},
+    responses={200: {"content": {"text/event-stream": {}}}, **{k: ERRORS[k] for k in (401, 403, 404, 429)}},
     summary="Server-sent events: queued (with position), started, then finished or failed",
 )
 async def events(request: Request, job_id: str, who: Annotated[Caller, Depends(caller)]) -> StreamingResponse:
     hub: EventHub = request.app.state.hub
+    await take(request, who, "read")
+    slot = request.app.state.waits.acquire(who)  # 429 past LVM_GATEWAY_MAX_STREAMS_PER_KEY
     sub = hub.add(job_id)  # before the first read: see the race above
     try:
         first = await view_or_404(request, job_id, who)  # a 404 is an HTTP answer, before the stream starts
     except BaseException:
         hub.remove(sub)
+        slot.release()
         raise
     if first["status"] in TERMINAL:
         hub.remove(sub)
-    body = stream(request.app.state.redis, hub, sub, job_id, who.owner, first)
+    body = stream(request.app.state.redis, hub, sub, job_id, who, first, slot)
     # A response cancelled before its first chunk never enters the generator, so its finally
-    # never runs: the finalizer unsubscribes when the generator is dropped.
+    # never runs: the finalizer unsubscribes (and frees the slot) when the generator is dropped.
     weakref.finalize(body, hub.remove, sub)
+    weakref.finalize(body, slot.release)
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     return StreamingResponse(body, media_type="text/event-stream", headers=headers)
 
 
 async def stream(
-    redis: Any, hub: EventHub, sub: Subscription, job_id: str, owner: str, first: dict[str, Any]
+    redis: Any, hub: EventHub, sub: Subscription, job_id: str, who: Caller, first: dict[str, Any], slot: Slot
 ) -> AsyncIterator[bytes]:
     view: dict[str, Any] | None = first
     try:
@@ -76,15 +81,16 @@ async def stream(
             if view["status"] in TERMINAL:
                 return
             sub.queue_name = view.get("queue") if view["status"] == "queued" else None
-            while (changed := await next_view(redis, sub, job_id, owner, view)) is QUIET:
+            while (changed := await next_view(redis, sub, job_id, who, view)) is QUIET:
                 yield b": keep-alive\n\n"
             view = changed  # type: ignore[assignment]
     finally:
         hub.remove(sub)
+        slot.release()
 
 
 async def next_view(
-    redis: Any, sub: Subscription, job_id: str, owner: str, view: dict[str, Any]
+    redis: Any, sub: Subscription, job_id: str, who: Caller, view: dict[str, Any]
 ) -> dict[str, Any] | None | object:
     """The job's next visible change (a new position, status or outcome), None when it is gone,
     or QUIET after RESYNC_S without one (the caller sends a keep-alive)."""
@@ -97,7 +103,7 @@ async def next_view(
         if woken is not None and woken[0] == STATUS and woken[1] == "started" and view["status"] == "queued":
             # the event says all there is to say: no read
             return {k: v for k, v in view.items() if k != "position_in_queue"} | {"status": "started"}
-        fresh = await read_job(redis, job_id, owner)
+        fresh = await read_job(redis, job_id, who)
         same = fresh is not None and all(fresh.get(k) == view.get(k) for k in ("status", "position_in_queue"))
         if not same:
             return fresh

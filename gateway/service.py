@@ -11,12 +11,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 from starlette.concurrency import run_in_threadpool
 
-from config.connections import unavailable
+from config.logs import get_logger
 from gateway.auth import Caller, caller
 from producer.health import check
 
 STATIC = Path(__file__).with_name("static")
 router = APIRouter()
+log = get_logger("lvmq.gateway")
 
 
 @router.get("/v1/models", summary="The models this gateway offers and whether a worker is ready for each")
@@ -33,18 +34,18 @@ async def healthz() -> JSONResponse:
     return JSONResponse({"ok": True})
 
 
-@router.get("/readyz", summary="Redis answers and every model has a ready worker (from heartbeats)")
+@router.get("/readyz", summary="The gateway can serve: Redis answers (workers are per model, in /v1/models)")
 async def readyz(request: Request) -> JSONResponse:
-    state = request.app.state
+    """Redis only. A model without a worker is a fact for /v1/models and `lvmq health`, not a
+    reason to take every gateway pod out of its Service (which would refuse the models that do
+    have workers, and the status reads of jobs already queued). Unauthenticated, so it says
+    nothing of hosts, PIDs or Redis's own error text."""
     try:
-        await state.redis.ping()
-        report = await run_in_threadpool(check, state.sync, state.queues)
-    except RedisError as exc:
-        if not unavailable(exc):
-            raise
-        return JSONResponse({"ok": False, "redis": False, "reason": f"Redis unreachable: {exc}"}, status_code=503)
-    served = [{"queue": q.queue, "ok": q.ok, "reason": q.reason} for q in report.queues]
-    return JSONResponse({"ok": report.ok, "redis": True, "queues": served}, status_code=200 if report.ok else 503)
+        await request.app.state.redis.ping()
+    except (RedisError, OSError) as exc:
+        log.warning("readyz_redis_unreachable", error=str(exc))
+        return JSONResponse({"ok": False, "reason": "Redis unreachable"}, status_code=503)
+    return JSONResponse({"ok": True})
 
 
 @router.get("/metrics", summary="Prometheus metrics")

@@ -12,16 +12,21 @@ from typing import Any
 from pydantic import BaseModel
 from redis.asyncio import Redis
 
+from gateway.auth import Caller
 from wire import keys
 from wire.results import decode_failure, decode_result, error_from
 from wire.schema import TERMINAL, ChatError, ChatResult, JobStatus
+
+# LPOS walks the queue from its head: past this many entries a job's place reads as unknown (null),
+# so one read costs Redis at most this much however deep the queue is.
+POSITION_SCAN = 5000
 
 
 class JobView(BaseModel):
     job_id: str
     status: JobStatus
     queue: str | None = None
-    position_in_queue: int | None = None
+    position_in_queue: int | None = None  # null while more than POSITION_SCAN jobs are ahead
     result: ChatResult | None = None
     error: ChatError | None = None
 
@@ -30,7 +35,7 @@ def _text(value: bytes | None) -> str | None:
     return None if value is None else value.decode("utf-8", "replace")
 
 
-async def read_job(redis: Redis, job_id: str, owner: str) -> dict[str, Any] | None:
+async def read_job(redis: Redis, job_id: str, who: Caller) -> dict[str, Any] | None:
     """``{job_id, status, queue, position_in_queue?, result?, error?}``, or None when absent or not the owner's."""
     if not keys.JOB_ID.match(job_id):
         return None
@@ -44,12 +49,12 @@ async def read_job(redis: Redis, job_id: str, owner: str) -> dict[str, Any] | No
     status, job_owner, origin, meta = fields
     if isinstance(entries, Exception):
         entries = []
-    if status is None or _text(job_owner) != owner:
+    if status is None or not who.owns(_text(job_owner)):
         return None
     view: dict[str, Any] = {"job_id": job_id, "status": _text(status), "queue": _text(origin)}
     entry = entries[0][1] if entries else None
     if view["status"] == "queued" and origin:
-        position = await redis.lpos(keys.queue(_text(origin) or ""), job_id)
+        position = await redis.lpos(keys.queue(_text(origin) or ""), job_id, maxlen=POSITION_SCAN)
         view["position_in_queue"] = None if position is None else int(position) + 1
     elif view["status"] == "finished":
         view["result"] = decode_result(entry[b"return_value"]) if entry and b"return_value" in entry else None

@@ -3,19 +3,24 @@
 A worker counts as serving when its heartbeat is fresh, says ready or busy, and, when busy, its
 batch is not past its deadline plus a grace of three heartbeats: a main thread wedged in a
 batch keeps the heartbeat thread alive, and must still read as unhealthy.
+
+Workers are found in the ``lvm:workers`` registry their heartbeats write, never by a SCAN of the
+keyspace (a probe every few seconds on every pod would walk all of Redis). Ages come from the
+keys' TTLs on Redis's clock and a batch's lateness from the worker's own clock, so no two hosts'
+clocks are ever compared. Every entry is read as hostile: one malformed heartbeat reads as an
+``error`` worker and never fails the report.
 """
 
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 from redis import Redis
+from redis.exceptions import ResponseError
 
-from wire.keys import HEARTBEAT_PREFIX
+from wire.keys import HEARTBEAT_PREFIX, WORKERS, WORKERS_MAX
 from wire.schema import Heartbeat
 
 SERVING = ("ready", "busy")
@@ -46,44 +51,49 @@ class HealthReport:
         }
 
 
-def _age_s(worker: dict[str, Any], now: float) -> float | None:
-    try:
-        return round(now - datetime.fromisoformat(worker["last_seen"]).timestamp(), 2)
-    except (KeyError, ValueError, TypeError):
-        return None
-
-
 def read_workers(redis: Redis) -> list[dict[str, Any]]:
-    now = time.time()
-    keys = sorted(redis.scan_iter(match=HEARTBEAT_PREFIX + "*", count=500))
-    values = redis.mget(keys) if keys else []
+    try:
+        names = redis.zrevrange(WORKERS, 0, WORKERS_MAX - 1)
+    except ResponseError:  # the registry holds another type: nothing to read, nothing to fail
+        return []
+    with redis.pipeline(transaction=False) as pipe:
+        for name in names:
+            pipe.get(HEARTBEAT_PREFIX.encode() + name)
+            pipe.pttl(HEARTBEAT_PREFIX.encode() + name)
+        replies = pipe.execute(raise_on_error=False)
     workers = []
-    for key, raw in zip(keys, values, strict=True):
-        if raw is None:
-            continue  # expired between SCAN and MGET
-        name = key.decode("utf-8", "replace").removeprefix(HEARTBEAT_PREFIX)
-        try:
-            parsed = json.loads(raw)
-            beat = Heartbeat.model_validate({"worker": name, **parsed} if isinstance(parsed, dict) else parsed)
-        except (ValueError, RecursionError):  # pydantic's ValidationError is a ValueError
-            beat = Heartbeat(worker=name, status="error", error="unreadable heartbeat")
-        info = beat.model_dump(exclude_none=True)
-        info["age_s"] = _age_s(info, now)
-        workers.append(info)
-    return workers
+    for i, raw_name in enumerate(names):
+        raw, ttl_ms = replies[2 * i], replies[2 * i + 1]
+        if raw is None or isinstance(raw, Exception):
+            continue  # expired (the worker is gone) or not a string: not a heartbeat
+        workers.append(parse_heartbeat(raw_name.decode("utf-8", "replace"), raw, ttl_ms))
+    return sorted(workers, key=lambda w: str(w.get("worker")))
 
 
-def problem(worker: dict[str, Any], now: float | None = None) -> str | None:
+def parse_heartbeat(name: str, raw: bytes, ttl_ms: Any) -> dict[str, Any]:
+    """One heartbeat as a dict; an unreadable one as an ``error`` worker. ``age_s`` is how long
+    ago it was written: its TTL is three periods, so age = 3 periods - the TTL left."""
+    try:
+        parsed = json.loads(raw)
+        beat = Heartbeat.model_validate({**parsed, "worker": name} if isinstance(parsed, dict) else parsed)
+    except (ValueError, TypeError, RecursionError):  # pydantic's ValidationError is a ValueError
+        beat = Heartbeat(worker=name, status="error", error="unreadable heartbeat")
+    info = beat.model_dump(exclude_none=True)
+    left = ttl_ms if isinstance(ttl_ms, int) and ttl_ms > 0 else None
+    info["age_s"] = None if left is None else round(max(0.0, 3 * beat.period_s - left / 1000), 2)
+    return info
+
+
+def problem(worker: dict[str, Any]) -> str | None:
     """Why this worker is not serving, or None."""
-    now = time.time() if now is None else now
     period = float(worker.get("period_s") or 5)
     if worker.get("status") not in SERVING:
         return f"is {worker.get('status')}" + (f" ({worker['error']})" if worker.get("error") else "")
     if worker.get("age_s") is None or worker["age_s"] > 3 * period:
         return f"heartbeat is stale ({worker.get('age_s')} s old)"
-    deadline = worker.get("busy_deadline_at")
-    if isinstance(deadline, (int, float)) and now > deadline + 3 * period:
-        return f"is busy {now - deadline:.0f} s past its batch deadline (wedged?)"
+    overdue = worker.get("busy_overdue_s")
+    if worker.get("status") == "busy" and isinstance(overdue, (int, float)) and overdue > 3 * period:
+        return f"is busy {overdue:.0f} s past its batch deadline (wedged?)"
     return None
 
 

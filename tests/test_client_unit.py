@@ -11,7 +11,7 @@ from config import load_settings
 from producer.client import ChatClient
 from producer.errors import ChatFailed, JobNotFound
 from producer.health import check, format_report
-from wire.keys import HEARTBEAT_PREFIX
+from wire.keys import HEARTBEAT_PREFIX, WORKERS
 from wire.schema import JOB_FUNCTION
 
 
@@ -80,7 +80,11 @@ def _beat(redis, name, status, queues, age=0.0, period=5.0):
         "latency_p50_ms": 12.5,
         "device": "cpu",
     }
-    redis.set(HEARTBEAT_PREFIX + name, json.dumps(body))
+    left_ms = int((3 * period - age) * 1000)  # the key's TTL is three periods: age is what it has used
+    redis.zadd(WORKERS, {name: 0})
+    redis.delete(HEARTBEAT_PREFIX + name)
+    if left_ms > 0:
+        redis.set(HEARTBEAT_PREFIX + name, json.dumps(body), px=left_ms)
 
 
 def test_health_rules():
@@ -102,18 +106,36 @@ def test_health_rules():
     assert "w1" in text and "busy" in text and "lvm-lstm: OK" in text and text.endswith("healthy")
 
 
+@pytest.mark.parametrize(
+    "raw",
+    [b"1", b"[]", b"null", b"not json", b'{"status": "ready", "period_s": "x"}', b'{"status": 5}', b"[" * 5000],
+)
+def test_one_malformed_heartbeat_never_fails_the_report(raw):
+    """Any program can write Redis: a heartbeat of the wrong shape reads as an error worker, and
+    the other workers' health (and `lvmq health --worker`) is unaffected."""
+    redis = fakeredis.FakeRedis()
+    _beat(redis, "good", "ready", ["lvm-lstm"])
+    redis.zadd(WORKERS, {"x": 0, "a-hash": 0})
+    redis.set(HEARTBEAT_PREFIX + "x", raw, px=10000)
+    redis.hset(HEARTBEAT_PREFIX + "a-hash", "status", "ready")
+    assert check(redis, ["lvm-lstm"]).ok and check(redis, worker="good").ok
+    bad = [w for w in check(redis).workers if w["worker"] == "x"]
+    assert bad and bad[0]["status"] == "error"
+    assert not check(redis, worker="x").ok
+
+
 def test_health_flags_a_worker_busy_past_its_deadline_and_checks_one_worker():
     redis = fakeredis.FakeRedis()
     _beat(redis, "host-a.12.ab12", "busy", ["lvm-lstm"])
     body = json.loads(redis.get(HEARTBEAT_PREFIX + "host-a.12.ab12"))
-    body.update(host="host-a", busy_deadline_at=time.time() + 5)
-    redis.set(HEARTBEAT_PREFIX + "host-a.12.ab12", json.dumps(body))
+    body.update(host="host-a", busy_overdue_s=-5.0)
+    redis.set(HEARTBEAT_PREFIX + "host-a.12.ab12", json.dumps(body), px=15000)
     assert check(redis, ["lvm-lstm"]).ok
     assert check(redis, worker="host-a").ok and check(redis, worker="host-a.12.ab12").ok
     assert not check(redis, worker="host-b").ok
     assert "no heartbeat from worker host-b" in check(redis, worker="host-b").queues[0].reason
-    body["busy_deadline_at"] = time.time() - 60  # wedged: 60 s past its deadline, grace is 3 x 5 s
-    redis.set(HEARTBEAT_PREFIX + "host-a.12.ab12", json.dumps(body))
+    body["busy_overdue_s"] = 60.0  # wedged: 60 s past its deadline (its own clock), grace is 3 x 5 s
+    redis.set(HEARTBEAT_PREFIX + "host-a.12.ab12", json.dumps(body), px=15000)
     report = check(redis, worker="host-a")
     assert not report.ok and "past its batch deadline" in report.queues[0].reason
     assert not check(redis, ["lvm-lstm"]).ok

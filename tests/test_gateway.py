@@ -13,8 +13,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from redis import Redis
 
-from gateway.auth import HASH_PREFIX, KeyRing, hash_key
+from gateway.auth import HASH_PREFIX, KeyRing, hash_key, owner_ids
 from harness.processes import start_gateway, start_worker, stop, wait_http, wait_ready
 from harness.redis_server import RedisServer, free_port
 from producer.client import ChatClient, connect
@@ -23,6 +24,8 @@ from wire.keys import EVENTS
 pytestmark = pytest.mark.integration
 
 KEY_A, KEY_B, KEY_BURST = "key-alpha", "key-beta", "key-burst"
+SECRET = "test-secret-not-for-production"
+READ_BURST, MAX_STREAMS = 30, 24
 BURST = 4
 
 
@@ -44,10 +47,14 @@ def stack(tmp_path_factory):
         "LVM_GATEWAY_MODELS": "lstm,gru",
         # one key given hashed, as a deployment would keep it
         "LVM_GATEWAY_API_KEYS": f"{KEY_A},{HASH_PREFIX}{hash_key(KEY_B)},{KEY_BURST}",
+        "LVM_GATEWAY_SECRET": SECRET,
         "LVM_GATEWAY_BURST": str(BURST),
         "LVM_GATEWAY_RATE_PER_S": "0.2",
         "LVM_GATEWAY_MAX_BODY_BYTES": "4096",
         "LVM_GATEWAY_CORS_ORIGINS": "http://allowed.example",
+        "LVM_GATEWAY_READ_BURST": str(READ_BURST),
+        "LVM_GATEWAY_READ_RATE_PER_S": "0.5",
+        "LVM_GATEWAY_MAX_STREAMS_PER_KEY": str(MAX_STREAMS),
     }
     worker, name = start_worker("lvm-lstm", env, log_path=logs / "worker.log")
     port = free_port()
@@ -220,13 +227,56 @@ def test_invalid_input_gets_the_workers_own_field_errors(api, stack):
     assert error is not None
     assert error.model_dump(exclude={"job_id"}) == gateway_error
     assert {f["field"] for f in gateway_error["fields"]} == {"messages", "response_sentences", "forward"}
-    # not JSON, not an object, an unknown model, an unknown field
-    assert api.post("/v1/chat", content=b"{nope", headers=auth(KEY_A)).json()["error"] == "bad_payload"
+    # not JSON, not an object, an unknown model, an unknown field (each costs a token: two keys' worth)
+    as_json = {"Content-Type": "application/json"}
+    assert api.post("/v1/chat", content=b"{nope", headers=auth(KEY_A) | as_json).json()["error"] == "bad_payload"
     assert api.post("/v1/chat", json=[1], headers=auth(KEY_A)).json()["error"] == "bad_payload"
-    r = api.post("/v1/chat", json={"messages": ["x"], "model": "nope"}, headers=auth(KEY_A))
+    r = api.post("/v1/chat", json={"messages": ["x"], "model": "nope"}, headers=auth(KEY_B))
     assert r.status_code == 422 and r.json()["fields"][0]["field"] == "model"
-    r = api.post("/v1/chat", json={"messages": ["x"], "temperature": 1}, headers=auth(KEY_A))
+    r = api.post("/v1/chat", json={"messages": ["x"], "temperature": 1}, headers=auth(KEY_B))
     assert r.status_code == 422 and r.json()["fields"][0]["field"] == "temperature"
+
+
+def test_every_request_costs_a_token_and_hostile_bodies_get_4xx(api, stack):
+    """Refused bodies used to be free: a key could send invalid ones at any rate. And a body
+    nested past the parser's depth answered 500 with a traceback in the log."""
+    deep = b'{"messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    as_json = {"Content-Type": "application/json"}
+    r = api.post("/v1/chat", content=deep[:4000], headers=auth(KEY_A) | as_json)  # under the 4,096-byte cap
+    assert r.status_code == 422 and r.json()["error"] == "bad_payload" and "deep" in r.json()["message"]
+    r = api.post("/v1/chat", content=b'{"messages": ["x"], "forward": NaN}', headers=auth(KEY_A) | as_json)
+    assert r.status_code == 422
+    plain = {"Content-Type": "text/plain"}
+    codes = [
+        api.post("/v1/chat", content=b'{"messages": ["x"]}', headers=auth(KEY_BURST) | plain).status_code
+        for _ in range(BURST)
+    ]
+    assert codes == [415] * BURST  # a cross-site form or text/plain POST is never a chat
+    r = api.post("/v1/chat", json={"messages": ["x"]}, headers=auth(KEY_BURST))
+    assert r.status_code == 429 and "submits" in r.json()["message"]
+    assert "gateway_internal_error" not in (stack["logs"] / "gateway.log").read_text()
+
+
+def test_reads_have_their_own_bucket_and_streams_a_cap_per_key(api):
+    job = api.post("/v1/chat", json={"messages": ["Queued."], "model": "gru"}, headers=auth(KEY_B)).json()
+    streams = [api.stream("GET", job["events_url"], headers=auth(KEY_B)) for _ in range(MAX_STREAMS)]
+    opened = [s.__enter__() for s in streams]
+    try:
+        held = [response.iter_lines() for response in opened]
+        assert all(next(lines) == "event: queued" for lines in held)
+        over = api.get(job["events_url"], headers=auth(KEY_B))
+        assert over.status_code == 429 and "LVM_GATEWAY_MAX_STREAMS_PER_KEY" in over.json()["message"]
+        waiting = api.get(job["status_url"], params={"wait": 1}, headers=auth(KEY_B))
+        assert waiting.status_code == 429  # a waiting GET holds a slot too
+        assert api.get(job["status_url"], headers=auth(KEY_A)).status_code == 404  # other keys unaffected
+    finally:
+        for s in streams:
+            s.__exit__(None, None, None)
+    codes = [api.get(job["status_url"], headers=auth(KEY_B)).status_code for _ in range(READ_BURST)]
+    assert 429 in codes and codes[0] == 200  # the bucket: 30 reads, of which the streams took 26
+    r = api.get(job["status_url"], headers=auth(KEY_B))
+    assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1 and "reads" in r.json()["message"]
+    assert api.get(job["status_url"], headers=auth(KEY_A)).status_code == 404  # KEY_A's bucket is its own
 
 
 def test_body_cap_cors_and_no_stack_traces(api):
@@ -245,11 +295,10 @@ def test_body_cap_cors_and_no_stack_traces(api):
 
 def test_health_readiness_metrics_and_docs(api, stack):
     assert api.get("/healthz").json() == {"ok": True}
+    # Ready whenever Redis answers: lvm-gru has no worker, which /v1/models says, and the gateway
+    # still serves lstm (one model without workers must not take every gateway pod out).
     ready = api.get("/readyz")
-    assert ready.status_code == 503  # lvm-gru has no worker
-    reasons = {q["queue"]: q for q in ready.json()["queues"]}
-    assert reasons["lvm-lstm"]["ok"] and not reasons["lvm-gru"]["ok"]
-    assert "lvm-gru" in reasons["lvm-gru"]["reason"]
+    assert ready.status_code == 200 and ready.json() == {"ok": True}
     models = api.get("/v1/models", headers=auth(KEY_A)).json()["models"]
     assert models == [{"model": "lstm", "ready": True}, {"model": "gru", "ready": False}]
     metrics = api.get("/metrics").text
@@ -276,6 +325,35 @@ def test_events_stream_records_every_transition(stack, api):
     api.get(job["status_url"], params={"wait": 10}, headers=auth(KEY_A))
     seen = [f[b"status"].decode() for _, f in redis.xrange(EVENTS) if f[b"job"].decode() == job["job_id"]]
     assert seen == ["started", "finished"]
+
+
+def test_local_only_mode_refuses_foreign_hosts_and_unconfirmed_submits_say_so(redis_url, tmp_path):
+    """No API keys: only loopback Host names are answered (DNS rebinding), and with
+    LVM_PRODUCER_WAIT_REPLICAS a submit no replica confirmed is a 503 carrying its job id; the
+    retry with the same Idempotency-Key answers that very job, never a second one."""
+    port = free_port()
+    env = {"LVM_REDIS_URL": redis_url, "LVM_GATEWAY_MODELS": "lstm", "LVM_PRODUCER_WAIT_REPLICAS": "1",
+           "LVM_PRODUCER_WAIT_MS": "50"}  # fmt: skip
+    gateway = start_gateway(env, port, tmp_path / "gw.log")
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(base + "/healthz", gateway)
+        with httpx.Client(base_url=base, timeout=30) as api:
+            assert api.get("/readyz", headers={"Host": "evil.example"}).status_code == 400
+            assert api.get("/readyz", headers={"Host": f"localhost:{port}"}).status_code == 200
+            plain = api.post("/v1/chat", content=b'{"messages": ["x"]}', headers={"Content-Type": "text/plain"})
+            assert plain.status_code == 415
+            idem = {"Idempotency-Key": "order-1"}
+            first = api.post("/v1/chat", json={"messages": ["Hello."]}, headers=idem)
+            assert first.status_code == 503 and first.headers["retry-after"] == "1"
+            body = first.json()
+            assert body["error"] == "unavailable" and "replicas" in body["message"] and body["job_id"]
+            again = api.post("/v1/chat", json={"messages": ["Hello."]}, headers=idem)
+            assert again.status_code == 503 and again.json()["job_id"] == body["job_id"]
+            redis = Redis.from_url(redis_url)
+            assert redis.lrange("rq:queue:lvm-lstm", 0, -1) == [body["job_id"].encode()]
+    finally:
+        stop(gateway)
 
 
 def test_redis_down_is_a_503_and_not_ready(tmp_path):
@@ -324,7 +402,10 @@ def test_hash_key_from_stdin_matches_the_keyring():
         timeout=60,
     )
     assert out.returncode == 0 and out.stdout.strip() == HASH_PREFIX + hash_key("hidden")
-    assert KeyRing(out.stdout.strip(), "").identify("hidden", "8.8.8.8").owner == hash_key("hidden")
+    assert (
+        KeyRing(out.stdout.strip(), "", SECRET).identify("hidden", "8.8.8.8").owner
+        == owner_ids(hash_key("hidden"), [SECRET])[0]
+    )
 
 
 def test_keyring_local_only_and_hashed_keys():
@@ -332,9 +413,16 @@ def test_keyring_local_only_and_hashed_keys():
     assert local.open and local.identify(None, "127.0.0.1").owner == "local"
     assert isinstance(local.identify(None, "10.1.2.3"), str)  # refused: not a local network
     assert isinstance(local.identify(None, None), str)
-    ring = KeyRing(f"plain,{HASH_PREFIX}{hash_key('hidden')}", "")
+    ring = KeyRing(f"plain,{HASH_PREFIX}{hash_key('hidden')}", "", SECRET)
     assert "plain" not in ring.hashes and "hidden" not in str(ring.hashes)
-    assert ring.identify("hidden", "8.8.8.8").owner == hash_key("hidden")
+    who = ring.identify("hidden", "8.8.8.8")
+    # the owner id stored on jobs is keyed with the server secret: not the key's bare SHA-256
+    assert who.owner != hash_key("hidden") and who.owner == owner_ids(hash_key("hidden"), [SECRET])[0]
     assert isinstance(ring.identify("nope", "127.0.0.1"), str)
     with pytest.raises(ValueError, match="sha256"):
-        KeyRing("sha256:xyz", "")
+        KeyRing("sha256:xyz", "", SECRET)
+    with pytest.raises(ValueError, match="LVM_GATEWAY_SECRET"):
+        KeyRing("plain", "")
+    # rotation: a ring with a new secret first still owns what the old one signed
+    rotated = KeyRing("hidden", "", f"new-secret,{SECRET}").identify("hidden", "8.8.8.8")
+    assert rotated.owner != who.owner and rotated.owns(who.owner) and not who.owns(rotated.owner)

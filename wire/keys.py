@@ -19,6 +19,8 @@ WORKER_PREFIX = "rq:worker:"  # RQ's worker hash
 
 # --- lvm-queue's keys ----------------------------------------------------------------------
 HEARTBEAT_PREFIX = "lvm:heartbeat:"  # a worker's health: JSON wire.schema.Heartbeat, TTL 3 periods
+WORKERS = "lvm:workers"  # zset: worker name -> its last beat (Redis ms); health reads it, never SCAN
+WORKERS_MAX = 10_000  # the most workers a health read looks at
 ALIVE = "lvm:alive"  # zset: worker incarnation -> last renew (Redis ms); recovery reads it
 STATS_PREFIX = "lvm:stats:"  # per-minute job counters: lvm:stats:<queue>:<unix minute>:<finished|failed>
 IDEMPOTENCY_PREFIX = "lvm:idem:"  # lvm:idem:<queue>:<sha256 of the key> -> the first job's id

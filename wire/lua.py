@@ -16,7 +16,7 @@ from pathlib import Path
 from wire import keys
 
 SCRIPTS = Path(__file__).with_name("scripts")
-NAMES = ("submit", "claim", "renew", "finish", "release", "recover")
+NAMES = ("submit", "claim", "renew", "finish", "release", "recover", "beat")
 
 # Python-owned values a script needs, as Lua locals (an ARGV slot each would shift every index).
 CONSTANTS: dict[str, int | str] = {
@@ -37,10 +37,11 @@ def _body(name: str) -> str:
     return text.split("\n", 1)[1] if text.startswith("#!") else text
 
 
-# Shebang flags beyond the default. renew may run at maxmemory: it only moves the scores of
-# leases that exist (and one liveness entry), and a worker that cannot renew through a few seconds
-# of OOM would see its running batches recovered by peers and computed twice.
-FLAGS = {"renew": "allow-oom"}
+# Shebang flags beyond the default. renew and beat may run at maxmemory: renew only moves the
+# scores of leases that exist (and one liveness entry), beat overwrites a value of the same size;
+# a worker that could not renew through a few seconds of OOM would see its running batches
+# recovered by peers and computed twice, and one that could not beat would read as dead.
+FLAGS = {"renew": "allow-oom", "beat": "allow-oom"}
 
 
 def _head(name: str = "") -> str:

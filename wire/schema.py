@@ -197,6 +197,11 @@ class Heartbeat(BaseModel):
     jobs_failed: int = 0
     current_job: CurrentJob | None = None
     busy_deadline_at: float | None = Field(None, description="Unix time the batch in hand must end by.")
+    busy_overdue_s: float | None = Field(
+        None,
+        description="Seconds the batch in hand is past its deadline, on the worker's own clock (readers "
+        "compare no clocks); null or negative while on time.",
+    )
     latency_p50_ms: float | None = None
     max_batch: int | None = None
     prefetch: bool | None = None

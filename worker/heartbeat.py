@@ -1,8 +1,9 @@
 """A worker's health signal: ``lvm:heartbeat:<worker>`` refreshed every few seconds.
 
 The key's TTL is three periods, so a killed worker (even SIGKILL, which runs no clean-up)
-disappears from `lvmq health` within one TTL. The thread only reads state the worker sets;
-it never touches the job loop.
+disappears from `lvmq health` within one TTL. The same step (wire/scripts/beat.lua) enters the
+worker in the ``lvm:workers`` registry, so readers find heartbeats without a SCAN of the
+keyspace. The thread only reads state the worker sets; it never touches the job loop.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from redis import Redis
 from redis.exceptions import RedisError
 
 from config.logs import get_logger
-from wire.keys import HEARTBEAT_PREFIX
+from wire import lua
+from wire.keys import HEARTBEAT_PREFIX, WORKERS
 from wire.schema import Heartbeat as HeartbeatMessage
 from wire.schema import WorkerStatus
 
@@ -43,6 +45,8 @@ class Heartbeat:
     ):
         self.connection = connection
         self.key = HEARTBEAT_PREFIX + worker_name
+        self.worker_name = worker_name
+        self._beat = connection.register_script(lua.source("beat"))
         self.period = period
         self.ttl_ms = int(period * 3 * 1000)
         self.info = info
@@ -73,7 +77,7 @@ class Heartbeat:
     def beat(self) -> None:
         try:
             message = HeartbeatMessage.model_validate(self.payload())  # the wire contract, checked as written
-            self.connection.set(self.key, message.model_dump_json(), px=self.ttl_ms)
+            self._beat(keys=[self.key, WORKERS], args=[self.worker_name, message.model_dump_json(), self.ttl_ms, "1"])
             self.last_written = time.time()
         except RedisError:
             pass  # Redis away: the key expires and health says so; the next beat retries
@@ -106,6 +110,6 @@ class Heartbeat:
             self._thread.join(timeout=self.period + 1)
         if delete:
             try:
-                self.connection.delete(self.key)
+                self._beat(keys=[self.key, WORKERS], args=[self.worker_name, "", 0, "0"])
             except RedisError:
                 pass

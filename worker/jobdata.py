@@ -7,19 +7,19 @@ first problem becomes a ``bad_payload`` error naming the field, and the job fail
 
 from __future__ import annotations
 
-import json
-import math
 import re
 import zlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from wire.jsontext import strict_json
 from wire.schema import JOB_FUNCTION, MAX_META_BYTES, ChatError
 from worker.lifecycle import ACTED_ON_FIELDS, OVERSIZE_MARK, Claimed
 
 # What RQ's enqueue (and the documented raw protocol, and a re-queued job) writes on a chat job.
-# lvm_owner: the gateway's hash of the API key that submitted it; workers never read it.
+# lvm_owner: the gateway's owner id of the API key that submitted it; the conversation cache is
+# keyed by it, so one tenant can neither read nor wipe another's conversation of the same id.
 KNOWN_FIELDS = frozenset(
     {
         "data", "status", "origin", "description", "created_at", "enqueued_at", "started_at", "ended_at",
@@ -29,33 +29,6 @@ KNOWN_FIELDS = frozenset(
 )  # fmt: skip
 MAX_TTL_S = 30 * 86400
 INTEGER = re.compile(rb"^-?[0-9]{1,12}$")
-MAX_INT_DIGITS = 18  # an int past this reads as a double in Lua's cjson, and 1e400 as inf
-
-
-def strict_json(text: str) -> Any:
-    """``json.loads`` for hostile text: no NaN, Infinity or numbers a double cannot hold (Python's
-    json and RQ write them, JSON has none, and Lua's cjson cannot encode them back), and nesting
-    too deep for the parser is a ``ValueError`` like any other bad JSON, not a ``RecursionError``
-    that would escape the job and take the worker down with it."""
-
-    def refuse(name: str) -> Any:
-        raise ValueError(f"{name} is not JSON")
-
-    def finite(number: str) -> float:
-        value = float(number)
-        if not math.isfinite(value):
-            raise ValueError(f"{number[:20]} is past a double's range")
-        return value
-
-    def bounded(number: str) -> int:
-        if len(number.lstrip("-")) > MAX_INT_DIGITS:
-            raise ValueError(f"an integer of {len(number)} digits is past a double's exact range")
-        return int(number)
-
-    try:
-        return json.loads(text, parse_constant=refuse, parse_float=finite, parse_int=bounded)
-    except RecursionError:
-        raise ValueError("nested too deeply") from None
 
 
 class JobRejected(Exception):
@@ -71,8 +44,13 @@ class JobRejected(Exception):
         )
 
 
+OWNER = re.compile(r"^[A-Za-z0-9_-]{0,128}$")
+
+
 @dataclass
 class ChatJob:
+    """A claimed job on its way through the worker: what the hash said, read once."""
+
     id: str
     request: Any  # the single argument, validated later as a ChatRequest
     timeout: int
@@ -81,6 +59,12 @@ class ChatJob:
     meta: dict
     enqueued_at: datetime | None
     started_at: datetime
+    owner: str = ""  # lvm_owner: '' for producers that write none (ChatClient, raw producers)
+
+    @classmethod
+    def local(cls, request: Any, timeout: int = 60) -> ChatJob:
+        """A job that never went through Redis (benchmarks, tests): answered the same way."""
+        return cls("", request, timeout, 3600, 86400, {}, None, datetime.now(UTC))
 
 
 def parse(claimed: Claimed, queue: str, job_timeout: int, result_ttl: int, failure_ttl: int, cap: int) -> ChatJob:
@@ -118,7 +102,11 @@ def parse(claimed: Claimed, queue: str, job_timeout: int, result_ttl: int, failu
     _int(fields, "ttl", 0, -1, MAX_TTL_S)
     _int(fields, "lvm_reruns", 0, 0, 1000)
     _int(fields, "number_of_retries", 0, 0, 1000)
+    owner = _text(fields, "lvm_owner") or ""
+    if not OWNER.match(owner):
+        raise JobRejected("lvm_owner", "must be at most 128 letters, digits, '-' or '_'")
     return ChatJob(
+        owner=owner,
         id=claimed.id,
         request=_request(fields.get("data"), cap),
         timeout=_int(fields, "timeout", job_timeout, 1, job_timeout),

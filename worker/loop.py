@@ -225,7 +225,7 @@ class BatchLoop:
         try:
             with self.alarm.deadline(deadline):
                 faults.reached("computing")
-                answers = self.runtime.handle_batch([(j.request, j.enqueued_at, j.started_at) for j in jobs])
+                answers = self.runtime.handle_batch(jobs)
         except Interrupted as exc:
             if exc.reason == "stop":
                 raise

@@ -14,8 +14,9 @@ from typing import Any
 from pydantic import ValidationError
 
 from config import Settings
+from wire.jsontext import strict_json
 from wire.schema import ChatError, ChatRequest, ChatResult, LatencyBreakdown, request_error
-from worker.jobdata import strict_json
+from worker.jobdata import ChatJob
 
 
 class RequestRejected(Exception):
@@ -60,6 +61,16 @@ class NullPipeline:
 
         text = "(null pipeline)"
         return [ChatOutput(text, [text], 0.0, "null", 0, len(inputs), len(i.messages)) for i in inputs]
+
+
+def scoped(owner: str, conversation_id: str | None) -> str | None:
+    """The conversation cache's id for a conversation: the owner's namespace, then the client's id.
+    Keyed by ``conversation_id`` alone, another key holder using the same id (``"c-1"`` is in the
+    README) could learn from ``cache_hits`` whether a guessed sentence is in a victim's context,
+    and wipe it. Owners hold no '/', so no two (owner, id) pairs meet."""
+    if conversation_id is None:
+        return None
+    return f"{owner}/{conversation_id}" if owner else conversation_id
 
 
 @dataclass
@@ -192,7 +203,7 @@ class Runtime:
         self.latencies_ms = (self.latencies_ms + [result.latency_breakdown.total_latency_ms])[-200:]
         return result.model_dump(mode="json")
 
-    def handle_batch(self, items: list[tuple[Any, datetime | None, datetime | None]]) -> list[dict | BaseException]:
+    def handle_batch(self, jobs: list[ChatJob]) -> list[dict | BaseException]:
         """Answer many jobs with one pipeline run; each bad one fails alone.
 
         A request that fails validation is rejected before the batch runs, whatever the
@@ -203,11 +214,11 @@ class Runtime:
         """
         from lvm.pipeline import ChatInput
 
-        outcomes: list[dict | BaseException | None] = [None] * len(items)
+        outcomes: list[dict | BaseException | None] = [None] * len(jobs)
         valid: list[tuple[int, ChatRequest]] = []
-        for i, (payload, _, _) in enumerate(items):
+        for i, job in enumerate(jobs):
             try:
-                valid.append((i, self.parse(payload)))
+                valid.append((i, self.parse(job.request)))
             except RequestRejected as exc:
                 outcomes[i] = exc
             except Exception as exc:  # noqa: BLE001 - one hostile request fails alone
@@ -218,10 +229,10 @@ class Runtime:
                 r.messages,
                 r.response_sentences,
                 r.decode_steps,
-                conversation_id=r.conversation_id,
+                conversation_id=scoped(jobs[i].owner, r.conversation_id),
                 forward=self.forward if r.forward is None else r.forward,
             )
-            for _, r in valid
+            for i, r in valid
         ]
         outputs = self._run_isolating(inputs) if inputs else []
         for (i, request), output in zip(valid, outputs, strict=True):
@@ -229,7 +240,7 @@ class Runtime:
                 outcomes[i] = output
                 continue
             try:
-                outcomes[i] = self.answer(request, output, items[i][1], items[i][2])
+                outcomes[i] = self.answer(request, output, jobs[i].enqueued_at, jobs[i].started_at)
             except Exception as exc:  # noqa: BLE001 - fails this job alone (the loop reports it as internal)
                 outcomes[i] = exc
         return outcomes  # type: ignore[return-value]

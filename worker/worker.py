@@ -164,6 +164,7 @@ class LVMWorker(SimpleWorker):
             if busy and busy.ids
             else None,
             busy_deadline_at=busy.deadline if busy else None,
+            busy_overdue_s=round(time.time() - busy.deadline, 3) if busy else None,
             latency_p50_ms=rt.p50_ms() if rt else None,
             max_batch=self.settings.max_batch,
             prefetch=loop.prefetch if loop else False,
