@@ -136,3 +136,14 @@ def test_partition_through_a_tcp_proxy(mode, env, tmp_path):
     t = chaos.partition(env, tmp_path, mode, hold_s=20.0)
     _check(t)
     assert t.finished == t.submitted
+
+
+def test_many_event_streams_behind_a_deep_queue(kill_env, tmp_path):
+    """Redis CPU and renew latency with thousands of SSE streams on one key (full: 2,000 behind 50k)."""
+    if FULL:
+        t = chaos.streams_behind_queue(kill_env, tmp_path, streams=2000, depth=50_000, window_s=10.0)
+    else:
+        t = chaos.streams_behind_queue(kill_env, tmp_path, streams=200, depth=5_000, window_s=3.0, jobs=50)
+    _check(t)
+    assert t.finished == t.submitted and t.rerun == 0  # no lease lost
+    assert " 0 streams" not in t.notes
