@@ -28,7 +28,7 @@ from config import Settings, load_settings
 from config.connections import connect as open_redis
 from config.logs import get_logger
 from config.settings import comma_list
-from gateway import chat, errors, events, service
+from gateway import chat, completions, errors, events, service
 from gateway.auth import KeyRing
 from gateway.hub import BLOCK_MS, EventHub
 from gateway.limits import Waits
@@ -48,6 +48,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     state.sync = open_redis(settings.redis_url)
     state.submit = state.redis.register_script(lua.rate_limited("submit"))
     state.token = state.redis.register_script(lua.rate_limited("token"))
+    state.cancel = state.redis.register_script(lua.source("cancel"))
     state.metrics = Metrics(state.hub)
     if state.keys.open:
         log.warning(
@@ -97,7 +98,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         hosts = ["localhost", "127.0.0.1", "::1", "[::1]", *comma_list(settings.gateway_trusted_hosts)]
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=hosts)
     errors.install(app)
-    for module in (chat, events, service):
+    for module in (chat, completions, events, service):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=service.STATIC), name="static")
     return app

@@ -14,7 +14,7 @@ from gateway.errors import ERRORS, ApiError
 from gateway.hub import POSITION, RESYNC_S
 from gateway.limits import refused, take
 from gateway.views import JobView, read_job
-from producer.client import prepare_submit
+from producer.client import cancel_args, prepare_submit
 from wire import keys
 from wire.jsontext import strict_json
 from wire.schema import TERMINAL, ChatRequest, request_error
@@ -93,18 +93,26 @@ def parse_chat(raw: bytes, models: list[str]) -> ChatRequest:
     summary="Submit a chat; answers at once with the URLs to poll or stream",
 )
 async def submit(request: Request, who: Who) -> JSONResponse:
-    state, settings = request.app.state, request.app.state.settings
+    state = request.app.state
     try:
         require_json(request)
         chat = parse_chat(await body_of(request), state.models)
     except ApiError:
         await take(request, who, "submit")  # a refused body costs a token too: a 429 before the 4xx
         raise
-    idem = request.headers.get("idempotency-key")
+    job_id = await enqueue(request, who, chat, request.headers.get("idempotency-key"))
+    body = {"job_id": job_id, "status_url": f"/v1/chat/{job_id}", "events_url": f"/v1/chat/{job_id}/events"}
+    return JSONResponse(body, status_code=202, headers={"Location": body["status_url"]})
+
+
+async def enqueue(request: Request, who: Caller, chat: ChatRequest, idem: str | None) -> str:
+    """Submit ``chat`` for ``who``: the rate limit, the admission bound and the submit in one
+    script, WAIT in the same round trip; the job id, or the ApiError that says why not."""
+    state, settings = request.app.state, request.app.state.settings
     script_keys, args = prepare_submit(settings, state.sync, chat, f"{who.owner}:{idem}" if idem else None, who.owner)
     wanted = settings.producer_wait_replicas
-    # The rate limit and the submit are one script, and WAIT rides the same connection in the same
-    # round trip (it counts the replicas that hold this connection's writes).
+    # WAIT rides the same connection in the same round trip: it counts the replicas that hold
+    # this connection's writes.
     async with state.redis.pipeline(transaction=False) as pipe:
         await state.submit(
             keys=[*script_keys, keys.rate(who.owner)],
@@ -119,7 +127,6 @@ async def submit(request: Request, who: Who) -> JSONResponse:
         state.metrics.rate_limited.inc()
         raise refused(settings.gateway_rate_per_s, settings.gateway_burst, reply, "submits")
     job_id = reply.decode() if isinstance(reply, bytes) else reply
-    body = {"job_id": job_id, "status_url": f"/v1/chat/{job_id}", "events_url": f"/v1/chat/{job_id}/events"}
     if wanted and int(replies[-1]) < wanted:
         # Queued on the master, but a failover now could lose it: say so, with the id, so that a
         # retry with the same Idempotency-Key is safe (it answers this job, never a second one).
@@ -133,7 +140,54 @@ async def submit(request: Request, who: Who) -> JSONResponse:
             job_id=job_id,
         )
     state.metrics.submitted.labels(chat.model).inc()
-    return JSONResponse(body, status_code=202, headers={"Location": body["status_url"]})
+    return job_id
+
+
+async def wait_for_outcome(
+    request: Request, job_id: str, who: Caller, timeout: float, cancel_on_disconnect: bool = False
+) -> dict[str, Any] | None:
+    """The job's view once it ends, or as it stands after ``timeout`` s; None (and the job
+    canceled) when ``cancel_on_disconnect`` and the client went away meanwhile."""
+    deadline = time.monotonic() + timeout
+    step = 0.5 if cancel_on_disconnect else RESYNC_S
+    with request.app.state.waits.hold(who), request.app.state.hub.subscribe(job_id) as sub:
+        view = await view_or_404(request, job_id, who)  # subscribed first: no change is missed
+        while view["status"] not in TERMINAL and (left := deadline - time.monotonic()) > 0:
+            woken = await sub.next(min(left, step))
+            if cancel_on_disconnect and await request.is_disconnected():
+                await cancel_job(request, job_id, who)
+                return None
+            if woken is None and step < RESYNC_S and time.monotonic() < deadline:
+                continue  # only a disconnect check: nothing changed
+            if woken is not None and (woken[0] == POSITION or woken[1] == "started"):
+                continue  # not an outcome: no read
+            view = await view_or_404(request, job_id, who)
+    return view
+
+
+async def cancel_job(request: Request, job_id: str, who: Caller) -> tuple[str, str]:
+    """(outcome, status) of wire/scripts/cancel.lua for the caller's job: one atomic step."""
+    if not keys.JOB_ID.match(job_id):
+        return "absent", ""
+    state = request.app.state
+    reply = await state.cancel(keys=[keys.job(job_id), keys.EVENTS], args=cancel_args(state.settings, job_id,
+                               who.owner))  # fmt: skip
+    return tuple(x.decode() if isinstance(x, bytes) else x for x in reply)  # type: ignore[return-value]
+
+
+@router.delete(
+    "/v1/chat/{job_id}",
+    responses={k: ERRORS[k] for k in (401, 403, 404, 409, 503)},
+    summary="Cancel a job: a queued one is never computed; a running one's result is discarded",
+)
+async def cancel(request: Request, job_id: str, who: Who) -> JSONResponse:
+    await take(request, who, "read")
+    outcome, status = await cancel_job(request, job_id, who)
+    if outcome == "absent":
+        raise ApiError(404, "not_found", f"no job {job_id[:128]} for this key (never submitted, or expired)")
+    if outcome == "ended":
+        raise ApiError(409, "conflict", f"the job had already ended ({status}); nothing to cancel", job_status=status)
+    return JSONResponse({"job_id": job_id, "status": "canceled"})
 
 
 @router.get(
@@ -156,12 +210,5 @@ async def status(request: Request, job_id: str, who: Who, wait: float = 0.0) -> 
     if not wait:
         view = await view_or_404(request, job_id, who)
     else:
-        deadline = time.monotonic() + wait
-        with request.app.state.waits.hold(who), request.app.state.hub.subscribe(job_id) as sub:
-            view = await view_or_404(request, job_id, who)  # subscribed first: no change is missed
-            while view["status"] not in TERMINAL and (left := deadline - time.monotonic()) > 0:
-                woken = await sub.next(min(left, RESYNC_S))
-                if woken is not None and (woken[0] == POSITION or woken[1] == "started"):
-                    continue  # not an outcome: no read
-                view = await view_or_404(request, job_id, who)
+        view = await wait_for_outcome(request, job_id, who, wait)  # type: ignore[assignment]
     return JSONResponse({k: v for k, v in view.items() if v is not None})

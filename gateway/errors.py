@@ -24,7 +24,7 @@ log = get_logger("lvmq.gateway")
 # The gateway's own codes; a job's failure codes are wire.schema.ErrorCode.
 ApiErrorCode = Literal[
     "unauthorized", "forbidden", "not_found", "too_large", "unsupported_media_type", "invalid_request",
-    "bad_payload", "rate_limited", "unavailable", "internal",
+    "bad_payload", "rate_limited", "unavailable", "internal", "conflict", "timeout", "overloaded",
 ]  # fmt: skip
 
 
@@ -34,6 +34,7 @@ class ApiErrorBody(BaseModel):
     fields: list[dict[str, str]] | None = None
     retry_after_s: int | None = None
     job_id: str | None = None  # a 503 after a submit the replicas did not confirm: the job it queued
+    job_status: str | None = None  # a 409 on cancel: how the job had ended
 
 
 class ApiError(Exception):
@@ -54,6 +55,7 @@ ERRORS = {
         403: "no API keys configured and the client is not local",
         404: "no such job, or not this key's",
         413: "body over LVM_GATEWAY_MAX_BODY_BYTES",
+        409: "the job had already ended: nothing to cancel",
         415: "the body is not declared JSON (Content-Type: application/json)",
         422: "invalid request: the same {field, reason} list a worker gives",
         429: "rate limited: see Retry-After",

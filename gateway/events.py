@@ -10,16 +10,17 @@ serves both the 404 check and the first event.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 
 from gateway.auth import Caller, caller
-from gateway.chat import view_or_404
+from gateway.chat import cancel_job, view_or_404
 from gateway.errors import ERRORS
 from gateway.hub import POSITION, RESYNC_S, STATUS, EventHub, Subscription
 from gateway.limits import Slot, take
@@ -43,9 +44,12 @@ def event_of(view: dict[str, Any]) -> bytes:
 @router.get(
     "/v1/chat/{job_id}/events",
     responses={200: {"content": {"text/event-stream": {}}}, **{k: ERRORS[k] for k in (401, 403, 404, 429)}},
-    summary="Server-sent events: queued (with position), started, then finished or failed",
+    summary="Server-sent events: queued (with position), started, then finished or failed; "
+    "?cancel_on_disconnect=true cancels the job when the client goes away first",
 )
-async def events(request: Request, job_id: str, who: Annotated[Caller, Depends(caller)]) -> StreamingResponse:
+async def events(
+    request: Request, job_id: str, who: Annotated[Caller, Depends(caller)], cancel_on_disconnect: bool = False
+) -> StreamingResponse:
     hub: EventHub = request.app.state.hub
     await take(request, who, "read")
     slot = request.app.state.waits.acquire(who)  # 429 past LVM_GATEWAY_MAX_STREAMS_PER_KEY
@@ -58,7 +62,8 @@ async def events(request: Request, job_id: str, who: Annotated[Caller, Depends(c
         raise
     if first["status"] in TERMINAL:
         hub.remove(sub)
-    body = stream(request.app.state.redis, hub, sub, job_id, who, first, slot)
+    on_close = (lambda: cancel_job(request, job_id, who)) if cancel_on_disconnect else None
+    body = stream(request.app.state.redis, hub, sub, job_id, who, first, slot, on_close)
     # A response cancelled before its first chunk never enters the generator, so its finally
     # never runs: the finalizer unsubscribes (and frees the slot) when the generator is dropped.
     weakref.finalize(body, hub.remove, sub)
@@ -68,8 +73,17 @@ async def events(request: Request, job_id: str, who: Annotated[Caller, Depends(c
 
 
 async def stream(
-    redis: Any, hub: EventHub, sub: Subscription, job_id: str, who: Caller, first: dict[str, Any], slot: Slot
+    redis: Any,
+    hub: EventHub,
+    sub: Subscription,
+    job_id: str,
+    who: Caller,
+    first: dict[str, Any],
+    slot: Slot,
+    on_close: Callable[[], Awaitable[Any]] | None = None,
 ) -> AsyncIterator[bytes]:
+    """``on_close``: run when the stream closes before the job ended (the client went away):
+    ``?cancel_on_disconnect=true`` cancels the job then, as a closed chat tab should."""
     view: dict[str, Any] | None = first
     try:
         while True:
@@ -87,6 +101,8 @@ async def stream(
     finally:
         hub.remove(sub)
         slot.release()
+        if on_close is not None and (view is None or view["status"] not in TERMINAL):
+            await asyncio.shield(on_close())
 
 
 async def next_view(

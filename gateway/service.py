@@ -3,30 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
-from starlette.concurrency import run_in_threadpool
 
 from config.logs import get_logger
-from gateway.auth import Caller, caller
-from producer.health import check
 
 STATIC = Path(__file__).with_name("static")
 router = APIRouter()
 log = get_logger("lvmq.gateway")
-
-
-@router.get("/v1/models", summary="The models this gateway offers and whether a worker is ready for each")
-async def list_models(request: Request, who: Annotated[Caller, Depends(caller)]) -> JSONResponse:
-    state = request.app.state
-    report = await run_in_threadpool(check, state.sync, state.queues)
-    return JSONResponse(
-        {"models": [{"model": m, "ready": q.ok} for m, q in zip(state.models, report.queues, strict=True)]}
-    )
 
 
 @router.get("/healthz", summary="The gateway process answers")

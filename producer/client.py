@@ -68,6 +68,19 @@ def connect(url: str, socket_timeout: float | None = 5.0) -> Redis:
     return open_redis(url, socket_timeout=socket_timeout)
 
 
+def cancel_args(settings: Settings, job_id: str, owner: str = "") -> list[Any]:
+    """ARGV of cancel.lua (KEYS: the job hash, the event stream)."""
+    from rq.registry import CanceledJobRegistry
+
+    return [job_id, owner, rq_time(), settings.failure_ttl, keys.RESULTS_PREFIX, keys.QUEUE_PREFIX,
+            keys.leases(""), keys.started(""), CanceledJobRegistry.key_template.format("")]  # fmt: skip
+
+
+def rq_time() -> str:
+    """RQ's timestamp format (worker/lifecycle.py writes the same)."""
+    return now().strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
 def prepare_submit(
     settings: Settings, connection: Redis, request: RequestLike, idempotency_key: str | None, owner: str | None = None
 ) -> tuple[list[str], list[Any]]:
@@ -110,6 +123,7 @@ class ChatClient:
         self._blocking: Redis | None = None
         self._blocking_timeout = 0.0
         self._submit = self.redis.register_script(lua.source("submit"))
+        self._cancel = self.redis.register_script(lua.source("cancel"))
 
     # -- submitting ------------------------------------------------------------------------
     def queue(self, model: str) -> Queue:
@@ -154,6 +168,17 @@ class ChatClient:
                 ids,
             )
         return ids
+
+    @reaching_redis
+    def cancel(self, job_id: str) -> str:
+        """Cancel a job in one atomic step: a queued one leaves its queue and is never computed, a
+        running one's result is discarded; it ends ``canceled``. Returns 'canceled' (now or
+        before), or the status it had ended with ('finished', 'failed', ...); JobNotFound when absent."""
+        reply = self._cancel(keys=[keys.job(job_id), keys.EVENTS], args=cancel_args(self.settings, job_id))
+        outcome, status = (x.decode() if isinstance(x, bytes) else x for x in reply)
+        if outcome == "absent":
+            self._job(job_id)  # raises JobNotFound with the reasons
+        return "canceled" if outcome in ("canceled", "already") else status
 
     # -- reading ---------------------------------------------------------------------------
     def _job(self, job_id: str, connection: Redis | None = None) -> Job:

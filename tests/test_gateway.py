@@ -299,8 +299,13 @@ def test_health_readiness_metrics_and_docs(api, stack):
     # still serves lstm (one model without workers must not take every gateway pod out).
     ready = api.get("/readyz")
     assert ready.status_code == 200 and ready.json() == {"ok": True}
-    models = api.get("/v1/models", headers=auth(KEY_A)).json()["models"]
-    assert models == [{"model": "lstm", "ready": True}, {"model": "gru", "ready": False}]
+    listed = api.get("/v1/models", headers=auth(KEY_A)).json()
+    assert listed["object"] == "list"  # OpenAI's shape, plus readiness
+    assert [(m["id"], m["object"], m["owned_by"], m["ready"]) for m in listed["data"]] == [
+        ("lstm", "model", "lvm-queue", True),
+        ("gru", "model", "lvm-queue", False),
+    ]
+    assert listed["data"][0]["created"] > 1_700_000_000 and listed["data"][1]["created"] == 0
     metrics = api.get("/metrics").text
     assert 'lvm_gateway_requests_total{code="200",route="/healthz"}' in metrics
     spec = api.get("/openapi.json").json()

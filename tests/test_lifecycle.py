@@ -266,3 +266,19 @@ def test_a_hash_of_many_large_fields_is_refused_without_returning_them(redis):
     assert sum(len(v) for v in claimed.fields.values()) < 100
     with pytest.raises(JobRejected, match="holds 1500"):
         parse(claimed, Q, 60, 3600, 86400, 1_048_576)
+
+
+def test_a_job_canceled_while_it_runs_keeps_no_result(redis, client):
+    """cancel.lua takes the lease and the token of a started job: the worker's finish discards the
+    result ('canceled'), renew does not report it lost, and the job stays canceled."""
+    ids = client.submit_many([{"messages": ["One."]}, {"messages": ["Two."]}])
+    life = _life(redis, lease_s=5)
+    claim = _claim(life)
+    assert client.cancel(ids[0]) == "canceled"
+    assert redis.zcard(f"lvm:leases:{Q}") == 1 and redis.zcard(f"rq:wip:{Q}") == 1  # only the other's lease
+    assert life.renew([Q], {claim.token: ids}) == []
+    assert life.finish(Q, claim.token, [_ok(i) for i in ids]) == ["canceled", "written"]
+    assert client.status(ids[0]) == "canceled" and client.status(ids[1]) == "finished"
+    with pytest.raises(ChatFailed, match="canceled"):
+        client.result(ids[0])
+    assert client.cancel(ids[1]) == "finished"  # too late: it had ended

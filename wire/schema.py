@@ -34,8 +34,11 @@ TERMINAL: frozenset[str] = frozenset({"finished", "failed", "stopped", "canceled
 # timeout: the batch ran past the job's timeout (worker/loop.py);
 # abandoned: its worker died mid-batch more than LVM_MAX_RERUNS times (recover.lua);
 # internal: a bug, or a job function run outside LVMWorker (worker/jobs.py);
-# expired: the job hash expired before its outcome was read (the gateway's event stream).
-ErrorCode = Literal["invalid_request", "wrong_model", "bad_payload", "timeout", "abandoned", "internal", "expired"]
+# expired: the job hash expired before its outcome was read (the gateway's event stream);
+# canceled: its submitter canceled it before it ended (cancel.lua).
+ErrorCode = Literal[
+    "invalid_request", "wrong_model", "bad_payload", "timeout", "abandoned", "internal", "expired", "canceled"
+]
 ERROR_CODES: tuple[str, ...] = get_args(ErrorCode)
 
 # A worker's status in its heartbeat (worker/heartbeat.py).

@@ -260,6 +260,9 @@ class BatchLoop:
         if state == "stale":
             log.warning("discarded a result: the job was recovered while this worker was cut off", job_id=outcome.id)
             return
+        if state == "canceled":
+            log.info("discarded a result: its submitter canceled the job while it ran", job_id=outcome.id)
+            return
         conversation = request.get("conversation_id") if isinstance(request, dict) else None
         if outcome.ok:
             self.jobs_done += 1

@@ -79,7 +79,8 @@ function describeFailure(err) {
 // Follows one job; resolves with its final view ({status, result | error}).
 async function follow(eventsUrl, statusUrl) {
   try {
-    const resp = await fetch(eventsUrl, { headers: headers() });
+    // A closed tab closes the stream: the gateway then cancels the job, so nobody computes it.
+    const resp = await fetch(eventsUrl + "?cancel_on_disconnect=true", { headers: headers() });
     if (!resp.ok || !resp.body) throw new Error("no event stream");
     const reader = resp.body.getReader();
     const decoder = new TextDecoder();
@@ -162,16 +163,16 @@ async function loadModels() {
   try {
     const resp = await fetch("/v1/models", { headers: headers() });
     if (!resp.ok) return;
-    const { models } = await resp.json();
+    const models = (await resp.json()).data;  // OpenAI's list shape: [{id, object, created, owned_by, ready}]
     const select = $("model");
     const chosen = select.value;
     select.replaceChildren(...models.map((m) => {
       const o = document.createElement("option");
-      o.value = m.model;
-      o.textContent = m.ready ? m.model : `${m.model} (no worker ready)`;
+      o.value = m.id;
+      o.textContent = m.ready ? m.id : `${m.id} (no worker ready)`;
       return o;
     }));
-    if (models.some((m) => m.model === chosen)) select.value = chosen;
+    if (models.some((m) => m.id === chosen)) select.value = chosen;
   } catch (e) { /* keep the default option */ }
 }
 

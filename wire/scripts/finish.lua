@@ -6,8 +6,9 @@
 -- ARGV: 1 token, 2 worker name, 3 ended_at, 4 job prefix, 5 results prefix, 6 stats ttl,
 --       then 5 per job: id, outcome (finished|failed), ttl, value (base64), meta JSON ('' = keep)
 -- Returns per job 'written', 'already' (a retry of this very write), 'stale' (not ours), 'gone'
--- (the job key was deleted or replaced by another type while it ran) or 'refused' (failed in
--- place: its result stream key holds another type, so the result could not be written).
+-- (the job key was deleted or replaced by another type while it ran), 'canceled' (its submitter
+-- canceled it while it ran: the result is discarded) or 'refused' (failed in place: its result
+-- stream key holds another type, so the result could not be written).
 local bad = wrong_types({{KEYS[1], 'zset'}, {KEYS[2], 'zset'}, {KEYS[3], 'zset'}, {KEYS[4], 'zset'}})
 if bad then return bad end
 local t = redis.call('TIME')
@@ -23,6 +24,8 @@ for i = 7, #ARGV, 5 do
     redis.call('ZREM', KEYS[1], member)
     redis.call('ZREM', KEYS[2], member)
     out[#out + 1] = 'gone'
+  elseif redis.call('HGET', key, 'status') == 'canceled' then
+    out[#out + 1] = 'canceled'  -- canceled while it ran (cancel.lua took the lease): discarded
   elseif redis.call('HGET', key, 'lvm_token') ~= ARGV[1] then
     out[#out + 1] = 'stale'
   elseif redis.call('HGET', key, 'status') ~= 'started' then

@@ -25,6 +25,8 @@ for i = 4, #ARGV do
       end
     end
   end
-  if not renewed then lost[#lost + 1] = id or member end
+  if not renewed and not (id and kind(key) == 'hash' and redis.call('HGET', key, 'status') == 'canceled') then
+    lost[#lost + 1] = id or member  -- a canceled job is not lost: its submitter let it go
+  end
 end
 return lost

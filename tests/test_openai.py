@@ -1,0 +1,160 @@
+"""The OpenAI-compatible routes and cancellation, with the real clients people use: the official
+``openai`` package (sync and streaming) against a real Redis, a real worker and the gateway."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import openai
+import pytest
+from redis import Redis
+
+from config import load_settings
+from harness.processes import start_gateway, start_worker, stop, wait_http, wait_ready
+from harness.redis_server import RedisServer, free_port
+from helpers import worker_env
+from producer.client import ChatClient
+from producer.errors import ChatFailed
+
+pytestmark = pytest.mark.integration
+KEY, SECRET = "key-openai", "secret-openai"
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, serving_artifacts):
+    """Redis, a real LSTM worker for lvm-lstm (none for lvm-gru) and a gateway with one key."""
+    logs = tmp_path_factory.mktemp("openai")
+    server = RedisServer()
+    env = {**worker_env(server.url, serving_artifacts), "LVM_GATEWAY_MODELS": "lstm,gru",
+           "LVM_GATEWAY_API_KEYS": KEY, "LVM_GATEWAY_SECRET": SECRET, "LVM_GATEWAY_BURST": "1000",
+           "LVM_GATEWAY_RATE_PER_S": "1000", "LVM_GATEWAY_READ_BURST": "1000"}  # fmt: skip
+    worker, name = start_worker("lvm-lstm", env, log_path=logs / "worker.log")
+    port = free_port()
+    gateway = start_gateway(env, port, log_path=logs / "gateway.log")
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(server.client(), name, worker, timeout=120)
+        wait_http(base + "/healthz", gateway)
+        yield {"base": base, "url": server.url, "redis": server.client(), "logs": logs}
+    finally:
+        stop(gateway)
+        stop(worker)
+        server.stop()
+
+
+@pytest.fixture
+def client(stack):
+    stack["redis"].delete("rq:queue:lvm-gru")
+    return openai.OpenAI(base_url=stack["base"] + "/v1", api_key=KEY, max_retries=0, timeout=60)
+
+
+CONVERSATION = [
+    {"role": "system", "content": "You are a helpful assistant."},  # not a sentence of the conversation: left out
+    {"role": "user", "content": "What is diabetes?"},
+    {"role": "assistant", "content": [{"type": "text", "text": "Diabetes is a disease of blood sugar."}]},
+    {"role": "user", "content": "How does insulin help?"},
+]
+
+
+def test_the_official_client_lists_models_and_gets_an_answer(client):
+    models = {m.id: m for m in client.models.list()}
+    assert set(models) == {"lstm", "gru"} and models["lstm"].owned_by == "lvm-queue"
+    assert models["lstm"].model_extra["ready"] is True and models["gru"].model_extra["ready"] is False
+
+    completion = client.chat.completions.create(model="lstm", messages=CONVERSATION, temperature=0.7, max_tokens=50)
+    choice = completion.choices[0]
+    assert completion.object == "chat.completion" and completion.model == "lstm"
+    assert choice.message.role == "assistant" and choice.message.content and choice.finish_reason == "stop"
+    assert completion.usage.prompt_tokens == 3 + 7 + 4  # words of the three user/assistant turns
+    assert completion.usage.completion_tokens == len(choice.message.content.split())
+    lvm = completion.model_extra["lvm"]
+    assert lvm["latency_breakdown"]["total_latency_ms"] > 0 and 0 <= lvm["confidence"] <= 1
+    assert completion.id == f"chatcmpl-{lvm['job_id']}"
+
+
+def test_streaming_gives_role_then_sentences_then_done(client):
+    plain = (
+        client.chat.completions.create(model="lstm", messages=CONVERSATION, extra_body={"response_sentences": 3})
+        .choices[0]
+        .message.content
+    )
+    started = time.perf_counter()
+    stream = client.chat.completions.create(
+        model="lstm", messages=CONVERSATION, stream=True, stream_options={"include_usage": True},
+        extra_body={"response_sentences": 3},
+    )  # fmt: skip
+    chunks, first_chunk_s, first_content_s = [], None, None
+    for chunk in stream:
+        now = time.perf_counter() - started
+        first_chunk_s = first_chunk_s if first_chunk_s is not None else now
+        if chunk.choices and chunk.choices[0].delta.content and first_content_s is None:
+            first_content_s = now
+        chunks.append(chunk)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == plain  # the same answer, sentence by sentence (the decoder is deterministic)
+    assert sum(1 for c in chunks if c.choices and c.choices[0].delta.content) == 3
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["stop"]
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == len(plain.split())
+    print(f"streamed: first chunk {1000 * first_chunk_s:.1f} ms, first content {1000 * first_content_s:.1f} ms")
+
+
+def test_errors_come_in_openais_shape(client, stack):
+    with pytest.raises(openai.NotFoundError, match="not served here"):
+        client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "Hi."}])
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model="lstm", messages=[{"role": "user", "content": "Hi."}], n=2)
+    assert info.value.body["param"] == "n" and info.value.body["type"] == "invalid_request_error"
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model="lstm", messages=[{"role": "system", "content": "Only a system."}])
+    wrong = openai.OpenAI(base_url=stack["base"] + "/v1", api_key="wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        wrong.models.list()
+
+
+def test_a_stream_closed_before_its_answer_cancels_the_job(client, stack):
+    """A closed tab: the job (on lvm-gru, which no worker serves) is canceled, never computed."""
+    stream = client.chat.completions.create(model="gru", messages=[{"role": "user", "content": "Wait."}], stream=True)
+    first = next(iter(stream))
+    job_id = first.id.removeprefix("chatcmpl-")
+    assert stack["redis"].hget(f"rq:job:{job_id}", "status") == b"queued"
+    stream.close()
+    deadline = time.monotonic() + 10
+    while stack["redis"].hget(f"rq:job:{job_id}", "status") != b"canceled" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert stack["redis"].hget(f"rq:job:{job_id}", "status") == b"canceled"
+    assert stack["redis"].llen("rq:queue:lvm-gru") == 0
+
+
+def test_delete_cancels_a_queued_job_at_once_and_is_idempotent(stack):
+    headers = {"Authorization": f"Bearer {KEY}"}
+    with httpx.Client(base_url=stack["base"], headers=headers, timeout=30) as api:
+        job = api.post("/v1/chat", json={"messages": ["Cancel me."], "model": "gru"}).json()
+        started = time.perf_counter()
+        r = api.delete(f"/v1/chat/{job['job_id']}")
+        took_ms = 1000 * (time.perf_counter() - started)
+        assert r.status_code == 200 and r.json() == {"job_id": job["job_id"], "status": "canceled"}
+        assert took_ms < 100, took_ms
+        assert api.delete(f"/v1/chat/{job['job_id']}").status_code == 200  # again: still canceled
+        view = api.get(job["status_url"]).json()
+        assert view["status"] == "canceled" and view["error"]["error"] == "canceled"
+        assert stack["redis"].llen("rq:queue:lvm-gru") == 0
+        assert stack["redis"].zscore("rq:canceled:lvm-gru", job["job_id"]) is not None
+        done = api.post("/v1/chat", json={"messages": ["Answer me."]}).json()
+        assert api.get(done["status_url"], params={"wait": 30}).json()["status"] == "finished"
+        late = api.delete(done["status_url"])
+        assert late.status_code == 409 and late.json()["job_status"] == "finished"
+        assert api.delete(done["status_url"], headers={"Authorization": "Bearer nope"}).status_code == 401
+        assert api.delete("/v1/chat/00000000-0000-0000-0000-000000000000").status_code == 404
+    seen = [f[b"status"] for _, f in stack["redis"].xrange("lvm:events") if f[b"job"].decode() == job["job_id"]]
+    assert seen == [b"canceled"]
+
+
+def test_chat_client_cancel(stack):
+    client = ChatClient(stack["url"], load_settings())
+    job_id = client.submit({"messages": ["Cancel me too."], "model": "gru"})
+    assert client.cancel(job_id) == "canceled" and client.cancel(job_id) == "canceled"
+    with pytest.raises(ChatFailed, match="canceled"):
+        client.result(job_id)
+    assert Redis.from_url(stack["url"]).llen("rq:queue:lvm-gru") == 0
