@@ -177,6 +177,15 @@ class Settings(BaseSettings):
         description="Producers: the timeout put on new jobs. Workers: the most any job may ask for; a batch "
         "runs under the longest timeout among its jobs and stops computing when it passes (jobs end 'timeout').",
     )
+    max_queued: int = Field(
+        -1,
+        ge=-1,
+        le=10_000_000,
+        description="Admission bound per model: submits to a queue already this deep are refused (the gateway: 503 "
+        "with Retry-After; ChatClient: Overloaded). -1 (default): derived from what the serving workers measured they "
+        "serve (jobs per busy second, summed) times LVM_JOB_TIMEOUT, i.e. the backlog they can clear in time; no "
+        "bound while no serving worker has measured one. 0: no bound.",
+    )
     drain_seconds: float = Field(
         30.0, gt=0, le=3600, description="After SIGTERM, how long a worker may finish its batch before it exits anyway."
     )

@@ -16,6 +16,7 @@ gateway is the light producer plus FastAPI and uvicorn.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
@@ -31,7 +32,7 @@ from config.settings import comma_list
 from gateway import chat, completions, errors, events, service
 from gateway.auth import KeyRing
 from gateway.hub import BLOCK_MS, EventHub
-from gateway.limits import Waits
+from gateway.limits import Admission, Waits
 from gateway.metrics import Metrics, MetricsMiddleware
 from wire import lua
 
@@ -46,7 +47,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     blocking = open_redis(settings.redis_url, socket_timeout=BLOCK_MS / 1000 + 5, asyncio=True)
     state.hub = EventHub(blocking, state.redis)
     state.sync = open_redis(settings.redis_url)
-    state.submit = state.redis.register_script(lua.rate_limited("submit"))
+    state.submit = state.redis.register_script(lua.guarded("submit", "rate_limit", "admit"))
     state.token = state.redis.register_script(lua.rate_limited("token"))
     state.cancel = state.redis.register_script(lua.source("cancel"))
     state.metrics = Metrics(state.hub)
@@ -57,10 +58,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             f"({settings.gateway_local_networks}), all as one user. Set keys before exposing this port.",
         )
     await state.hub.start()
+    admission_task = asyncio.create_task(state.admission.refresh(state.sync))
     log.info("gateway_started", models=state.models, keys=len(state.keys.hashes))
     try:
         yield
     finally:
+        admission_task.cancel()
         await state.hub.stop()
         await state.redis.aclose()
         await blocking.aclose()
@@ -82,6 +85,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.queues = [settings.queue_name(m) for m in app.state.models]
     app.state.metrics = None  # set at start-up; the middleware counts nothing before
     app.state.waits = Waits(settings.gateway_max_streams_per_key)
+    app.state.admission = Admission(settings, app.state.queues)
     app.add_middleware(MetricsMiddleware, metrics_getter=lambda: app.state.metrics)
     origins = comma_list(settings.gateway_cors_origins)
     if origins:

@@ -14,7 +14,7 @@ from gateway.errors import ERRORS, ApiError
 from gateway.hub import POSITION, RESYNC_S
 from gateway.limits import refused, take
 from gateway.views import JobView, read_job
-from producer.client import cancel_args, prepare_submit
+from producer.client import cancel_args, prepare_submit, retry_after
 from wire import keys
 from wire.jsontext import strict_json
 from wire.schema import TERMINAL, ChatRequest, request_error
@@ -111,12 +111,14 @@ async def enqueue(request: Request, who: Caller, chat: ChatRequest, idem: str | 
     state, settings = request.app.state, request.app.state.settings
     script_keys, args = prepare_submit(settings, state.sync, chat, f"{who.owner}:{idem}" if idem else None, who.owner)
     wanted = settings.producer_wait_replicas
+    bound, rate = state.admission.bound(script_keys[1].removeprefix(keys.QUEUE_PREFIX))
+    deadline_s = request_deadline(request)
     # WAIT rides the same connection in the same round trip: it counts the replicas that hold
     # this connection's writes.
     async with state.redis.pipeline(transaction=False) as pipe:
         await state.submit(
             keys=[*script_keys, keys.rate(who.owner)],
-            args=[settings.gateway_rate_per_s, settings.gateway_burst, *args],
+            args=[settings.gateway_rate_per_s, settings.gateway_burst, bound, int(deadline_s * 1000), *args],
             client=pipe,
         )
         if wanted:
@@ -126,6 +128,18 @@ async def enqueue(request: Request, who: Caller, chat: ChatRequest, idem: str | 
     if not int(allowed):
         state.metrics.rate_limited.inc()
         raise refused(settings.gateway_rate_per_s, settings.gateway_burst, reply, "submits")
+    admitted, reply = reply
+    if not int(admitted):
+        state.metrics.overloaded.inc()
+        retry = retry_after(int(reply), bound, rate)
+        raise ApiError(
+            503,
+            "overloaded",
+            f"model {chat.model} has {int(reply)} jobs waiting, its bound is {bound} (what its workers serve within "
+            f"LVM_JOB_TIMEOUT; LVM_MAX_QUEUED): retry in {retry} s",
+            headers={"Retry-After": str(retry)},
+            retry_after_s=retry,
+        )
     job_id = reply.decode() if isinstance(reply, bytes) else reply
     if wanted and int(replies[-1]) < wanted:
         # Queued on the master, but a failover now could lose it: say so, with the id, so that a
@@ -141,6 +155,23 @@ async def enqueue(request: Request, who: Caller, chat: ChatRequest, idem: str | 
         )
     state.metrics.submitted.labels(chat.model).inc()
     return job_id
+
+
+def request_deadline(request: Request) -> float:
+    """Seconds from now the answer is due: LVM_JOB_TIMEOUT, or less with ``X-Request-Timeout``.
+    A job still queued then fails ``expired`` without being computed."""
+    limit = request.app.state.settings.job_timeout
+    raw = request.headers.get("x-request-timeout")
+    if raw is None:
+        return float(limit)
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= limit:
+        raise ApiError(422, "invalid_request", f"X-Request-Timeout must be seconds in (0, {limit}] (LVM_JOB_TIMEOUT)",
+                       fields=[{"field": "X-Request-Timeout", "reason": f"must be in (0, {limit}]"}])  # fmt: skip
+    return value
 
 
 async def wait_for_outcome(

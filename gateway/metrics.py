@@ -24,6 +24,9 @@ class Metrics:
             registry=self.registry,
         )
         self.rate_limited = Counter("lvm_gateway_rate_limited_total", "Submits refused (429)", registry=self.registry)
+        self.overloaded = Counter(
+            "lvm_gateway_overloaded_total", "Submits refused at a queue's admission bound (503)", registry=self.registry
+        )
         self.submitted = Counter("lvm_gateway_submitted_total", "Jobs submitted", ["model"], registry=self.registry)
         clients = Gauge("lvm_gateway_sse_clients", "Clients waiting on events or ?wait", registry=self.registry)
         clients.set_function(lambda: hub.clients)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
@@ -25,7 +26,8 @@ from config import Settings, load_settings
 from config.connections import connect as open_redis
 from config.connections import unavailable
 from config.urls import safe_url
-from producer.errors import ChatFailed, ChatTimeout, JobNotFound, NotReplicated, RedisUnavailable
+from producer.errors import ChatFailed, ChatTimeout, JobNotFound, NotReplicated, Overloaded, RedisUnavailable
+from producer.health import admission, read_workers
 from wire import keys, lua
 from wire.results import error_from
 from wire.schema import JOB_FUNCTION, ChatError, ChatRequest, ChatResult
@@ -66,6 +68,11 @@ def reaching_redis(method: Callable[..., T]) -> Callable[..., T]:
 def connect(url: str, socket_timeout: float | None = 5.0) -> Redis:
     """Redis for any LVM_REDIS_URL, Sentinel included (config.connections)."""
     return open_redis(url, socket_timeout=socket_timeout)
+
+
+def retry_after(depth: int, bound: int, rate: float) -> int:
+    """Seconds until a queue at ``depth`` is back under ``bound`` at ``rate`` jobs/s (at least 1)."""
+    return max(1, math.ceil((depth - bound + 1) / rate)) if rate > 0 else 5
 
 
 def cancel_args(settings: Settings, job_id: str, owner: str = "") -> list[Any]:
@@ -122,7 +129,8 @@ class ChatClient:
         self.redis = connect(self.url)
         self._blocking: Redis | None = None
         self._blocking_timeout = 0.0
-        self._submit = self.redis.register_script(lua.source("submit"))
+        self._submit = self.redis.register_script(lua.guarded("submit", "admit"))
+        self._bounds: dict[str, tuple[float, int, float]] = {}  # queue -> (read at, bound, rate)
         self._cancel = self.redis.register_script(lua.source("cancel"))
 
     # -- submitting ------------------------------------------------------------------------
@@ -132,34 +140,72 @@ class ChatClient:
     def _prepare(self, request: RequestLike, idempotency_key: str | None) -> tuple[list[str], list[Any]]:
         return prepare_submit(self.settings, self.redis, request, idempotency_key)
 
-    def submit(self, request: RequestLike, idempotency_key: str | None = None) -> str:
+    def submit(self, request: RequestLike, idempotency_key: str | None = None, deadline_s: float | None = None) -> str:
         """Validate here (fail fast, before Redis), enqueue, return the job id.
 
         With ``idempotency_key``, a repeated submit (a retry after a timeout whose first try
         may have reached Redis) returns the first job's id instead of enqueuing again, for
-        queue_ttl + result_ttl seconds.
+        queue_ttl + result_ttl seconds. ``deadline_s`` (default LVM_JOB_TIMEOUT): a job still
+        queued that long after its submit fails ``expired`` without being computed, and one
+        computed later is due by then. ``Overloaded`` when the queue is at its admission bound.
         """
-        return self.submit_many([request], None if idempotency_key is None else [idempotency_key])[0]
+        keys = None if idempotency_key is None else [idempotency_key]
+        return self.submit_many([request], keys, deadline_s)[0]  # type: ignore[return-value]
 
-    def submit_many(self, requests: Iterable[RequestLike], idempotency_keys: Sequence[str] | None = None) -> list[str]:
+    def submit_many(
+        self,
+        requests: Iterable[RequestLike],
+        idempotency_keys: Sequence[str] | None = None,
+        deadline_s: float | None = None,
+    ) -> list[str]:
         """Enqueue many requests, possibly for several models, in one round trip. Each is one
-        atomic submit.lua call: a retry after an ambiguous failure never enqueues twice."""
+        atomic admit + submit.lua call: a retry after an ambiguous failure never enqueues twice."""
         requests = list(requests)
         keys = list(idempotency_keys) if idempotency_keys is not None else [None] * len(requests)
         if len(keys) != len(requests):
             raise ValueError("give one idempotency key per request")
-        return self._enqueue([self._prepare(r, k) for r, k in zip(requests, keys, strict=True)])
+        deadline = self.settings.job_timeout if deadline_s is None else deadline_s
+        if not 0 < deadline <= self.settings.job_timeout:
+            raise ValueError(f"deadline_s must be in (0, {self.settings.job_timeout}] (LVM_JOB_TIMEOUT)")
+        return self._enqueue([self._prepare(r, k) for r, k in zip(requests, keys, strict=True)], deadline)
+
+    def _bound(self, queue_key: str) -> tuple[int, float]:
+        """The queue's admission bound and its workers' rate, read from their heartbeats at most
+        every 2 s (LVM_MAX_QUEUED; producer.health.admission)."""
+        if self.settings.max_queued >= 0:
+            return self.settings.max_queued, 0.0
+        read_at, bound, rate = self._bounds.get(queue_key, (0.0, 0, 0.0))
+        if time.monotonic() - read_at > 2.0:
+            queue = queue_key.removeprefix(keys.QUEUE_PREFIX)
+            bound, rate = admission(read_workers(self.redis), queue, self.settings.job_timeout, -1,
+                                    self.settings.max_batch)  # fmt: skip
+            self._bounds[queue_key] = (time.monotonic(), bound, rate)
+        return bound, rate
 
     @reaching_redis
-    def _enqueue(self, prepared: list[tuple[list[str], list[Any]]]) -> list[str]:
+    def _enqueue(self, prepared: list[tuple[list[str], list[Any]]], deadline_s: float) -> list[str]:
         wanted = self.settings.producer_wait_replicas
+        bounds = [self._bound(script_keys[1]) for script_keys, _ in prepared]
         with self.redis.pipeline(transaction=False) as pipe:
-            for keys, args in prepared:
-                self._submit(keys=keys, args=args, client=pipe)
+            for (script_keys, args), (bound, _) in zip(prepared, bounds, strict=True):
+                self._submit(keys=script_keys, args=[bound, int(deadline_s * 1000), *args], client=pipe)
             if wanted:
                 pipe.wait(wanted, self.settings.producer_wait_ms)  # same round trip
             replies = pipe.execute()
-        ids = [i.decode() if isinstance(i, bytes) else i for i in replies[: len(prepared)]]
+        admitted = [int(r[0]) == 1 for r in replies[: len(prepared)]]
+        ids = [(r[1].decode() if isinstance(r[1], bytes) else r[1]) if ok else None
+               for r, ok in zip(replies[: len(prepared)], admitted, strict=True)]  # fmt: skip
+        if not all(admitted):
+            (depth, (bound, rate)) = next(
+                (int(r[1]), b) for r, ok, b in zip(replies, admitted, bounds, strict=False) if not ok
+            )
+            retry = retry_after(depth, bound, rate)
+            raise Overloaded(
+                f"{ids.count(None)} of {len(ids)} refused: the queue holds {depth} jobs, its bound is {bound} "
+                f"(LVM_MAX_QUEUED; what its workers serve within LVM_JOB_TIMEOUT); retry in {retry} s",
+                retry,
+                ids,
+            )
         if wanted and int(replies[-1]) < wanted:
             raise NotReplicated(
                 f"{int(replies[-1])} of {wanted} replicas confirmed the submit within {self.settings.producer_wait_ms} "

@@ -37,3 +37,13 @@ class NotReplicated(LVMQueueError):
     def __init__(self, message: str, job_ids: list[str]):
         self.job_ids = job_ids
         super().__init__(message)
+
+
+class Overloaded(LVMQueueError):
+    """The model's queue already holds what its workers can serve within the job timeout
+    (LVM_MAX_QUEUED): nothing was enqueued for the refused requests. Retry after
+    ``retry_after_s``, or with a lighter load. ``job_ids``: per request, its id, or None where refused."""
+
+    def __init__(self, message: str, retry_after_s: int, job_ids: list[str | None]):
+        self.retry_after_s, self.job_ids = retry_after_s, job_ids
+        super().__init__(message)

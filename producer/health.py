@@ -159,3 +159,19 @@ def format_report(report: HealthReport) -> str:
         lines.append("FAIL: no queues to check (no workers seen and none named with --queue)")
     lines.append("healthy" if report.ok else "unhealthy")
     return "\n".join(lines)
+
+
+def admission(
+    workers: list[dict[str, Any]], queue: str, job_timeout: int, max_queued: int, max_batch: int
+) -> tuple[int, float]:
+    """(bound, rate): how many jobs ``queue`` may hold (0 = no bound) and the jobs/s its serving
+    workers measured they serve. Derived (``max_queued`` -1): the backlog those workers clear
+    within the job timeout, at least two batches; no bound while none has measured a rate."""
+    rate = sum(
+        float(w.get("serve_rate_per_s") or 0) for w in workers if queue in w.get("queues", []) and problem(w) is None
+    )
+    if max_queued >= 0:
+        return max_queued, rate
+    if rate <= 0:
+        return 0, rate
+    return max(int(rate * job_timeout), 2 * max_batch), rate

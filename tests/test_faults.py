@@ -250,7 +250,11 @@ def test_a_batch_hung_in_a_c_call_is_given_up_and_answered_by_a_peer(
     hung, name = start_worker(Q, {**env, "LVM_TESTING": "1", "LVM_TEST_HANG": "1"}, log_path=tmp_path / "hung.log")
     try:
         wait_ready(redis, name, hung)
-        job_id = ChatClient(redis_url, load_settings(job_timeout=1)).submit({"messages": ["Hello there."]})
+        # timeout 1 s, and no deadline (a raw submit): the peer that answers starts long after it
+        from producer.client import prepare_submit
+
+        script_keys, args = prepare_submit(load_settings(job_timeout=1), redis, {"messages": ["Hello there."]}, None)
+        job_id = redis.eval(lua.path("submit").read_text(), len(script_keys), *script_keys, *args).decode()
         assert hung.wait(timeout=30) == WATCHDOG_EXIT
     finally:
         stop(hung)

@@ -159,7 +159,7 @@ def test_idempotent_submit(redis, client):
     assert redis.llen(f"rq:queue:{Q}") == 2
     # a retried round trip (same prepared job id) does not enqueue again either
     prepared = [client._prepare({"messages": ["Retry."]}, None)]
-    assert client._enqueue(prepared) == client._enqueue(prepared)
+    assert client._enqueue(prepared, 60) == client._enqueue(prepared, 60)
     assert redis.llen(f"rq:queue:{Q}") == 3
 
 

@@ -17,6 +17,7 @@ from wire import keys
 
 SCRIPTS = Path(__file__).with_name("scripts")
 NAMES = ("submit", "claim", "renew", "finish", "release", "recover", "beat", "cancel", "token")
+GUARDS = ("rate_limit", "admit")
 
 # Python-owned values a script needs, as Lua locals (an ARGV slot each would shift every index).
 CONSTANTS: dict[str, int | str] = {
@@ -64,8 +65,18 @@ def source(name: str) -> str:
 
 
 @functools.cache
+def guarded(name: str, *guards: str) -> str:
+    """``name`` behind ``guards`` (outermost first), as one script: each guard's file runs the
+    next one in as ``run(KEYS, ARGV)``, taking its own ARGV from the front and its own KEYS from
+    the back. ``guarded("submit", "rate_limit", "admit")`` is the gateway's submit: the caller's
+    token bucket, then the queue's admission bound and deadline, then submit.lua, in one step."""
+    inner = "local run = (function()\nlocal function run(KEYS, ARGV)\n" + _body(name) + "\nend\nreturn run\nend)()\n"
+    for guard in reversed(guards[1:]):
+        inner += "run = (function(run)\nreturn function(KEYS, ARGV)\n" + _body(guard) + "\nend\nend)(run)\n"
+    return _head() + inner + _body(guards[0])
+
+
 def rate_limited(name: str) -> str:
-    """``name`` behind the token bucket of ``rate_limit.lua``, in one script: KEYS gain the bucket
-    last, ARGV gain rate and burst first; the reply is ``{1, reply}`` or ``{0, ms until a token}``."""
-    guarded = "local function run(KEYS, ARGV)\n" + _body(name) + "\nend\n"
-    return _head() + guarded + _body("rate_limit")
+    """``name`` behind the token bucket of ``rate_limit.lua``: KEYS gain the bucket last, ARGV gain
+    rate and burst first; the reply is ``{1, reply}`` or ``{0, ms until a token}``."""
+    return guarded(name, "rate_limit")

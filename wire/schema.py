@@ -34,7 +34,8 @@ TERMINAL: frozenset[str] = frozenset({"finished", "failed", "stopped", "canceled
 # timeout: the batch ran past the job's timeout (worker/loop.py);
 # abandoned: its worker died mid-batch more than LVM_MAX_RERUNS times (recover.lua);
 # internal: a bug, or a job function run outside LVMWorker (worker/jobs.py);
-# expired: the job hash expired before its outcome was read (the gateway's event stream);
+# expired: it waited past its deadline in the queue (worker/jobdata.py, not computed), or its hash
+# expired before its outcome was read (the gateway's event stream);
 # canceled: its submitter canceled it before it ended (cancel.lua).
 ErrorCode = Literal[
     "invalid_request", "wrong_model", "bad_payload", "timeout", "abandoned", "internal", "expired", "canceled"
@@ -210,3 +211,6 @@ class Heartbeat(BaseModel):
     prefetch: bool | None = None
     last_batch_size: int | None = None
     mean_batch_size: float | None = None
+    serve_rate_per_s: float | None = Field(
+        None, description="Jobs per second of computing, recent batches: the admission bound is derived from it."
+    )

@@ -24,11 +24,18 @@ KNOWN_FIELDS = frozenset(
     {
         "data", "status", "origin", "description", "created_at", "enqueued_at", "started_at", "ended_at",
         "last_heartbeat", "worker_name", "timeout", "result_ttl", "failure_ttl", "ttl", "meta", "group_id",
-        "lvm_token", "lvm_reruns", "lvm_history", "number_of_retries", "lvm_owner",
+        "lvm_token", "lvm_reruns", "lvm_history", "number_of_retries", "lvm_owner", "lvm_deadline",
     }
 )  # fmt: skip
 MAX_TTL_S = 30 * 86400
 INTEGER = re.compile(rb"^-?[0-9]{1,12}$")
+
+
+class JobExpired(Exception):
+    """The job waited past its deadline: failed ``expired``, never computed."""
+
+    def error(self) -> ChatError:
+        return ChatError(error="expired", message=str(self))
 
 
 class JobRejected(Exception):
@@ -100,6 +107,11 @@ def parse(claimed: Claimed, queue: str, job_timeout: int, result_ttl: int, failu
     for name in ("created_at", "started_at", "ended_at", "last_heartbeat"):
         _date(fields, name)
     _int(fields, "ttl", 0, -1, MAX_TTL_S)
+    timeout = _int(fields, "timeout", job_timeout, 1, job_timeout)
+    if claimed.left_ms is not None:  # its deadline (admit.lua), on Redis's clock at the claim
+        if claimed.left_ms <= 0:
+            raise JobExpired(f"waited {-claimed.left_ms / 1000:.1f} s past its deadline in the queue; not computed")
+        timeout = max(1, min(timeout, -(-claimed.left_ms // 1000)))  # the answer is due by the deadline
     _int(fields, "lvm_reruns", 0, 0, 1000)
     _int(fields, "number_of_retries", 0, 0, 1000)
     owner = _text(fields, "lvm_owner") or ""
@@ -109,7 +121,7 @@ def parse(claimed: Claimed, queue: str, job_timeout: int, result_ttl: int, failu
         owner=owner,
         id=claimed.id,
         request=_request(fields.get("data"), cap),
-        timeout=_int(fields, "timeout", job_timeout, 1, job_timeout),
+        timeout=timeout,
         result_ttl=_int(fields, "result_ttl", result_ttl, 1, MAX_TTL_S),
         failure_ttl=_int(fields, "failure_ttl", failure_ttl, 1, MAX_TTL_S),
         meta=_meta(fields.get("meta")),

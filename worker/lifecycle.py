@@ -104,6 +104,7 @@ class Claimed:
     fields: dict[bytes, bytes]
     stripped: list[str]  # acted-on fields the hash carried (removed before anything read them)
     status: str  # the status it had while queued
+    left_ms: int | None = None  # until its deadline at the claim, on Redis's clock; None = no deadline
 
 
 @dataclass
@@ -160,7 +161,11 @@ class Lifecycle:
             else:
                 raw = entry[2]
                 fields = dict(zip(raw[0::2], raw[1::2], strict=True))
-                claim.jobs.append(Claimed(_text(entry[1]), fields, [_text(f) for f in entry[3]], _text(entry[4])))
+                left = _text(entry[5]) if len(entry) > 5 else ""
+                claim.jobs.append(
+                    Claimed(_text(entry[1]), fields, [_text(f) for f in entry[3]], _text(entry[4]),
+                            int(left) if left.lstrip("-").isdigit() else None)
+                )  # fmt: skip
         return claim
 
     def renew(self, queues: list[str], held: dict[str, list[str]], connection: Redis | None = None) -> list[str]:

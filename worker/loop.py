@@ -33,7 +33,7 @@ from wire.schema import ChatError
 from worker import faults
 from worker.deadline import Alarm, Interrupted
 from worker.heartbeat import Heartbeat
-from worker.jobdata import ChatJob, JobRejected, parse
+from worker.jobdata import ChatJob, JobExpired, JobRejected, parse
 from worker.leases import LeaseBook
 from worker.lifecycle import Claim, Lifecycle, Outcome
 from worker.runtime import RequestRejected, Runtime
@@ -94,6 +94,7 @@ class BatchLoop:
         self.jobs_done = 0
         self.jobs_failed = 0
         self.batch_sizes: deque[int] = deque(maxlen=200)
+        self.busy: deque[tuple[int, float]] = deque(maxlen=200)  # (jobs, compute seconds) per batch
 
     def take(self, limit: int) -> Claim | None:
         """Claim a batch from the first queue with work, or None if all are empty."""
@@ -172,7 +173,7 @@ class BatchLoop:
         for claimed in claim.jobs:
             try:
                 job = parse(claimed, claim.queue, s.job_timeout, s.result_ttl, s.failure_ttl, s.max_job_bytes)
-            except JobRejected as exc:
+            except (JobRejected, JobExpired) as exc:
                 batch.outcomes[claimed.id] = failure(claimed.id, {}, s.failure_ttl, exc.error())
                 continue
             except Exception as exc:  # noqa: BLE001 - whatever one hash does, it fails alone
@@ -234,6 +235,7 @@ class BatchLoop:
         finally:
             self.leases.stop_computing()
         elapsed = time.time() - started
+        self.busy.append((len(jobs), elapsed))
         for job, answer in zip(jobs, answers, strict=True):
             if isinstance(answer, RequestRejected):
                 answer = answer.error
@@ -278,6 +280,12 @@ class BatchLoop:
                      outcome="failed", error=error.get("error"), reason=error.get("message"))  # fmt: skip
         if self.metrics is not None:
             self.metrics.observe(outcome.value if outcome.ok else None, batch_size)
+
+    def serve_rate(self) -> float | None:
+        """Jobs per second of computing over the last 200 batches: what this worker serves when busy
+        (the gateway's admission bound is derived from it). None before the first batch."""
+        jobs, seconds = sum(j for j, _ in self.busy), sum(t for _, t in self.busy)
+        return round(jobs / seconds, 2) if seconds > 0 else None
 
     def retry_redis(self, what: str, step: Callable[[], Any]) -> Any:
         """The worker's one retry policy: run ``step``, backing off while Redis is unreachable.

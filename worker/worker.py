@@ -170,6 +170,7 @@ class LVMWorker(SimpleWorker):
             prefetch=loop.prefetch if loop else False,
             last_batch_size=sizes[-1] if sizes else None,
             mean_batch_size=round(sum(sizes) / len(sizes), 2) if sizes else None,
+            serve_rate_per_s=loop.serve_rate() if loop else None,
         )
         if loop and loop.stop_signals and self.pulse.status in ("ready", "busy"):
             info["status"] = "draining"

@@ -4,10 +4,12 @@
 -- KEYS: 1 queue list, 2 lease zset, 3 RQ started registry, 4 event stream
 -- ARGV: 1 max jobs, 2 worker name, 3 token, 4 lease ms, 5 value cap (bytes), 6 started_at,
 --       7 job key prefix, 8 max fields, then the acted-on field names
--- Returns per entry {'claimed', id, fields, stripped, status} or {'dropped', entry, why}.
+-- Returns per entry {'claimed', id, fields, stripped, status, left} or {'dropped', entry, why}; left
+-- is the ms until the job's lvm_deadline (Redis's clock, written by admit.lua; '' when it has none).
 local bad = wrong_types({{KEYS[1], 'list'}, {KEYS[2], 'zset'}, {KEYS[3], 'zset'}})
 if bad then return bad end
-local lease_until = now_ms() + tonumber(ARGV[4])
+local now = now_ms()
+local lease_until = now + tonumber(ARGV[4])
 local cap = tonumber(ARGV[5])
 local busy = {started = 1, finished = 1, failed = 1, stopped = 1, canceled = 1}
 local out = {}
@@ -62,7 +64,8 @@ for _ = 1, tonumber(ARGV[1]) do
       redis.call('ZADD', KEYS[2], lease_until, member)
       redis.call('ZADD', KEYS[3], math.floor(lease_until / 1000) + WIP_GRACE_S, member)
       announce(KEYS[4], id, 'started')
-      out[#out + 1] = {'claimed', id, fields, stripped, status or ''}
+      local deadline = tonumber(redis.call('HGET', key, 'lvm_deadline') or '')
+      out[#out + 1] = {'claimed', id, fields, stripped, status or '', deadline and tostring(deadline - now) or ''}
     end
   end
 end
