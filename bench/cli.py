@@ -8,7 +8,9 @@ from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    bench = sub.add_parser("bench", help="benchmarks (model, pipeline, queue, load, overhead, encoder, gateway)")
+    bench = sub.add_parser(
+        "bench", help="benchmarks (model, pipeline, queue, load, overhead, encoder, gateway, overload)"
+    )
     bsub = bench.add_subparsers(dest="bench_cmd", required=True)
 
     m = bsub.add_parser("model", help="LVM forward latency at batch 1/8/32/128 after warm-up, and params")
@@ -37,6 +39,31 @@ def register(sub: argparse._SubParsersAction) -> None:
     _register_overhead(bsub)
     _register_encoder(bsub)
     _register_gateway(bsub)
+    _register_overload(bsub)
+
+
+def _register_overload(bsub) -> None:
+    o = bsub.add_parser(
+        "overload",
+        help="an open-loop burst at N x one worker's capacity, with and without the admission bound, same run",
+        description="Starts a private redis-server and one worker (the default LSTM artifacts), measures how many "
+        "jobs/s it drains, then submits at --factor x that rate for --seconds twice: with the admission bound "
+        "(LVM_MAX_QUEUED derived) and without. Reports the largest queue depth against the bound, refusals and "
+        "their Retry-After, the admitted jobs' p50/p99, jobs expired in the queue (deadline: --deadline) and lost.",
+    )
+    o.add_argument("--factor", type=float, default=10.0, help="offered load as a multiple of capacity (default 10)")
+    o.add_argument("--seconds", type=float, default=15.0, help="how long each variant offers it (default 15)")
+    o.add_argument("--deadline", type=int, default=5, help="LVM_JOB_TIMEOUT for the run, in s (default 5)")
+    o.add_argument("--json", action="store_true")
+    o.set_defaults(func=cmd_overload)
+
+
+def cmd_overload(args: argparse.Namespace) -> int:
+    from bench import overload
+    from config import load_settings
+
+    res = overload.run(load_settings(), factor=args.factor, seconds=args.seconds, job_timeout=args.deadline)
+    return _emit(res, args.json, overload.format_result)
 
 
 def _register_encoder(bsub) -> None:

@@ -183,7 +183,7 @@ class Settings(BaseSettings):
         le=10_000_000,
         description="Admission bound per model: submits to a queue already this deep are refused (the gateway: 503 "
         "with Retry-After; ChatClient: Overloaded). -1 (default): derived from what the serving workers measured they "
-        "serve (jobs per busy second, summed) times LVM_JOB_TIMEOUT, i.e. the backlog they can clear in time; no "
+        "serve (jobs per busy second, summed) times 80% of LVM_JOB_TIMEOUT, the backlog they clear in time; no "
         "bound while no serving worker has measured one. 0: no bound.",
     )
     drain_seconds: float = Field(

@@ -32,7 +32,7 @@ def _worker(name: str, ready: bool = True, rate: float | None = 50.0, queues=("l
 def test_the_derived_bound_is_what_serving_workers_clear_within_the_timeout():
     workers = [_worker("a", rate=50.0), _worker("b", rate=30.0), _worker("c", ready=False, rate=999.0),
                _worker("d", rate=500.0, queues=("lvm-gru",))]  # fmt: skip
-    assert admission(workers, "lvm-lstm", 60, -1, 32) == (4800, 80.0)  # (50 + 30) jobs/s x 60 s
+    assert admission(workers, "lvm-lstm", 60, -1, 32) == (3840, 80.0)  # (50 + 30) jobs/s x 60 s x 0.8
     assert admission(workers, "lvm-lstm", 60, 10, 32) == (10, 80.0)  # LVM_MAX_QUEUED fixed
     assert admission(workers, "lvm-lstm", 60, 0, 32)[0] == 0  # no bound
     assert admission([_worker("a", rate=None)], "lvm-lstm", 60, -1, 32)[0] == 0  # nothing measured yet
