@@ -51,21 +51,23 @@ async def body_of(request: Request) -> bytes:
     return b"".join(chunks)
 
 
-def require_json(request: Request) -> None:
-    """415 unless the body is declared JSON. A cross-site form or ``text/plain`` POST (which a
-    browser sends without asking the server first) is never taken for a chat: in local-only mode
-    that would let any web page a local user visits submit through the gateway."""
+async def json_body(request: Request) -> Any:
+    """The body, parsed as hostile JSON (wire.jsontext), for /v1/chat and /v1/chat/completions.
+    415 unless it is declared JSON: a cross-site form or ``text/plain`` POST (which a browser
+    sends without asking the server first) is never taken for a chat, since in local-only mode
+    that would let any web page a local user visits submit through the gateway. 422 when it is
+    not JSON (deep nesting and NaN included), 413 past the body cap."""
     kind = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if kind != "application/json":
-        raise ApiError(415, "unsupported_media_type", "send the chat as JSON: Content-Type: application/json")
-
-
-def parse_chat(raw: bytes, models: list[str]) -> ChatRequest:
-    """The body as a ChatRequest for a model served here, or the 422 a worker would give."""
+        raise ApiError(415, "unsupported_media_type", "send the request as JSON: Content-Type: application/json")
     try:
-        payload = strict_json(raw)
+        return strict_json(await body_of(request))
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiError(422, "bad_payload", f"request is not valid JSON: {str(exc)[:200]}") from None
+
+
+def parse_chat(payload: Any, models: list[str]) -> ChatRequest:
+    """The parsed body as a ChatRequest for a model served here, or the 422 a worker would give."""
     if not isinstance(payload, dict):
         raise ApiError(422, "bad_payload", f"request must be a JSON object, got {type(payload).__name__}")
     try:
@@ -95,8 +97,7 @@ def parse_chat(raw: bytes, models: list[str]) -> ChatRequest:
 async def submit(request: Request, who: Who) -> JSONResponse:
     state = request.app.state
     try:
-        require_json(request)
-        chat = parse_chat(await body_of(request), state.models)
+        chat = parse_chat(await json_body(request), state.models)
     except ApiError:
         await take(request, who, "submit")  # a refused body costs a token too: a 429 before the 4xx
         raise

@@ -40,11 +40,10 @@ from starlette.concurrency import run_in_threadpool
 
 from config.connections import unavailable
 from gateway.auth import Caller, caller
-from gateway.chat import cancel_job, enqueue, wait_for_outcome
+from gateway.chat import cancel_job, enqueue, json_body, wait_for_outcome
 from gateway.errors import ApiError
 from gateway.limits import take
 from producer.health import check
-from wire.jsontext import strict_json
 from wire.schema import MAX_MESSAGES, TERMINAL, ChatRequest, request_error
 
 # Our error codes as OpenAI's error types (what its SDKs turn into exception classes).
@@ -197,16 +196,7 @@ def extension(job_id: str, result: dict[str, Any]) -> dict[str, Any]:
 async def completions(request: Request, who: Who) -> Response:
     state = request.app.state
     try:
-        kind = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-        if kind != "application/json":
-            raise ApiError(415, "unsupported_media_type", "send the request as JSON: Content-Type: application/json")
-        from gateway.chat import body_of
-
-        try:
-            body = strict_json(await body_of(request))
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ApiError(422, "bad_payload", f"request is not valid JSON: {str(exc)[:200]}") from None
-        chat, stream, include_usage = to_chat(body, state.models)
+        chat, stream, include_usage = to_chat(await json_body(request), state.models)
     except ApiError:
         await take(request, who, "submit")  # a refused body costs a token, as on /v1/chat
         raise
