@@ -60,6 +60,14 @@ def redis_url(redis_server):
     client.flushall()
 
 
+@pytest.fixture
+def redis(redis_url):
+    """A client of the clean database ``redis_url`` names."""
+    from redis import Redis
+
+    return Redis.from_url(redis_url)
+
+
 @pytest.fixture(scope="session")
 def minilm():
     from lvm.encoders import load_encoder

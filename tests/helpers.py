@@ -74,3 +74,25 @@ def worker_env(redis_url: str, artifacts: dict, **extra: str) -> dict[str, str]:
     }
     env.update(extra)
     return env
+
+
+# -- the lifecycle scripts, driven directly (test_lifecycle.py, test_faults.py) ---------------------
+LIFECYCLE_QUEUE = "lvm-lstm"
+
+
+def lifecycle(redis, name="w1", lease_s=0.2, reruns=1):
+    """One worker incarnation's scripts, without a worker process."""
+    from worker.lifecycle import Lifecycle
+
+    return Lifecycle(redis, name, lease_s, reruns, 1_048_576)
+
+
+def claim_jobs(life, limit=10):
+    return life.claim(LIFECYCLE_QUEUE, limit, life.next_token())
+
+
+def ok(job_id, text="hi"):
+    """A successful outcome for finish."""
+    from worker.lifecycle import Outcome
+
+    return Outcome(job_id, True, 600, {"response": text})

@@ -12,42 +12,25 @@ import time
 import zlib
 
 import pytest
-from redis import Redis
 from redis.exceptions import OutOfMemoryError, ResponseError
 
 from config import load_settings
 from config.connections import unavailable
+from helpers import claim_jobs, lifecycle, ok
 from producer.client import ChatClient
 from producer.errors import ChatFailed
 from wire import lua
 from wire.schema import JOB_FUNCTION
 from worker.jobdata import JobRejected, parse
-from worker.lifecycle import Claimed, Lifecycle, Outcome
+from worker.lifecycle import Claimed
 
 Q = "lvm-lstm"
 NOW = "2026-01-01T00:00:00.000000Z"
 
 
 @pytest.fixture
-def redis(redis_url):
-    return Redis.from_url(redis_url)
-
-
-@pytest.fixture
 def client(redis_url):
     return ChatClient(redis_url, load_settings())
-
-
-def _life(redis, name="w1", lease_s=0.2, reruns=1):
-    return Lifecycle(redis, name, lease_s, reruns, 1_048_576)
-
-
-def _claim(life, limit=10):
-    return life.claim(Q, limit, life.next_token())
-
-
-def _ok(job_id):
-    return Outcome(job_id, True, 600, {"response": "hi"})
 
 
 def _raw_job(redis, job_id, data: bytes | str | None = None, meta: str | None = None) -> None:
@@ -92,9 +75,9 @@ def test_recover_of_a_job_whose_meta_lua_cannot_encode_fails_it_cleanly(redis, c
     """Lua's cjson decodes NaN, Infinity and 1e400 but cannot encode them: recover used to stop
     halfway, leaving the job 'started' with no lease, out of every script's reach."""
     _raw_job(redis, "nanjob", meta=meta)
-    dead, peer = _life(redis, "dead", reruns=0), _life(redis, "peer", reruns=0)
+    dead, peer = lifecycle(redis, "dead", reruns=0), lifecycle(redis, "peer", reruns=0)
     dead.renew([Q], {})
-    _claim(dead)
+    claim_jobs(dead)
     time.sleep(0.3)
     assert peer.recover(Q, [], 60) == [("nanjob", "failed", "dead")]
     assert redis.hget("rq:job:nanjob", "status") == b"failed"
@@ -105,9 +88,9 @@ def test_recover_of_a_job_whose_meta_lua_cannot_encode_fails_it_cleanly(redis, c
 
 def test_recover_requeues_a_job_with_such_meta_too(redis):
     _raw_job(redis, "nanjob", meta=HOSTILE_META["nan"])
-    dead, peer = _life(redis, "dead", reruns=3), _life(redis, "peer", reruns=3)
+    dead, peer = lifecycle(redis, "dead", reruns=3), lifecycle(redis, "peer", reruns=3)
     dead.renew([Q], {})
-    _claim(dead)
+    claim_jobs(dead)
     time.sleep(0.3)
     assert peer.recover(Q, [], 60) == [("nanjob", "requeued", "dead")]
     assert redis.lrange(f"rq:queue:{Q}", 0, -1) == [b"nanjob"]
@@ -118,9 +101,9 @@ def test_finish_fails_in_place_a_job_whose_result_key_a_producer_made(redis, cli
     with a reason, and its batch-mates are written as usual."""
     ids = client.submit_many([{"messages": [f"m{i}."]} for i in range(3)])
     redis.set(f"rq:results:{ids[1]}", "mine")
-    life = _life(redis)
-    claim = _claim(life)
-    assert life.finish(Q, claim.token, [_ok(i) for i in ids]) == ["written", "refused", "written"]
+    life = lifecycle(redis)
+    claim = claim_jobs(life)
+    assert life.finish(Q, claim.token, [ok(i) for i in ids]) == ["written", "refused", "written"]
     assert [client.status(i) for i in ids] == ["finished", "failed", "finished"]
     assert redis.xlen(f"rq:results:{ids[0]}") == 1 and redis.xlen(f"rq:results:{ids[2]}") == 1
     with pytest.raises(ChatFailed, match="bad_payload: key rq:results:.* is a string"):
@@ -131,13 +114,13 @@ def test_finish_fails_in_place_a_job_whose_result_key_a_producer_made(redis, cli
 
 def test_a_job_key_replaced_after_the_claim_is_lost_not_fatal(redis, client):
     ids = client.submit_many([{"messages": [f"m{i}."]} for i in range(2)])
-    life = _life(redis, lease_s=5)
-    claim = _claim(life)
+    life = lifecycle(redis, lease_s=5)
+    claim = claim_jobs(life)
     redis.delete(f"rq:job:{ids[0]}")
     redis.set(f"rq:job:{ids[0]}", "now a string")
     assert life.renew([Q], {claim.token: ids}) == [ids[0]]
     assert life.release(Q, claim.token, [ids[0]]) == []
-    assert life.finish(Q, claim.token, [_ok(i) for i in ids]) == ["gone", "written"]
+    assert life.finish(Q, claim.token, [ok(i) for i in ids]) == ["gone", "written"]
     assert client.status(ids[1]) == "finished"
     assert redis.zcard(f"lvm:leases:{Q}") == 0 and redis.zcard(f"rq:wip:{Q}") == 0
 
@@ -148,7 +131,7 @@ def test_a_shared_key_of_the_wrong_type_refuses_the_step_whole(redis, client):
     job_id = client.submit({"messages": ["Hello."]})
     redis.set(f"rq:wip:{Q}", "x")
     with pytest.raises(ResponseError, match=f"LVMQ_WRONGTYPE key rq:wip:{Q} is a string") as info:
-        _claim(_life(redis))
+        claim_jobs(lifecycle(redis))
     assert unavailable(info.value)
     assert redis.lrange(f"rq:queue:{Q}", 0, -1) == [job_id.encode()]
     assert redis.hget(f"rq:job:{job_id}", "status") == b"queued"
@@ -157,14 +140,14 @@ def test_a_shared_key_of_the_wrong_type_refuses_the_step_whole(redis, client):
 def test_events_and_counters_of_the_wrong_type_do_not_fail_the_change(redis, client):
     job_id = client.submit({"messages": ["Hello."]})
     redis.set("lvm:events", "x")
-    life = _life(redis)
-    claim = _claim(life)
+    life = lifecycle(redis)
+    claim = claim_jobs(life)
     for key in redis.keys("lvm:stats:*") or []:
         redis.delete(key)
     minute = int(time.time() // 60)
     for m in (minute, minute + 1):
         redis.hset(f"lvm:stats:{Q}:{m}:finished", "x", "1")
-    assert life.finish(Q, claim.token, [_ok(job_id)]) == ["written"]
+    assert life.finish(Q, claim.token, [ok(job_id)]) == ["written"]
     assert client.status(job_id) == "finished" and redis.xlen(f"rq:results:{job_id}") == 1
 
 
@@ -185,18 +168,18 @@ def test_at_maxmemory_scripts_are_refused_whole(redis, client):
     """With noeviction at maxmemory, Redis refuses a write in the middle of a script: claim would
     pop a job and then fail to lease it. The shebang makes Redis refuse the script up front."""
     ids = client.submit_many([{"messages": [f"m{i}."]} for i in range(3)])
-    life = _life(redis)
+    life = lifecycle(redis)
     redis.config_set("maxmemory-policy", "noeviction")
     redis.config_set("maxmemory", 1)
     try:
         with pytest.raises(OutOfMemoryError) as info:
-            _claim(life)
+            claim_jobs(life)
         assert unavailable(info.value)
     finally:
         redis.config_set("maxmemory", 0)
     assert [i.decode() for i in redis.lrange(f"rq:queue:{Q}", 0, -1)] == ids
     assert {redis.hget(f"rq:job:{i}", "status") for i in ids} == {b"queued"}
-    assert len(_claim(life).jobs) == 3
+    assert len(claim_jobs(life).jobs) == 3
 
 
 # -- a real worker: a hostile job fails alone, its batch-mates are answered ------------------------

@@ -8,22 +8,17 @@ import time
 import zlib
 
 import pytest
-from redis import Redis
 
 from config import load_settings
+from helpers import claim_jobs, lifecycle, ok
 from producer.client import ChatClient
 from producer.errors import ChatFailed
 from wire.keys import ALIVE as ALIVE_KEY
 from wire.schema import JOB_FUNCTION, ChatError
 from worker.jobdata import JobRejected, parse
-from worker.lifecycle import Claimed, Lifecycle, Outcome
+from worker.lifecycle import Claimed
 
 Q = "lvm-lstm"
-
-
-@pytest.fixture
-def redis(redis_url):
-    return Redis.from_url(redis_url)
 
 
 @pytest.fixture
@@ -31,24 +26,11 @@ def client(redis_url):
     return ChatClient(redis_url, load_settings())
 
 
-def _life(redis, name="w1", lease_s=0.2, reruns=1):
-    return Lifecycle(redis, name, lease_s, reruns, 1_048_576)
-
-
-def _claim(life, limit=10):
-    token = life.next_token()
-    return life.claim(Q, limit, token)
-
-
-def _ok(job_id, text="hi"):
-    return Outcome(job_id, True, 600, {"response": text})
-
-
 def test_claim_leases_atomically_and_drops_what_names_no_job(redis, client):
     good = client.submit({"messages": ["Hello."]})
     redis.rpush(f"rq:queue:{Q}", b"\xff\x00bytes", "not a valid id!", "missing-job", "a-string-key")
     redis.set("rq:job:a-string-key", "x")
-    claim = _claim(_life(redis))
+    claim = claim_jobs(lifecycle(redis))
     assert [j.id for j in claim.jobs] == [good]
     reasons = dict(claim.dropped)
     assert reasons["missing-job"].startswith("no job hash") and "is a string" in reasons["a-string-key"]
@@ -63,20 +45,20 @@ def test_claim_leases_atomically_and_drops_what_names_no_job(redis, client):
 def test_an_id_queued_twice_runs_once(redis, client):
     job_id = client.submit({"messages": ["Hello."]})
     redis.rpush(f"rq:queue:{Q}", job_id)
-    life = _life(redis)
-    first = _claim(life)
+    life = lifecycle(redis)
+    first = claim_jobs(life)
     assert [j.id for j in first.jobs] == [job_id]
     assert first.dropped == [(job_id, "job is already started (its id was queued twice)")]
 
 
 def test_finish_is_fenced_by_the_token(redis, client):
     job_id = client.submit({"messages": ["Hello."]})
-    life = _life(redis)
-    claim = _claim(life)
-    assert life.finish(Q, "someone-else-1", [_ok(job_id)]) == ["stale"]
+    life = lifecycle(redis)
+    claim = claim_jobs(life)
+    assert life.finish(Q, "someone-else-1", [ok(job_id)]) == ["stale"]
     assert client.status(job_id) == "started"
-    assert life.finish(Q, claim.token, [_ok(job_id)]) == ["written"]
-    assert life.finish(Q, claim.token, [_ok(job_id, "again")]) == ["already"]  # a retried round trip
+    assert life.finish(Q, claim.token, [ok(job_id)]) == ["written"]
+    assert life.finish(Q, claim.token, [ok(job_id, "again")]) == ["already"]  # a retried round trip
     assert redis.xlen(f"rq:results:{job_id}") == 1
     assert client.status(job_id) == "finished"
     assert client.redis.zcard(f"rq:wip:{Q}") == 0 and client.redis.zcard(f"lvm:leases:{Q}") == 0
@@ -86,8 +68,8 @@ def test_failure_carries_the_structured_error(redis, client):
     from worker.loop import failure
 
     job_id = client.submit({"messages": ["Hello."]})
-    life = _life(redis)
-    claim = _claim(life)
+    life = lifecycle(redis)
+    claim = claim_jobs(life)
     err = ChatError(
         error="bad_payload", message="job field 'timeout' refused", fields=[{"field": "timeout", "reason": "x"}]
     )
@@ -99,9 +81,9 @@ def test_failure_carries_the_structured_error(redis, client):
 
 def test_recover_requeues_once_then_fails_abandoned_and_never_twice(redis, client):
     job_id = client.submit({"messages": ["Hello."]})
-    dead, peer = _life(redis, "dead"), _life(redis, "peer")
+    dead, peer = lifecycle(redis, "dead"), lifecycle(redis, "peer")
     dead.renew([Q], {})
-    claim = _claim(dead)
+    claim = claim_jobs(dead)
     assert peer.recover(Q, [], 60) == []  # lease still running
     time.sleep(0.3)
     actions = peer.recover(Q, [], 60)
@@ -109,12 +91,12 @@ def test_recover_requeues_once_then_fails_abandoned_and_never_twice(redis, clien
     assert peer.recover(Q, [], 60) == []  # a second recoverer finds nothing
     assert redis.lrange(f"rq:queue:{Q}", 0, -1) == [job_id.encode()]
     assert redis.hget(f"rq:job:{job_id}", "lvm_reruns") == b"1"
-    assert dead.finish(Q, claim.token, [_ok(job_id)]) == ["stale"]  # the late owner is fenced off
+    assert dead.finish(Q, claim.token, [ok(job_id)]) == ["stale"]  # the late owner is fenced off
 
-    again = _claim(dead)  # the same job dies a second time
+    again = claim_jobs(dead)  # the same job dies a second time
     time.sleep(0.3)
     assert peer.recover(Q, [], 60) == [(job_id, "failed", "dead")]
-    assert dead.finish(Q, again.token, [_ok(job_id)]) == ["stale"]
+    assert dead.finish(Q, again.token, [ok(job_id)]) == ["stale"]
     with pytest.raises(ChatFailed, match="abandoned: worker dead stopped renewing its lease"):
         client.result(job_id)
     assert redis.xlen(f"rq:results:{job_id}") == 1
@@ -122,8 +104,8 @@ def test_recover_requeues_once_then_fails_abandoned_and_never_twice(redis, clien
 
 def test_a_renewing_owner_keeps_its_jobs(redis, client):
     job_id = client.submit({"messages": ["Hello."]})
-    owner, peer = _life(redis, "owner", lease_s=0.3), _life(redis, "peer")
-    claim = _claim(owner)
+    owner, peer = lifecycle(redis, "owner", lease_s=0.3), lifecycle(redis, "peer")
+    claim = claim_jobs(owner)
     for _ in range(4):
         time.sleep(0.15)
         assert owner.renew([Q], {claim.token: [job_id]}) == []
@@ -134,8 +116,8 @@ def test_a_renewing_owner_keeps_its_jobs(redis, client):
 
 def test_jobs_of_an_unanswered_claim_return_without_counting_a_rerun(redis, client):
     job_id = client.submit({"messages": ["Hello."]})
-    life = _life(redis)
-    _claim(life)  # as if the reply were lost: the worker never learns this token
+    life = lifecycle(redis)
+    claim_jobs(life)  # as if the reply were lost: the worker never learns this token
     life.renew([Q], {})
     time.sleep(0.3)
     assert life.recover(Q, [], 60) == [(job_id, "requeued", "w1")]
@@ -144,8 +126,8 @@ def test_jobs_of_an_unanswered_claim_return_without_counting_a_rerun(redis, clie
 
 def test_release_hands_back_in_order(redis, client):
     ids = client.submit_many([{"messages": [f"m{i}."]} for i in range(3)])
-    life = _life(redis)
-    claim = _claim(life)
+    life = lifecycle(redis)
+    claim = claim_jobs(life)
     assert life.release(Q, claim.token, ids) == list(reversed(ids))
     assert [i.decode() for i in redis.lrange(f"rq:queue:{Q}", 0, -1)] == ids
     assert {client.status(i) for i in ids} == {"queued"}
@@ -250,7 +232,7 @@ def test_what_producers_write_is_accepted(redis, client):
 
     Queue(Q, connection=redis, serializer=JSONSerializer).enqueue(JOB_FUNCTION, {"messages": ["rq."]}, job_timeout=60)
     client.submit({"messages": ["client."]})
-    claim = _claim(_life(redis))
+    claim = claim_jobs(lifecycle(redis))
     jobs = [parse(c, Q, 60, 3600, 86400, 1_048_576) for c in claim.jobs]
     assert [j.request["messages"] for j in jobs] == [["rq."], ["client."]]
     assert jobs[1].timeout == 60 and jobs[1].enqueued_at is not None
@@ -262,7 +244,7 @@ def test_a_hash_of_many_large_fields_is_refused_without_returning_them(redis):
     fields = {"data": _data(), "status": "queued", "created_at": now, **{f"pad{i}": "x" * 300_000 for i in range(5)}}
     redis.hset("rq:job:big", mapping=fields)
     redis.rpush(f"rq:queue:{Q}", "big")
-    (claimed,) = _claim(_life(redis)).jobs
+    (claimed,) = claim_jobs(lifecycle(redis)).jobs
     assert sum(len(v) for v in claimed.fields.values()) < 100
     with pytest.raises(JobRejected, match="holds 1500"):
         parse(claimed, Q, 60, 3600, 86400, 1_048_576)
@@ -272,12 +254,12 @@ def test_a_job_canceled_while_it_runs_keeps_no_result(redis, client):
     """cancel.lua takes the lease and the token of a started job: the worker's finish discards the
     result ('canceled'), renew does not report it lost, and the job stays canceled."""
     ids = client.submit_many([{"messages": ["One."]}, {"messages": ["Two."]}])
-    life = _life(redis, lease_s=5)
-    claim = _claim(life)
+    life = lifecycle(redis, lease_s=5)
+    claim = claim_jobs(life)
     assert client.cancel(ids[0]) == "canceled"
     assert redis.zcard(f"lvm:leases:{Q}") == 1 and redis.zcard(f"rq:wip:{Q}") == 1  # only the other's lease
     assert life.renew([Q], {claim.token: ids}) == []
-    assert life.finish(Q, claim.token, [_ok(i) for i in ids]) == ["canceled", "written"]
+    assert life.finish(Q, claim.token, [ok(i) for i in ids]) == ["canceled", "written"]
     assert client.status(ids[0]) == "canceled" and client.status(ids[1]) == "finished"
     with pytest.raises(ChatFailed, match="canceled"):
         client.result(ids[0])
