@@ -30,7 +30,7 @@ from producer.errors import ChatFailed, ChatTimeout, JobNotFound, NotReplicated,
 from producer.health import admission, read_workers
 from wire import keys, lua
 from wire.results import error_from
-from wire.schema import JOB_FUNCTION, ChatError, ChatRequest, ChatResult
+from wire.schema import JOB_FUNCTION, ChatError, ChatRequest, ChatResult, rq_time
 
 RequestLike = ChatRequest | dict[str, Any]
 WAIT_MARGIN_S = 5.0
@@ -81,11 +81,6 @@ def cancel_args(settings: Settings, job_id: str, owner: str = "") -> list[Any]:
 
     return [job_id, owner, rq_time(), settings.failure_ttl, keys.RESULTS_PREFIX, keys.QUEUE_PREFIX,
             keys.leases(""), keys.started(""), CanceledJobRegistry.key_template.format("")]  # fmt: skip
-
-
-def rq_time() -> str:
-    """RQ's timestamp format (worker/lifecycle.py writes the same)."""
-    return now().strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def prepare_submit(

@@ -10,6 +10,8 @@ worker/lifecycle.py; the keys they live under are wire/keys.py.
 
 from __future__ import annotations
 
+import time
+from datetime import UTC, datetime
 from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -23,6 +25,13 @@ MAX_DECODE_STEPS = 200
 MAX_FORWARD = 0.5  # the forward curve `lvmq eval` reports spans g = 0 ... 0.5
 MAX_CONVERSATION_ID = 128
 MAX_META_BYTES = 64 * 1024  # a job's meta (JSON) beyond this is refused by workers, unread by gateways
+
+
+def rq_time(ts: float | None = None) -> str:
+    """A job hash's timestamps in RQ's format (started_at, ended_at, ...), so RQ, producers and the
+    lifecycle scripts read what the others wrote."""
+    return datetime.fromtimestamp(time.time() if ts is None else ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
 
 # RQ's job statuses, as the job hash's ``status`` field holds them.
 JobStatus = Literal["queued", "started", "finished", "failed", "stopped", "canceled", "deferred", "scheduled"]

@@ -47,13 +47,13 @@ import json
 import os
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from redis import Redis
 
 from wire import keys, lua
 from wire.results import encode_failure, encode_result
+from wire.schema import rq_time
 
 STATS_TTL_S = 3600
 MAX_HISTORY_CHARS = 2000
@@ -85,11 +85,6 @@ OVERSIZE_MARK = "\x00oversize:"  # claim.lua's stand-in for a value over the cap
 
 def _text(value: bytes | str) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
-
-
-def rq_time(ts: float | None = None) -> str:
-    """RQ's timestamp format, so RQ and producers parse what the scripts write."""
-    return datetime.fromtimestamp(time.time() if ts is None else ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def stats_key(queue: str, outcome: str, ts: float | None = None) -> str:
