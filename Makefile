@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml
 setup-dev: $(DEV_STAMP)
 
 $(DEV_STAMP): $(STAMP)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[engine,gateway,dev]"
+	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[engine,gateway,otel,dev]"
 	@touch $@
 
 # redis-server is needed by the integration tests (they start their own on a free port)

@@ -265,6 +265,12 @@ class Settings(BaseSettings):
     log_format: Literal["auto", "json", "console"] = Field(
         "auto", description="auto: console on a TTY, JSON lines otherwise."
     )
+    tracing: Literal["off", "otlp", "console"] = Field(
+        "off",
+        description="OpenTelemetry traces of every chat, gateway -> job -> batch -> stages (the otel extra): otlp "
+        "exports to OTEL_EXPORTER_OTLP_ENDPOINT (default http://localhost:4318), console prints spans. A process "
+        "that already set up an OpenTelemetry SDK keeps its own. off costs nothing.",
+    )
 
     @field_validator("redis_url")
     @classmethod

@@ -25,7 +25,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.middleware.cors import CORSMiddleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
-from config import Settings, load_settings
+from config import Settings, load_settings, tracing
 from config.connections import connect as open_redis
 from config.logs import get_logger
 from config.settings import comma_list
@@ -72,7 +72,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or load_settings()
+    # Tracing: FastAPI's own server span (a caller's traceparent honoured) is the parent of the
+    # submit's ``send`` span. It runs only once an SDK provider is set up, which tracing.tracer
+    # does for LVM_TRACING=otlp|console: off, FastAPI's check finds none and adds nothing. Its
+    # metrics and logs stay off: /metrics is Prometheus', and its logs would carry exception texts.
+    tracer = tracing.tracer(settings.tracing, "lvmq-gateway")
     app = FastAPI(
+        telemetry={"metrics": False, "logs": False},
         title="lvm-queue gateway",
         version="1",
         description="Chat with Latent Vector Models over HTTP: submit, poll, wait or stream server-sent events. "
@@ -80,6 +86,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.tracer = tracer  # None: tracing off
     app.state.keys = KeyRing(settings.gateway_api_keys, settings.gateway_local_networks, settings.gateway_secret)
     app.state.models = settings.gateway_model_names()
     app.state.queues = [settings.queue_name(m) for m in app.state.models]

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 
+from config.tracing import producer_span
 from gateway.auth import Caller, caller
 from gateway.errors import ERRORS, ApiError
 from gateway.hub import POSITION, RESYNC_S
@@ -109,8 +110,19 @@ async def submit(request: Request, who: Who) -> JSONResponse:
 async def enqueue(request: Request, who: Caller, chat: ChatRequest, idem: str | None) -> str:
     """Submit ``chat`` for ``who``: the rate limit, the admission bound and the submit in one
     script, WAIT in the same round trip; the job id, or the ApiError that says why not."""
+    state = request.app.state
+    if state.tracer is None:
+        return await _enqueue(request, who, chat, idem, {})
+    with producer_span(state.tracer, request.app.state.settings.queue_name(chat.model), 1) as (span, trace):
+        job_id = await _enqueue(request, who, chat, idem, trace)
+        span.set_attribute("messaging.message.id", job_id)
+        return job_id
+
+
+async def _enqueue(request: Request, who: Caller, chat: ChatRequest, idem: str | None, trace: dict[str, str]) -> str:
     state, settings = request.app.state, request.app.state.settings
-    script_keys, args = prepare_submit(settings, state.sync, chat, f"{who.owner}:{idem}" if idem else None, who.owner)
+    idem_key = f"{who.owner}:{idem}" if idem else None
+    script_keys, args = prepare_submit(settings, state.sync, chat, idem_key, who.owner, trace)
     wanted = settings.producer_wait_replicas
     bound, rate = state.admission.bound(script_keys[1].removeprefix(keys.QUEUE_PREFIX))
     deadline_s = request_deadline(request)

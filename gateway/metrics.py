@@ -36,6 +36,8 @@ class Metrics:
 
 def route_of(path: str) -> str:
     """A low-cardinality label: job ids never become metric labels."""
+    if path == "/v1/chat/completions":
+        return path
     if path.startswith("/v1/chat/"):
         return "/v1/chat/{id}/events" if path.endswith("/events") else "/v1/chat/{id}"
     return path if path in {"/", "/v1/chat", "/v1/models", "/healthz", "/readyz", "/metrics", "/docs"} else "other"

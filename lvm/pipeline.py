@@ -40,6 +40,9 @@ class StageTimes:
     lvm_inference_ms: float = 0.0
     decoding_ms: float = 0.0
     total_ms: float = 0.0
+    # (stage, start, end) on the wall clock in ns, one per stage call of the batch, shared by its
+    # requests: the worker's trace spans (worker/tracing.py) are these intervals, as measured.
+    stages: tuple[tuple[str, int, int], ...] = ()
 
 
 @dataclass
@@ -147,9 +150,11 @@ class ChatPipeline:
                 raise ValueError(f"forward must be 0..{MAX_FORWARD}")
         texts = [self.context_sentences(r) for r in requests]
 
-        t = time.perf_counter()
+        stages: list[tuple[str, int, int]] = []
+        t, wall = time.perf_counter(), time.time_ns()
         contexts, hits = self.encode(requests, texts)
         encoding_ms = _ms(t)
+        stages.append(("encode", wall, time.time_ns()))
         known = [dict(zip(ctx, vecs, strict=True)) for ctx, vecs in zip(texts, contexts, strict=True)]
 
         exclude = [{normalize(s) for s in ctx} for ctx in texts]  # never echo the context
@@ -161,16 +166,17 @@ class ChatPipeline:
         for step in range(max(r.response_sentences for r in requests)):
             active = [i for i, r in enumerate(requests) if r.response_sentences > step]
             pos = {i: p for p, i in enumerate(active)}
-            t = time.perf_counter()
+            t, wall = time.perf_counter(), time.time_ns()
             predicted = self.predict([contexts[i] for i in active])
             predicted = step_forward(
                 predicted, np.stack([contexts[i][-1] for i in active]), np.array([requests[i].forward for i in active])
             )
             elapsed = _ms(t)
+            stages.append(("lvm", wall, time.time_ns()))
             for i in active:
                 lvm_ms[i] += elapsed
 
-            t = time.perf_counter()
+            t, wall = time.perf_counter(), time.time_ns()
             for rows, steps in self._decode_groups(active, requests):
                 decoded = self.decoder.decode(
                     predicted[[pos[i] for i in rows]], [exclude[i] for i in rows], steps=steps
@@ -183,12 +189,14 @@ class ChatPipeline:
                     if d.vector is not None:
                         known[i][d.text] = d.vector
             elapsed = _ms(t)
+            stages.append(("decode", wall, time.time_ns()))
             for i in active:
                 decode_ms[i] += elapsed
                 contexts[i] = np.concatenate([contexts[i], predicted[pos[i]][None]])
 
         self._remember(requests, texts, generated, known)
         total_ms = _ms(start)
+        spans = tuple(stages)
         outputs = []
         for i in range(n):
             sentences = [text for text, _ in generated[i]]
@@ -201,7 +209,7 @@ class ChatPipeline:
                     decode_steps_used=steps_used[i],
                     batch_size=n,
                     context_sentences=len(texts[i]),
-                    timings=StageTimes(encoding_ms, lvm_ms[i], decode_ms[i], total_ms),
+                    timings=StageTimes(encoding_ms, lvm_ms[i], decode_ms[i], total_ms, spans),
                     cache_hits=hits[i],
                     cache_misses=len(texts[i]) - hits[i],
                     forward=requests[i].forward,

@@ -11,7 +11,7 @@ import functools
 import hashlib
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from redis import Redis
@@ -25,10 +25,11 @@ from rq.utils import now
 from config import Settings, load_settings
 from config.connections import connect as open_redis
 from config.connections import unavailable
+from config.tracing import producer_span, tracer
 from config.urls import safe_url
 from producer.errors import ChatFailed, ChatTimeout, JobNotFound, NotReplicated, Overloaded, RedisUnavailable
 from producer.health import admission, read_workers
-from wire import keys, lua
+from wire import keys, lua, tracecontext
 from wire.results import error_from
 from wire.schema import JOB_FUNCTION, ChatError, ChatRequest, ChatResult, rq_time
 
@@ -84,11 +85,17 @@ def cancel_args(settings: Settings, job_id: str, owner: str = "") -> list[Any]:
 
 
 def prepare_submit(
-    settings: Settings, connection: Redis, request: RequestLike, idempotency_key: str | None, owner: str | None = None
+    settings: Settings,
+    connection: Redis,
+    request: RequestLike,
+    idempotency_key: str | None,
+    owner: str | None = None,
+    trace: Mapping[str, str] | None = None,
 ) -> tuple[list[str], list[Any]]:
     """KEYS and ARGV of submit.lua for one request: RQ's own job hash, with its id fixed here so
     that a retried round trip names the same job. No I/O: the gateway runs the same script on its
-    asyncio connection. ``owner`` (the gateway's API-key hash) is stored as the job's lvm_owner."""
+    asyncio connection. ``owner`` (the gateway's API-key hash) is stored as the job's lvm_owner,
+    ``trace`` (the submitting span's W3C headers, config.tracing) as its lvm_trace."""
     req = request if isinstance(request, ChatRequest) else ChatRequest.model_validate(request)
     queue = settings.queue_name(req.model)
     s = settings
@@ -109,6 +116,9 @@ def prepare_submit(
     fields = [part for name, value in job.to_dict().items() for part in (name, value)]
     if owner is not None:
         fields += ["lvm_owner", owner]
+    carried = tracecontext.encode(trace) if trace else None
+    if carried is not None:
+        fields += [tracecontext.FIELD, carried]
     if idempotency_key is None:
         idem_key, idem_ttl = job.key, 0
     else:
@@ -127,13 +137,16 @@ class ChatClient:
         self._submit = self.redis.register_script(lua.guarded("submit", "admit"))
         self._bounds: dict[str, tuple[float, int, float]] = {}  # queue -> (read at, bound, rate)
         self._cancel = self.redis.register_script(lua.source("cancel"))
+        self.tracer = tracer(self.settings.tracing, "lvmq-producer")  # None: tracing off
 
     # -- submitting ------------------------------------------------------------------------
     def queue(self, model: str) -> Queue:
         return Queue(self.settings.queue_name(model), connection=self.redis, serializer=JSONSerializer)
 
-    def _prepare(self, request: RequestLike, idempotency_key: str | None) -> tuple[list[str], list[Any]]:
-        return prepare_submit(self.settings, self.redis, request, idempotency_key)
+    def _prepare(
+        self, request: RequestLike, idempotency_key: str | None, trace: Mapping[str, str] | None = None
+    ) -> tuple[list[str], list[Any]]:
+        return prepare_submit(self.settings, self.redis, request, idempotency_key, trace=trace)
 
     def submit(self, request: RequestLike, idempotency_key: str | None = None, deadline_s: float | None = None) -> str:
         """Validate here (fail fast, before Redis), enqueue, return the job id.
@@ -162,7 +175,14 @@ class ChatClient:
         deadline = self.settings.job_timeout if deadline_s is None else deadline_s
         if not 0 < deadline <= self.settings.job_timeout:
             raise ValueError(f"deadline_s must be in (0, {self.settings.job_timeout}] (LVM_JOB_TIMEOUT)")
-        return self._enqueue([self._prepare(r, k) for r, k in zip(requests, keys, strict=True)], deadline)
+        if self.tracer is None:
+            return self._enqueue([self._prepare(r, k) for r, k in zip(requests, keys, strict=True)], deadline)
+        requests = [r if isinstance(r, ChatRequest) else ChatRequest.model_validate(r) for r in requests]
+        queues = {self.settings.queue_name(r.model) for r in requests}
+        with producer_span(self.tracer, ",".join(sorted(queues)), len(requests)) as (span, trace):
+            ids = self._enqueue([self._prepare(r, k, trace) for r, k in zip(requests, keys, strict=True)], deadline)
+            span.set_attribute("messaging.message.id", ids[0] if len(ids) == 1 else ",".join(ids))
+            return ids
 
     def _bound(self, queue_key: str) -> tuple[int, float]:
         """The queue's admission bound and its workers' rate, read from their heartbeats at most

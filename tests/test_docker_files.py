@@ -146,3 +146,15 @@ def test_env_example_defines_every_required_variable():
     )
     assert required <= set(example), required - set(example)
     assert defaulted <= set(example), defaulted - set(example)
+
+
+def test_compose_can_start_jaeger_for_traces_on_request():
+    services = COMPOSE["services"]
+    jaeger = services["jaeger"]
+    assert jaeger["profiles"] == ["tracing"], "Jaeger starts only with --profile tracing"
+    assert all(port.startswith("127.0.0.1:") for port in jaeger["ports"])
+    assert "otel" in re.findall(r'pip install "\.\[([\w,]+)\]"', DOCKERFILE)[0].split(",")
+    for name in ("worker-lstm", "worker-gru", "gateway"):
+        env = services[name]["environment"]
+        assert env["LVM_TRACING"] == "${LVM_TRACING:-off}"
+        assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://jaeger:4318"

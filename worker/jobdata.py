@@ -13,18 +13,21 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from wire import tracecontext
 from wire.jsontext import strict_json
 from wire.schema import JOB_FUNCTION, MAX_META_BYTES, ChatError
-from worker.lifecycle import ACTED_ON_FIELDS, OVERSIZE_MARK, Claimed
+from worker.lifecycle import ACTED_ON_FIELDS, MAX_FIELDS, OVERSIZE_MARK, Claimed
 
 # What RQ's enqueue (and the documented raw protocol, and a re-queued job) writes on a chat job.
 # lvm_owner: the gateway's owner id of the API key that submitted it; the conversation cache is
 # keyed by it, so one tenant can neither read nor wipe another's conversation of the same id.
+# lvm_trace: the submitting span's W3C trace context (wire/tracecontext.py); ignored if malformed.
 KNOWN_FIELDS = frozenset(
     {
         "data", "status", "origin", "description", "created_at", "enqueued_at", "started_at", "ended_at",
         "last_heartbeat", "worker_name", "timeout", "result_ttl", "failure_ttl", "ttl", "meta", "group_id",
         "lvm_token", "lvm_reruns", "lvm_history", "number_of_retries", "lvm_owner", "lvm_deadline",
+        tracecontext.FIELD,
     }
 )  # fmt: skip
 MAX_TTL_S = 30 * 86400
@@ -67,6 +70,7 @@ class ChatJob:
     enqueued_at: datetime | None
     started_at: datetime
     owner: str = ""  # lvm_owner: '' for producers that write none (ChatClient, raw producers)
+    trace: dict[str, str] | None = None  # lvm_trace: the submitter's W3C context, when it traced
 
     @classmethod
     def local(cls, request: Any, timeout: int = 60) -> ChatJob:
@@ -86,7 +90,7 @@ def parse(claimed: Claimed, queue: str, job_timeout: int, result_ttl: int, failu
         except UnicodeDecodeError:
             raise JobRejected(repr(name[:40]), "field name is not UTF-8") from None
         if text_name == "\x00fields":
-            raise JobRejected("(hash)", f"has {value.decode()} fields; a chat job has at most 20")
+            raise JobRejected("(hash)", f"has {value.decode()} fields; a chat job has at most {MAX_FIELDS}")
         if text_name == "\x00total":
             raise JobRejected("(hash)", f"holds {value.decode()} bytes; the cap is {cap} (LVM_MAX_JOB_BYTES)")
         if value.startswith(OVERSIZE_MARK.encode()):
@@ -127,6 +131,7 @@ def parse(claimed: Claimed, queue: str, job_timeout: int, result_ttl: int, failu
         meta=_meta(fields.get("meta")),
         enqueued_at=_date(fields, "enqueued_at"),
         started_at=datetime.now(UTC),
+        trace=tracecontext.decode(fields.get(tracecontext.FIELD)),
     )
 
 

@@ -81,6 +81,7 @@ ACTED_ON_FIELDS = (
     "rate_limit_concurrency",
 )
 OVERSIZE_MARK = "\x00oversize:"  # claim.lua's stand-in for a value over the cap
+MAX_FIELDS = 64  # a hash with more is not read back by claim.lua (its reply stays bounded)
 
 
 def _text(value: bytes | str) -> str:
@@ -131,7 +132,7 @@ class Lifecycle:
         self.lease_ms = int(lease_s * 1000)
         self.max_reruns = max_reruns
         self.value_cap = value_cap
-        self.max_fields = 64
+        self.max_fields = MAX_FIELDS
         self._counter = itertools.count(1)  # next() is atomic: the main and I/O threads both claim
         self._claim = connection.register_script(lua.source("claim"))
         self._renew = connection.register_script(lua.source("renew"))

@@ -24,7 +24,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from config import Settings
+from config import Settings, tracing
 from config.connections import unavailable
 from config.logs import get_logger
 from wire import keys
@@ -37,6 +37,7 @@ from worker.jobdata import ChatJob, JobExpired, JobRejected, parse
 from worker.leases import LeaseBook
 from worker.lifecycle import Claim, Lifecycle, Outcome
 from worker.runtime import RequestRejected, Runtime
+from worker.tracing import BatchTracer
 
 log = get_logger("lvmq.worker")
 IDLE_BLOCK_S = 1  # longest a blocked claim waits before the loop looks at signals and maintenance
@@ -50,6 +51,7 @@ class Batch:
     chat_jobs: list[ChatJob] = field(default_factory=list)
     requests: dict[str, Any] = field(default_factory=dict)  # job id -> its request, for the log
     outcomes: dict[str, Outcome] = field(default_factory=dict)
+    spans: dict[str, Any] | None = None  # job id -> its open trace span, when tracing is on
 
     def ordered(self) -> list[Outcome]:
         return [self.outcomes[j.id] for j in self.claim.jobs if j.id in self.outcomes]
@@ -95,6 +97,10 @@ class BatchLoop:
         self.jobs_failed = 0
         self.batch_sizes: deque[int] = deque(maxlen=200)
         self.busy: deque[tuple[int, float]] = deque(maxlen=200)  # (jobs, compute seconds) per batch
+        otel = tracing.tracer(settings.tracing, "lvmq-worker")
+        self.tracer = (
+            None if otel is None else BatchTracer(otel, runtime.worker_name, runtime.model_name, runtime.device)
+        )
 
     def take(self, limit: int) -> Claim | None:
         """Claim a batch from the first queue with work, or None if all are empty."""
@@ -202,8 +208,11 @@ class BatchLoop:
             return
         batch, written = self.pending
         self.pending = None
-        for outcome, state in zip(batch.ordered(), written.result(), strict=True):
+        states = written.result()
+        for outcome, state in zip(batch.ordered(), states, strict=True):
             self._record(outcome, state, batch.requests.get(outcome.id), len(batch.chat_jobs))
+        if batch.spans:
+            BatchTracer.written(batch.spans, {o.id: state for o, state in zip(batch.ordered(), states, strict=True)})
         self.pulse.set("draining" if self.stop_signals else "ready", now=bool(self.stop_signals))
 
     def _hand_back(self, queue: str, token: str, ids: list[str]) -> None:
@@ -234,8 +243,10 @@ class BatchLoop:
             answers = [ChatError(error="timeout", message=message + "; computing stopped")] * len(jobs)
         finally:
             self.leases.stop_computing()
-        elapsed = time.time() - started
+        ended = time.time()
+        elapsed = ended - started
         self.busy.append((len(jobs), elapsed))
+        final: list[Any] = []
         for job, answer in zip(jobs, answers, strict=True):
             if isinstance(answer, RequestRejected):
                 answer = answer.error
@@ -256,6 +267,10 @@ class BatchLoop:
                 if isinstance(answer, ChatError)
                 else Outcome(job.id, True, job.result_ttl, answer)
             )
+            final.append(answer)
+        if self.tracer is not None:
+            outputs, times = self.runtime.last_outputs, (int(started * 1e9), int(ended * 1e9))
+            batch.spans = self.tracer.computed(batch.claim.queue, jobs, final, outputs, *times)
 
     def _record(self, outcome: Outcome, state: str, request: Any, batch_size: int) -> None:
         """One log event per job, counters and metrics. ``state`` is what finish did."""

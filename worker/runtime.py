@@ -87,6 +87,7 @@ class Runtime:
     bank_search: dict[str, str] | None = None  # the precision measured fastest for one query and a batch
     forward: float = 0.0  # the default step away from the last sentence (LVM_FORWARD, else the checkpoint's)
     latencies_ms: list[float] = field(default_factory=list)
+    last_outputs: list[Any] = field(default_factory=list)
 
     @classmethod
     def load(cls, settings: Settings, model_name: str, worker_name: str, redis: Any = None) -> Runtime:
@@ -235,6 +236,7 @@ class Runtime:
             for i, r in valid
         ]
         outputs = self._run_isolating(inputs) if inputs else []
+        self.last_outputs = outputs  # the batch's stage intervals, for its trace (worker/tracing.py)
         for (i, request), output in zip(valid, outputs, strict=True):
             if isinstance(output, BaseException):
                 outcomes[i] = output
