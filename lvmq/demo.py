@@ -7,6 +7,7 @@ free port. Stops everything it started, whatever happens.
 from __future__ import annotations
 
 import argparse
+import signal
 import tempfile
 import time
 from pathlib import Path
@@ -104,7 +105,12 @@ def serve(url: str, model: str, settings, folder: Path) -> None:
         stop(gateway)
 
 
+def _stop(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM (kill, a supervisor) ends the demo like Ctrl-C: children stopped too
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
+    signal.signal(signal.SIGTERM, _stop)
     from config import load_settings
     from harness.processes import start_worker, stop, wait_ready
     from harness.redis_server import RedisServer, reachable
