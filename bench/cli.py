@@ -9,7 +9,7 @@ from pathlib import Path
 
 def register(sub: argparse._SubParsersAction) -> None:
     bench = sub.add_parser(
-        "bench", help="benchmarks (model, pipeline, queue, load, overhead, encoder, gateway, overload)"
+        "bench", help="benchmarks (model, pipeline, queue, load, overhead, encoder, gateway, overload, host)"
     )
     bsub = bench.add_subparsers(dest="bench_cmd", required=True)
 
@@ -40,6 +40,37 @@ def register(sub: argparse._SubParsersAction) -> None:
     _register_encoder(bsub)
     _register_gateway(bsub)
     _register_overload(bsub)
+    _register_host(bsub)
+
+
+def _register_host(bsub) -> None:
+    h = bsub.add_parser(
+        "host",
+        help="host CPU per request with the model computations stood in: what bounds a GPU worker, on the CPU",
+        description="Starts a private redis-server; for each batch size queues N multi-turn chats (half warm in "
+        "the conversation cache, half cold) and lets one real worker drain them, its encoder forward, LVM forward "
+        "and bank product replaced by stand-ins that answer at once (bench/host_child.py; no serving setting "
+        "reaches them). Reports host CPU ms per request and jobs/s (from /proc, first to last job), Redis commands "
+        "and Redis CPU per job, and with --profile where the host time goes. --baseline DIR runs another "
+        "checkout's worker through the same harness in the same invocation (git worktree add DIR <commit>).",
+    )
+    h.add_argument("--batches", default="1,8,32,128", help="comma-separated LVM_MAX_BATCH values")
+    h.add_argument("-n", type=int, default=2048, help="chats per run (default 2048)")
+    h.add_argument("--rounds", type=int, default=1, help="runs per tree and batch size, alternating (median)")
+    h.add_argument("--baseline", type=Path, help="a checkout of the commit to compare against")
+    h.add_argument("--profile", action="store_true", help="add a cProfile run per batch size: time by stage")
+    h.add_argument("--json", action="store_true")
+    h.set_defaults(func=cmd_host)
+
+
+def cmd_host(args: argparse.Namespace) -> int:
+    from bench import host
+
+    trees = {"baseline": args.baseline.resolve()} if args.baseline else {}
+    trees["this"] = Path(__file__).resolve().parents[1]
+    batches = tuple(int(b) for b in args.batches.split(","))
+    res = host.run(batches, args.n, trees, args.profile, args.rounds)
+    return _emit(res, args.json, host.format_result)
 
 
 def _register_overload(bsub) -> None:

@@ -10,6 +10,7 @@
 #   load_c32    lvmq bench load -c 32
 #   load_c128   lvmq bench load -c 128 -n 1280 --max-batch 128
 #   overhead    lvmq bench overhead (the queue layer alone, null pipeline)
+#   host        lvmq bench host (host CPU per request, model computations stood in)
 set -euo pipefail
 export LVM_DEVICE="${LVM_DEVICE:-cuda}"
 LVMQ="${LVMQ:-lvmq}"
@@ -23,6 +24,7 @@ step queue;     $LVMQ bench queue --json > "$out/queue.json"
 step load_c32;  $LVMQ bench load -c 32 --json > "$out/load_c32.json"
 step load_c128; $LVMQ bench load -c 128 -n 1280 --max-batch 128 --json > "$out/load_c128.json"
 step overhead;  $LVMQ bench overhead --json > "$out/overhead.json"
+step host;      $LVMQ bench host --json > "$out/host.json"
 "$PY" - "$out" <<'PYEOF'
 import json, pathlib, sys
 folder = pathlib.Path(sys.argv[1])
