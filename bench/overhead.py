@@ -1,7 +1,7 @@
 """`lvmq bench overhead`: the queue layer alone, with a null pipeline (LVM_PIPELINE=null).
 
 A real `rq worker -w worker.LVMWorker` process runs the real lifecycle (claim script, job-hash
-reading, request validation, result building, finish script, one log event per job) on
+reading, request validation, result building, finish script, one log event per batch) on
 requests answered with a fixed sentence: no encoder, no model. It drains N pre-queued jobs at
 each batch size; beside it, in the same run, RQ's own SimpleWorker drains N no-op jobs.
 

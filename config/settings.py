@@ -260,7 +260,9 @@ class Settings(BaseSettings):
 
     # --- Logging -------------------------------------------------------------------------
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
-        "INFO", description="Log level of workers and the gateway: DEBUG, INFO (one event per job), WARNING, ERROR."
+        "INFO",
+        description="Log level of workers and the gateway: DEBUG (an event per job), INFO (an event per batch, "
+        "naming its jobs, and per failed job), WARNING, ERROR.",
     )
     log_format: Literal["auto", "json", "console"] = Field(
         "auto", description="auto: console on a TTY, JSON lines otherwise."

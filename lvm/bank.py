@@ -119,16 +119,21 @@ class SentenceBank:
             seconds[dtype] = time.perf_counter() - started
         return min(seconds, key=seconds.get)
 
-    def _scores(self, queries: np.ndarray, matrix: torch.Tensor) -> np.ndarray:
-        """[B, N] float32 scores of the product in ``matrix``'s precision and on its device."""
+    def _product(self, queries: np.ndarray, matrix: torch.Tensor) -> torch.Tensor:
+        """[B, N] float32 scores, of the product in ``matrix``'s precision, on its device. Read,
+        never written: decode takes what it needs from it without a copy."""
         previous = torch.get_num_threads()
         try:
             torch.set_num_threads(self.search_threads)
             with torch.inference_mode():
                 q = torch.from_numpy(queries).to(device=matrix.device, dtype=matrix.dtype)
-                return torch.mm(q, matrix.T).float().cpu().numpy()
+                return torch.mm(q, matrix.T).float()
         finally:
             torch.set_num_threads(previous)
+
+    def _scores(self, queries: np.ndarray, matrix: torch.Tensor) -> np.ndarray:
+        """The product's scores as a host array (calibration, tests)."""
+        return self._product(queries, matrix).cpu().numpy()
 
     def decode(
         self,
@@ -138,40 +143,52 @@ class SentenceBank:
     ) -> list[Decoded]:
         """Nearest bank sentence per row, skipping the row's ``exclude`` set (its own context).
 
-        One [B, D] x [D, N] product for the whole batch; excluded sentences are found by a
-        dictionary lookup and masked before the argmax, so exclusion costs nothing extra.
+        One [B, D] x [D, N] product for the whole batch, then one top-k on the scores' device,
+        wide enough that the excluded rows (found by a dictionary lookup) can be dropped from it
+        afterwards: the [B, N] scores are neither written nor brought to the host, only [B, k]
+        (on a GPU the whole matrix stayed there; on the CPU no mask is written into it).
         """
         queries = np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1, self.dim)
         matrix = self._lone if len(queries) == 1 else self._batched
-        scores = self._scores(queries, matrix)
-        for row in range(len(scores)):
-            for text in exclude[row] if exclude is not None else ():
-                scores[row, self._rows_of.get(text, [])] = -np.inf
+        banned = [
+            {row for text in exclude[i] for row in self._rows_of.get(text, ())} if exclude is not None else set()
+            for i in range(len(queries))
+        ]
+        scores = self._product(queries, matrix)
         rounded = matrix.dtype != torch.float32
-        k = min(CANDIDATES, len(self.sentences)) if rounded else 1
-        top_scores, top_rows = (t.numpy() for t in torch.topk(torch.from_numpy(scores), k, dim=1))
+        look = CANDIDATES if rounded else 1
+        k = min(look + max(map(len, banned)), len(self.sentences))
+        top_scores, top_rows = (t.cpu().numpy() for t in torch.topk(scores, k, dim=1))
         if rounded:  # twice the bound: the rounded best and a rival may each be off by it
             slack = 2 * rounding_bound(matrix.dtype, self.dim) * self._max_norm * np.linalg.norm(queries, axis=1)
         results: list[Decoded] = []
-        for row in range(len(scores)):
-            if top_scores[row, 0] == -np.inf:
+        for row in range(len(queries)):
+            kept = np.array([r not in banned[row] for r in top_rows[row]], dtype=bool) if banned[row] else None
+            row_scores = top_scores[row] if kept is None else top_scores[row][kept]
+            row_rows = top_rows[row] if kept is None else top_rows[row][kept]
+            if len(row_rows) == 0:
                 raise BankError("every bank sentence is excluded by the request's context")
             if not rounded:
-                hit, score = int(top_rows[row, 0]), float(top_scores[row, 0])
+                hit, score = int(row_rows[0]), float(row_scores[0])
             else:
-                rows = self._candidates(scores[row], top_scores[row], top_rows[row], slack[row])
+                whole = k == len(self.sentences)
+                rows = self._candidates(scores[row], row_scores[:look], row_rows[:look], slack[row], whole, banned[row])
                 exact = self.vectors[rows] @ queries[row]
                 hit, score = int(rows[np.argmax(exact)]), float(np.max(exact))
             results.append(Decoded(self.sentences[hit], score, 0, self.name, self.vectors[hit]))
         return results
 
     @staticmethod
-    def _candidates(scores: np.ndarray, top_scores: np.ndarray, top_rows: np.ndarray, slack: float) -> np.ndarray:
+    def _candidates(
+        scores: torch.Tensor, top_scores: np.ndarray, top_rows: np.ndarray, slack: float, whole: bool, banned: set[int]
+    ) -> np.ndarray:
         """Every row whose rounded score is within ``slack`` of the rounded best: one of them is
-        the exact best. Usually the first few of the top k; a tie among more scans the row."""
+        the exact best. Usually the first few of the top k; a tie among more (the whole first
+        look is within slack) scans the row on its device."""
         floor = top_scores[0] - slack
-        if top_scores[-1] >= floor and len(top_scores) < len(scores):
-            return np.flatnonzero(scores >= floor)
+        if top_scores[-1] >= floor and not whole:
+            rows = torch.nonzero(scores >= floor).flatten().cpu().numpy()
+            return rows[[r not in banned for r in rows]] if banned else rows
         return top_rows[top_scores >= floor]
 
     def save(self, path: str | Path) -> Path:

@@ -129,8 +129,8 @@ def test_second_turn_hits_the_conversation_cache(redis_url, serving_artifacts, t
         assert second.sentences == other.sentences == plain.sentences
         keys = Redis.from_url(redis_url).keys("lvm:conv:*")
         assert sorted(k.decode() for k in keys) == [
-            "lvm:conv:all-MiniLM-L6-v2:384:conv-7",
-            "lvm:conv:all-MiniLM-L6-v2:384:conv-8",
+            "lvm:conv:v2:all-MiniLM-L6-v2:384:conv-7",
+            "lvm:conv:v2:all-MiniLM-L6-v2:384:conv-8",
         ]
         assert 0 < Redis.from_url(redis_url).ttl(keys[0]) <= 3600
     finally:
@@ -150,6 +150,11 @@ def test_cache_is_isolated_between_encoders():
     assert minilm.recall([("c2", ["Hello there."])]) == [{}]
     minilm.remember([("c1", {"New.": vec})])  # each turn replaces the window: bounded
     assert minilm.recall([("c1", ["Hello there.", "New."])])[0].keys() == {"New."}
+    assert 0 < redis.ttl(minilm.key("c1")) <= 60
+    # whatever else sits under a conversation's key reads as a miss, never a failed chat
+    redis.set(minilm.key("c3"), b"x" * 100)  # not a whole number of records
+    redis.hset(minilm.key("c4"), "field", "value")  # a hash: the v1 layout, or another program's
+    assert minilm.recall([("c3", ["New."]), ("c4", ["New."]), ("c1", ["New."])])[:2] == [{}, {}]
 
 
 @pytest.mark.integration

@@ -25,7 +25,7 @@ ALIVE = "lvm:alive"  # zset: worker incarnation -> last renew (Redis ms); recove
 STATS_PREFIX = "lvm:stats:"  # per-minute job counters: lvm:stats:<queue>:<unix minute>:<finished|failed>
 IDEMPOTENCY_PREFIX = "lvm:idem:"  # lvm:idem:<queue>:<sha256 of the key> -> the first job's id
 RATE_PREFIX = "lvm:gateway:rate:"  # the gateway's token bucket per API-key owner
-CONVERSATION_PREFIX = "lvm:conv:"  # lvm:conv:<model slug>:<dim>:...: cached sentence vectors (worker)
+CONVERSATION_PREFIX = "lvm:conv:v2:"  # lvm:conv:v2:<encoder slug>:<dim>:<id>: cached sentence vectors (worker)
 # Every change of a job's state after submit appends {job, status} here, in the same Lua step as
 # the change itself: one stream that a gateway process reads with one blocking XREAD and fans out
 # to its many waiting clients. Trimmed approximately to EVENTS_MAXLEN entries.
