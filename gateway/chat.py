@@ -126,17 +126,17 @@ async def _enqueue(request: Request, who: Caller, chat: ChatRequest, idem: str |
     wanted = settings.producer_wait_replicas
     bound, rate = state.admission.bound(script_keys[1].removeprefix(keys.QUEUE_PREFIX))
     deadline_s = request_deadline(request)
-    # WAIT rides the same connection in the same round trip: it counts the replicas that hold
-    # this connection's writes.
-    async with state.redis.pipeline(transaction=False) as pipe:
-        await state.submit(
-            keys=[*script_keys, keys.rate(who.owner)],
-            args=[settings.gateway_rate_per_s, settings.gateway_burst, bound, int(deadline_s * 1000), *args],
-            client=pipe,
-        )
-        if wanted:
+    script_keys = [*script_keys, keys.rate(who.owner)]
+    args = [settings.gateway_rate_per_s, settings.gateway_burst, bound, int(deadline_s * 1000), *args]
+    if not wanted:  # one EVALSHA: a pipeline adds a SCRIPT EXISTS per call
+        replies = [await state.submit(keys=script_keys, args=args)]
+    else:
+        # WAIT rides the same connection in the same round trip: it counts the replicas that hold
+        # this connection's writes.
+        async with state.redis.pipeline(transaction=False) as pipe:
+            await state.submit(keys=script_keys, args=args, client=pipe)
             pipe.wait(wanted, settings.producer_wait_ms)
-        replies = await pipe.execute()
+            replies = await pipe.execute()
     allowed, reply = replies[0]
     if not int(allowed):
         state.metrics.rate_limited.inc()

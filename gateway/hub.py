@@ -141,9 +141,12 @@ class EventHub:
                 for entry_id, fields in entries:
                     last = entry_id.decode()
                     self.events_seen += 1
-                    job = fields.get(b"job", b"").decode("utf-8", "replace")
-                    for sub in self.watchers.get(job, ()):
-                        sub.put(STATUS, fields.get(b"status", b"").decode("utf-8", "replace"))
+                    # one job's change ('job'), or a batch's alike ('jobs', space-separated ids)
+                    named = fields.get(b"job") or fields.get(b"jobs", b"")
+                    status = fields.get(b"status", b"").decode("utf-8", "replace")
+                    for job in named.decode("utf-8", "replace").split():
+                        for sub in self.watchers.get(job, ()):
+                            sub.put(STATUS, status)
 
     async def _positions(self) -> None:
         """Once per tick and per queue, not per client: one LRANGE of the queue's head (at most

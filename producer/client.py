@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -113,7 +114,12 @@ def prepare_submit(
         status=JobStatus.QUEUED,
     )
     job.enqueued_at = now()
-    fields = [part for name, value in job.to_dict().items() for part in (name, value)]
+    # RQ's own fields, less the empty ones (callbacks, worker_name, started_at ...: a worker's
+    # claim read and deleted them for every job), and ``data`` as plain JSON: RQ and the worker
+    # read it uncompressed too, and a chat request is too small for zlib to pay for itself.
+    record = job.to_dict()
+    record["data"] = json.dumps([JOB_FUNCTION, None, [req.model_dump(mode="json")], {}], separators=(",", ":"))
+    fields = [part for name, value in record.items() if value != "" for part in (name, value)]
     if owner is not None:
         fields += ["lvm_owner", owner]
     carried = tracecontext.encode(trace) if trace else None
@@ -201,12 +207,16 @@ class ChatClient:
     def _enqueue(self, prepared: list[tuple[list[str], list[Any]]], deadline_s: float) -> list[str]:
         wanted = self.settings.producer_wait_replicas
         bounds = [self._bound(script_keys[1]) for script_keys, _ in prepared]
-        with self.redis.pipeline(transaction=False) as pipe:
-            for (script_keys, args), (bound, _) in zip(prepared, bounds, strict=True):
-                self._submit(keys=script_keys, args=[bound, int(deadline_s * 1000), *args], client=pipe)
-            if wanted:
-                pipe.wait(wanted, self.settings.producer_wait_ms)  # same round trip
-            replies = pipe.execute()
+        if len(prepared) == 1 and not wanted:  # one EVALSHA: a pipeline adds a SCRIPT EXISTS per call
+            (script_keys, args), (bound, _) = prepared[0], bounds[0]
+            replies = [self._submit(keys=script_keys, args=[bound, int(deadline_s * 1000), *args])]
+        else:
+            with self.redis.pipeline(transaction=False) as pipe:
+                for (script_keys, args), (bound, _) in zip(prepared, bounds, strict=True):
+                    self._submit(keys=script_keys, args=[bound, int(deadline_s * 1000), *args], client=pipe)
+                if wanted:
+                    pipe.wait(wanted, self.settings.producer_wait_ms)  # same round trip
+                replies = pipe.execute()
         admitted = [int(r[0]) == 1 for r in replies[: len(prepared)]]
         ids = [(r[1].decode() if isinstance(r[1], bytes) else r[1]) if ok else None
                for r, ok in zip(replies[: len(prepared)], admitted, strict=True)]  # fmt: skip

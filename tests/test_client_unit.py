@@ -2,10 +2,11 @@
 
 import json
 import time
-import zlib
 
 import fakeredis
 import pytest
+from rq.job import Job
+from rq.serializers import JSONSerializer
 
 from config import load_settings
 from producer.client import ChatClient
@@ -23,10 +24,13 @@ def client(redis_url):
 
 def test_jobs_are_json_not_pickle(client):
     job_id = client.submit({"messages": ["Hello there."], "conversation_id": "c1"})
-    data = zlib.decompress(client.redis.hget(f"rq:job:{job_id}", "data"))
+    data = client.redis.hget(f"rq:job:{job_id}", "data")  # plain JSON: too small for zlib to pay
     func, instance, args, kwargs = json.loads(data)
     assert func == JOB_FUNCTION and instance is None and kwargs == {}
     assert args[0]["messages"] == ["Hello there."] and args[0]["conversation_id"] == "c1"
+    assert b"" not in client.redis.hgetall(f"rq:job:{job_id}").values()  # no empty fields to read and delete
+    rq_job = Job.fetch(job_id, connection=client.redis, serializer=JSONSerializer)  # RQ reads it as its own
+    assert rq_job.func_name == JOB_FUNCTION and list(rq_job.args) == [args[0]]
     assert client.redis.lrange("rq:queue:lvm-lstm", 0, -1) == [job_id.encode()]
     assert client.status(job_id) == "queued"
     assert client.result(job_id) is None

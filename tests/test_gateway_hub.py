@@ -17,7 +17,7 @@ class StreamOnce:
     def __init__(self, first_error: Exception):
         self.replies: list = [
             first_error,
-            [(EVENTS.encode(), [(b"1-0", {b"job": b"j1", b"status": b"finished"})])],
+            [(EVENTS.encode(), [(b"1-0", {b"jobs": b"j0 j1 j2", b"status": b"finished"})])],
         ]
 
     async def xrevrange(self, stream, count):

@@ -7,17 +7,22 @@
 -- Returns {1, <job id>} when admitted (or answered by an earlier submit), {0, <queue depth>} when
 -- the queue already holds max queued jobs: nothing is written then.
 local bound, deadline_ms = tonumber(ARGV[1]), tonumber(ARGV[2])
--- A repeat (same idempotency key, or this very job id after an ambiguous reply) is answered
--- whatever the depth: it adds nothing to the queue.
-local repeat_ = redis.call('EXISTS', KEYS[1]) == 1 or (tonumber(ARGV[5]) > 0 and redis.call('EXISTS', KEYS[4]) == 1)
-if bound > 0 and not repeat_ then
+if bound > 0 then
   local depth = redis.call('LLEN', KEYS[2])
-  if depth >= bound then return {0, depth} end
+  -- A repeat (same idempotency key, or this very job id after an ambiguous reply) is answered
+  -- whatever the depth: it adds nothing to the queue. Looked up only at the bound.
+  if depth >= bound and redis.call('EXISTS', KEYS[1]) == 0
+      and not (tonumber(ARGV[5]) > 0 and redis.call('EXISTS', KEYS[4]) == 1) then
+    return {0, depth}
+  end
 end
-local reply = run(KEYS, {unpack(ARGV, 3)})
+local args = {unpack(ARGV, 3)}
+if deadline_ms > 0 then
+  -- Written with the job, in its one HSET (a repeat writes nothing: the first deadline stands).
+  -- Redis's clock, read by claim.lua on the same clock: no host clocks compared.
+  args[#args + 1] = 'lvm_deadline'
+  args[#args + 1] = now_ms() + deadline_ms
+end
+local reply = run(KEYS, args)
 if type(reply) == 'table' and reply['err'] then return reply end
-if deadline_ms > 0 and reply == ARGV[3] then
-  -- Redis's clock, read by claim.lua on the same clock: no host clocks compared
-  redis.call('HSETNX', KEYS[1], 'lvm_deadline', now_ms() + deadline_ms)
-end
 return {1, reply}
