@@ -189,6 +189,8 @@ def one_run(server, tree: Path, batch: int, n: int, seed: int, logs: Path, profi
             proc.terminate()
             proc.wait(timeout=30)
     jobs = done_before + n - first
+    if jobs < max(1, n // 4):
+        raise RuntimeError(f"only {jobs} of {n} jobs ended after the first one was seen: too few to measure, raise -n")
     failed = redis.zcard(keys.failed(QUEUE))
     standins = [line for line in (logs / f"{name}.log").read_text().splitlines() if "bench host stand-ins" in line]
     if not standins:

@@ -26,7 +26,7 @@ def test_bench_host_measures_the_real_worker_with_standins(serving_artifacts, mo
 
     monkeypatch.setenv("LVM_BANK_PATH", str(serving_artifacts["bank"]))
     monkeypatch.setenv("LVM_MODELS__LSTM", str(serving_artifacts["lstm"]))
-    res = host.run((8,), 48, {"this": ROOT}, profile=True)
+    res = host.run((8,), 200, {"this": ROOT}, profile=True)
     (run,) = res["runs"]["this"]["8"]
     assert run["standins"] == {"event": "bench host stand-ins", "encoder": "_fast.traced", "lvm": "model",
                                "bank": "_product"}  # fmt: skip
