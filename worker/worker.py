@@ -116,7 +116,8 @@ class LVMWorker(SimpleWorker):
         )
         # Everything loaded so far (torch, transformers, the model, the bank's index) lives as
         # long as the worker: out of the collector's sight, a full collection no longer walks
-        # those millions of objects between batches.
+        # those millions of objects between batches. Collected first: garbage frozen is never freed.
+        gc.collect()
         gc.freeze()
         self.pulse.set("ready")
 
