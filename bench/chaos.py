@@ -48,6 +48,7 @@ class Tally:
     failed: dict[str, int] = field(default_factory=dict)
     dropped: int = 0  # queue entries that named no job hash to fail (hostile corpus only)
     lost: int = 0
+    lost_as: dict[str, int] = field(default_factory=dict)  # what a lost job's hash says: queued, started, none
     twice: int = 0
     job_exits: int = 0
     rerun: int = 0  # jobs that recovery put back after their worker died
@@ -56,8 +57,9 @@ class Tally:
 
     def row(self) -> str:
         failed = ", ".join(f"{k} {v}" for k, v in sorted(self.failed.items())) or "0"
+        lost = f"{self.lost} ({', '.join(f'{k} {v}' for k, v in sorted(self.lost_as.items()))})" if self.lost else "0"
         return (
-            f"| {self.scenario} | {self.submitted} | {self.finished} | {failed} | {self.dropped} | {self.lost} "
+            f"| {self.scenario} | {self.submitted} | {self.finished} | {failed} | {self.dropped} | {lost} "
             f"| {self.twice} | {self.job_exits} | {self.rerun} | {self.seconds:.1f} | {self.notes} |"
         )
 
@@ -131,6 +133,8 @@ def tally(redis: Redis, scenario: str, ids: list[str], started: float, job_exits
             t.failed[reason] = t.failed.get(reason, 0) + 1
         else:
             t.lost += 1
+            seen = status.decode() if status else "no hash"
+            t.lost_as[seen] = t.lost_as.get(seen, 0) + 1
         if status in TERMINAL:
             last = max(last, _ended(h, started))
     t.seconds = round(last - started, 2)
