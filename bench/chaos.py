@@ -57,7 +57,8 @@ class Tally:
 
     def row(self) -> str:
         failed = ", ".join(f"{k} {v}" for k, v in sorted(self.failed.items())) or "0"
-        lost = f"{self.lost} ({', '.join(f'{k} {v}' for k, v in sorted(self.lost_as.items()))})" if self.lost else "0"
+        held = ", ".join(f"{k} {v}" for k, v in sorted(self.lost_as.items()))
+        lost = f"{self.lost} ({held})" if held else str(self.lost)
         return (
             f"| {self.scenario} | {self.submitted} | {self.finished} | {failed} | {self.dropped} | {lost} "
             f"| {self.twice} | {self.job_exits} | {self.rerun} | {self.seconds:.1f} | {self.notes} |"
