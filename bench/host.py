@@ -32,7 +32,8 @@ import time
 import uuid
 from pathlib import Path
 
-from bench.load import _proc_stat, redis_cost, redis_counters, user_messages
+from bench.load import redis_cost, redis_counters, user_messages
+from bench.overhead import drain
 from harness.processes import wait_ready
 from harness.redis_server import RedisServer
 from wire import keys
@@ -173,13 +174,10 @@ def one_run(server, tree: Path, batch: int, n: int, seed: int, logs: Path, profi
                 raise RuntimeError(f"profiled worker exited {proc.returncode}; see {logs}")
             return {}
         wait_ready(redis, name, proc, timeout=180)
-        while _finished(redis) == done_before:
-            if proc.poll() is not None:
-                raise RuntimeError(f"worker exited {proc.returncode}; see {logs}")
-            time.sleep(0.0005)
-        t0, first, cpu0 = time.perf_counter(), _finished(redis), _proc_stat(proc.pid)[0]
-        _wait_finished(redis, done_before + n, proc)
-        elapsed, (cpu1, rss) = time.perf_counter() - t0, _proc_stat(proc.pid)
+        try:
+            measured = drain(lambda: _finished(redis), proc, n, before=done_before, timeout=600)
+        except RuntimeError as exc:
+            raise RuntimeError(f"{exc}; see {logs}") from None
         end = redis_counters(redis)
         polls = POLLS[0] - polls_before
         time.sleep(1.2)  # the next heartbeat carries the batch sizes
@@ -188,19 +186,16 @@ def one_run(server, tree: Path, batch: int, n: int, seed: int, logs: Path, profi
         if proc.poll() is None:
             proc.terminate()
             proc.wait(timeout=30)
-    jobs = done_before + n - first
-    if jobs < max(1, n // 4):
-        raise RuntimeError(f"only {jobs} of {n} jobs ended after the first one was seen: too few to measure, raise -n")
     failed = redis.zcard(keys.failed(QUEUE))
     standins = [line for line in (logs / f"{name}.log").read_text().splitlines() if "bench host stand-ins" in line]
     if not standins:
         raise RuntimeError(f"the worker ran without its stand-ins; see {logs / (name + '.log')}")
     return {
-        "jobs": jobs,
+        "jobs": measured["jobs"],
         "failed": failed,
-        "jobs_per_s": round(jobs / elapsed, 1),
-        "host_cpu_ms_per_req": round((cpu1 - cpu0) * 1000 / jobs, 3),
-        "peak_rss_mb": round(rss / 2**20),
+        "jobs_per_s": measured["jobs_per_s"],
+        "host_cpu_ms_per_req": measured["worker_cpu_ms_per_job"],
+        "peak_rss_mb": measured["peak_rss_mb"],
         "mean_batch": beat.get("mean_batch_size"),
         "standins": json.loads(standins[-1]),
         "redis": _harness_out(redis_cost(before, end, n), polls, n),

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from bench.load import _proc_stat
@@ -23,24 +24,29 @@ from wire import keys
 QUEUE = "lvm-lstm"
 
 
-def _drain(redis, proc, finished_key: str, n: int, timeout: float = 300) -> dict:
-    """Watch the finished registry fill; jobs/s and CPU per job between first and last."""
+def drain(count: Callable[[], int], proc, n: int, before: int = 0, timeout: float = 300) -> dict:
+    """Watch ``count()`` (jobs ended so far) go from ``before`` to ``before + n``: jobs/s, worker
+    CPU per job and its peak RSS between the first job seen ending and the last, so start-up is
+    not counted. A run that ended too many jobs before the first look is refused, not reported."""
     deadline = time.monotonic() + timeout
-    while redis.zcard(finished_key) == 0:
+    while count() == before:
         if time.monotonic() > deadline or proc.poll() is not None:
             raise RuntimeError("worker finished no job")
         time.sleep(0.0005)
-    t0, c0, cpu0 = time.perf_counter(), redis.zcard(finished_key), _proc_stat(proc.pid)[0]
-    while (done := redis.zcard(finished_key)) < n:
-        if time.monotonic() > deadline or proc.poll() is not None:
-            raise RuntimeError(f"only {done} of {n} jobs finished")
+    t0, c0, cpu0 = time.perf_counter(), count(), _proc_stat(proc.pid)[0]
+    while (done := count()) < before + n:
+        if time.monotonic() > deadline or proc.poll() not in (None, 0):
+            raise RuntimeError(f"only {done - before} of {n} jobs ended (worker exit {proc.poll()})")
         time.sleep(0.002)
-    elapsed, cpu1 = time.perf_counter() - t0, _proc_stat(proc.pid)[0]
-    jobs = n - c0
+    elapsed, (cpu1, rss) = time.perf_counter() - t0, _proc_stat(proc.pid)
+    jobs = before + n - c0
+    if jobs < max(1, n // 4):
+        raise RuntimeError(f"only {jobs} of {n} jobs ended after the first one was seen: too few to measure, raise -n")
     return {
         "jobs": jobs,
         "jobs_per_s": round(jobs / elapsed, 1),
         "worker_cpu_ms_per_job": round((cpu1 - cpu0) * 1000 / jobs, 3),
+        "peak_rss_mb": round(rss / 2**20),
     }
 
 
@@ -66,7 +72,7 @@ def run(batches: tuple[int, ...] = (1, 8, 32, 128), n: int = 5000) -> dict:
             proc, name = start_worker(QUEUE, {**env, "LVM_MAX_BATCH": str(batch)}, log_path=logs / f"b{batch}.log")
             try:
                 wait_ready(redis, name, proc)
-                out["lvm_worker"][str(batch)] = _drain(redis, proc, keys.finished(QUEUE), n)
+                out["lvm_worker"][str(batch)] = drain(lambda: redis.zcard(keys.finished(QUEUE)), proc, n)
             finally:
                 stop(proc)
 
@@ -79,7 +85,7 @@ def run(batches: tuple[int, ...] = (1, 8, 32, 128), n: int = 5000) -> dict:
                 pipe.execute()
         proc, _ = start_worker("bench-noop", env, worker_class="rq.SimpleWorker", log_path=logs / "rq.log")
         try:
-            out["rq_simpleworker_noop"] = _drain(redis, proc, keys.finished("bench-noop"), n)
+            out["rq_simpleworker_noop"] = drain(lambda: redis.zcard(keys.finished("bench-noop")), proc, n)
         finally:
             stop(proc)
         rq_rate = out["rq_simpleworker_noop"]["jobs_per_s"]

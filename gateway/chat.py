@@ -113,7 +113,7 @@ async def enqueue(request: Request, who: Caller, chat: ChatRequest, idem: str | 
     state = request.app.state
     if state.tracer is None:
         return await _enqueue(request, who, chat, idem, {})
-    with producer_span(state.tracer, request.app.state.settings.queue_name(chat.model), 1) as (span, trace):
+    with producer_span(state.tracer, state.settings.queue_name(chat.model), 1) as (span, trace):
         job_id = await _enqueue(request, who, chat, idem, trace)
         span.set_attribute("messaging.message.id", job_id)
         return job_id

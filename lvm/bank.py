@@ -159,6 +159,7 @@ class SentenceBank:
         look = CANDIDATES if rounded else 1
         k = min(look + max(map(len, banned)), len(self.sentences))
         top_scores, top_rows = (t.cpu().numpy() for t in torch.topk(scores, k, dim=1))
+        whole = k == len(self.sentences)  # the top-k holds every row: nothing beyond it to scan
         if rounded:  # twice the bound: the rounded best and a rival may each be off by it
             slack = 2 * rounding_bound(matrix.dtype, self.dim) * self._max_norm * np.linalg.norm(queries, axis=1)
         results: list[Decoded] = []
@@ -171,7 +172,6 @@ class SentenceBank:
             if not rounded:
                 hit, score = int(row_rows[0]), float(row_scores[0])
             else:
-                whole = k == len(self.sentences)
                 rows = self._candidates(scores[row], row_scores[:look], row_rows[:look], slack[row], whole, banned[row])
                 exact = self.vectors[rows] @ queries[row]
                 hit, score = int(rows[np.argmax(exact)]), float(np.max(exact))

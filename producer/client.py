@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import json
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -115,10 +114,10 @@ def prepare_submit(
     )
     job.enqueued_at = now()
     # RQ's own fields, less the empty ones (callbacks, worker_name, started_at ...: a worker's
-    # claim read and deleted them for every job), and ``data`` as plain JSON: RQ and the worker
-    # read it uncompressed too, and a chat request is too small for zlib to pay for itself.
+    # claim read and deleted them for every job), and ``data`` as RQ's own JSON left uncompressed:
+    # RQ and the worker read it so too, and a chat request is too small for zlib to pay for itself.
     record = job.to_dict()
-    record["data"] = json.dumps([JOB_FUNCTION, None, [req.model_dump(mode="json")], {}], separators=(",", ":"))
+    record["data"] = job.data
     fields = [part for name, value in record.items() if value != "" for part in (name, value)]
     if owner is not None:
         fields += ["lvm_owner", owner]

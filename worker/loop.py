@@ -211,16 +211,15 @@ class BatchLoop:
             return
         batch, written = self.pending
         self.pending = None
-        states = written.result()
-        debug = self.debug
-        for outcome, state in zip(batch.ordered(), states, strict=True):
-            self._record(outcome, state, batch.requests.get(outcome.id), len(batch.chat_jobs), debug)
+        ordered, states = batch.ordered(), written.result()
+        for outcome, state in zip(ordered, states, strict=True):
+            self._record(outcome, state, batch.requests.get(outcome.id), len(batch.chat_jobs))
         if batch.chat_jobs:
-            done = sum(o.ok for o in batch.ordered())
+            done = sum(o.ok for o in ordered)
             log.info("batch", queue=batch.claim.queue, jobs=len(batch.chat_jobs), finished=done,
-                     failed=len(batch.outcomes) - done, job_ids=[j.id for j in batch.chat_jobs])  # fmt: skip
-        if batch.spans:
-            BatchTracer.written(batch.spans, {o.id: state for o, state in zip(batch.ordered(), states, strict=True)})
+                     failed=len(ordered) - done, job_ids=[j.id for j in batch.chat_jobs])  # fmt: skip
+        if batch.spans and self.tracer is not None:
+            self.tracer.written(batch.spans, {o.id: state for o, state in zip(ordered, states, strict=True)})
         self.pulse.set("draining" if self.stop_signals else "ready", now=bool(self.stop_signals))
 
     def _hand_back(self, queue: str, token: str, ids: list[str]) -> None:
@@ -280,7 +279,7 @@ class BatchLoop:
             outputs, times = self.runtime.last_outputs, (int(started * 1e9), int(ended * 1e9))
             batch.spans = self.tracer.computed(batch.claim.queue, jobs, final, outputs, *times)
 
-    def _record(self, outcome: Outcome, state: str, request: Any, batch_size: int, debug: bool) -> None:
+    def _record(self, outcome: Outcome, state: str, request: Any, batch_size: int) -> None:
         """Counters, metrics, and a log event for a failed job (a finished one at DEBUG).
         ``state`` is what finish did."""
         if state == "stale":
@@ -293,7 +292,7 @@ class BatchLoop:
         if outcome.ok:
             self.jobs_done += 1
             result = outcome.value
-            if debug:
+            if self.debug:
                 log.debug("job", job_id=outcome.id, conversation_id=result["conversation_id"], model=result["model"],
                           outcome="finished", batch_size=result["batch_size"], cache_hits=result["cache_hits"],
                           **result["latency_breakdown"])  # fmt: skip
