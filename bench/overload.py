@@ -51,7 +51,7 @@ def _variant(settings: Any, url: str, rate: float, seconds: float, pool: list[st
         """Depth and the bound in force then (it follows the workers' measured rate)."""
         while not done.is_set():
             depths.append(int(redis.llen(f"rq:queue:{queue}")))
-            bounds.append(client._bounds.get(f"rq:queue:{queue}", (0, 0, 0))[1])  # 0: none (yet)
+            bounds.append(client.bounds.get(queue)[0])  # 0: none (yet)
             time.sleep(0.05)
 
     sampler = threading.Thread(target=sample, daemon=True)

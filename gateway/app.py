@@ -1,13 +1,17 @@
 """The HTTP gateway: submit, poll, wait and stream chat jobs for browsers and other HTTP clients.
 
-``create_app`` is the whole wiring; each route lives with its concern:
+``create_app`` is the whole wiring. The routes are thin adapters beside each other, each turning
+its HTTP shape into calls of the job service, gateway/jobs.py (parse, enqueue, deadline, wait for
+the outcome, view, cancel):
 - gateway/chat.py: ``POST /v1/chat`` -> 202 ``{job_id, status_url, events_url}`` (422 with the
-  worker's own field errors, 429 with Retry-After past the key's rate) and
-  ``GET /v1/chat/{id}[?wait=N]`` -> ``{status, position_in_queue?, result?, error?}``;
+  worker's own field errors, 429 with Retry-After past the key's rate),
+  ``GET /v1/chat/{id}[?wait=N]`` -> ``{status, position_in_queue?, result?, error?}`` and
+  ``DELETE /v1/chat/{id}``;
+- gateway/completions.py: OpenAI's ``POST /v1/chat/completions`` and ``GET /v1/models``;
 - gateway/events.py: ``GET /v1/chat/{id}/events``, server-sent events;
-- gateway/service.py: ``/v1/models``, ``/healthz``, ``/readyz``, ``/metrics`` and the chat page;
-- gateway/auth.py (who calls), errors.py (every non-success answer), views.py (a job as shown),
-  hub.py (one event reader per process), metrics.py.
+- gateway/service.py: ``/healthz``, ``/readyz``, ``/metrics`` and the chat page;
+- gateway/auth.py (who calls), limits.py (what a key may use), errors.py (every non-success
+  answer), views.py (a job as shown), hub.py (one event reader per process), metrics.py.
 
 Shared state lives on ``app.state``: settings, key ring, models, and from start-up on the Redis
 connections, the event hub, the submit script and the metrics. Nothing here imports torch: the
@@ -29,11 +33,12 @@ from config import Settings, load_settings, tracing
 from config.connections import connect as open_redis
 from config.logs import get_logger
 from config.settings import comma_list
-from gateway import chat, completions, errors, events, service
+from gateway import chat, completions, errors, events, jobs, service
 from gateway.auth import KeyRing
 from gateway.hub import BLOCK_MS, EventHub
-from gateway.limits import Admission, Waits
+from gateway.limits import Waits
 from gateway.metrics import Metrics, MetricsMiddleware
+from producer import protocol
 from wire import lua
 
 log = get_logger("lvmq.gateway")
@@ -47,7 +52,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     blocking = open_redis(settings.redis_url, socket_timeout=BLOCK_MS / 1000 + 5, asyncio=True)
     state.hub = EventHub(blocking, state.redis)
     state.sync = open_redis(settings.redis_url)
-    state.submit = state.redis.register_script(lua.guarded("submit", "rate_limit", "admit"))
+    state.submit = state.redis.register_script(protocol.script(limited=True))
     state.token = state.redis.register_script(lua.rate_limited("token"))
     state.cancel = state.redis.register_script(lua.source("cancel"))
     state.metrics = Metrics(state.hub)
@@ -58,12 +63,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             f"({settings.gateway_local_networks}), all as one user. Set keys before exposing this port.",
         )
     await state.hub.start()
-    admission_task = asyncio.create_task(state.admission.refresh(state.sync))
+    bounds_task = asyncio.create_task(jobs.refresh_bounds(state))
     log.info("gateway_started", models=state.models, keys=len(state.keys.hashes))
     try:
         yield
     finally:
-        admission_task.cancel()
+        bounds_task.cancel()
         await state.hub.stop()
         await state.redis.aclose()
         await blocking.aclose()
@@ -92,7 +97,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.queues = [settings.queue_name(m) for m in app.state.models]
     app.state.metrics = None  # set at start-up; the middleware counts nothing before
     app.state.waits = Waits(settings.gateway_max_streams_per_key)
-    app.state.admission = Admission(settings, app.state.queues)
+    app.state.bounds = protocol.Bounds(settings)  # the admission bound per queue, kept by jobs.refresh_bounds
     app.add_middleware(MetricsMiddleware, metrics_getter=lambda: app.state.metrics)
     origins = comma_list(settings.gateway_cors_origins)
     if origins:

@@ -39,8 +39,8 @@ from redis.exceptions import RedisError
 from starlette.concurrency import run_in_threadpool
 
 from config.connections import unavailable
+from gateway import jobs
 from gateway.auth import Caller, caller
-from gateway.chat import cancel_job, enqueue, json_body, wait_for_outcome
 from gateway.errors import ApiError
 from gateway.limits import take
 from producer.health import check
@@ -196,11 +196,11 @@ def extension(job_id: str, result: dict[str, Any]) -> dict[str, Any]:
 async def completions(request: Request, who: Who) -> Response:
     state = request.app.state
     try:
-        chat, stream, include_usage = to_chat(await json_body(request), state.models)
+        chat, stream, include_usage = to_chat(await jobs.json_body(request), state.models)
     except ApiError:
         await take(request, who, "submit")  # a refused body costs a token, as on /v1/chat
         raise
-    job_id = await enqueue(request, who, chat, request.headers.get("idempotency-key"))
+    job_id = await jobs.enqueue(request, who, chat, request.headers.get("idempotency-key"))
     created = int(time.time())
     if stream:
         return StreamingResponse(
@@ -208,9 +208,9 @@ async def completions(request: Request, who: Who) -> Response:
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
-    view = await wait_for_outcome(request, job_id, who, state.settings.gateway_max_wait_s, cancel_on_disconnect=True)
+    view = await jobs.wait_outcome(request, job_id, who, state.settings.gateway_max_wait_s, cancel_on_disconnect=True)
     if view is None or view["status"] not in TERMINAL:
-        await cancel_job(request, job_id, who)
+        await jobs.cancel(request, job_id, who)
         raise ApiError(504, "timeout", f"no answer within {state.settings.gateway_max_wait_s:g} s "
                        "(LVM_GATEWAY_MAX_WAIT_S); the job was canceled")  # fmt: skip
     if view["status"] != "finished":
@@ -261,7 +261,7 @@ async def chunks(
         deadline = time.monotonic() + state.settings.gateway_max_wait_s
         view = None
         while (left := deadline - time.monotonic()) > 0:
-            view = await wait_for_outcome(request, job_id, who, min(left, 15.0))
+            view = await jobs.wait_outcome(request, job_id, who, min(left, 15.0))
             if view is None or view["status"] in TERMINAL:
                 break
             yield b": keep-alive\n\n"
@@ -286,4 +286,4 @@ async def chunks(
         yield b"data: [DONE]\n\n"
     finally:
         if not ended:  # closed by the client (or timed out) before the outcome: cancel the job
-            await asyncio.shield(cancel_job(request, job_id, who))
+            await asyncio.shield(jobs.cancel(request, job_id, who))

@@ -18,6 +18,7 @@ from redis.exceptions import RedisError
 
 from config.connections import unavailable
 from config.logs import get_logger
+from producer.errors import LVMQueueError, NotReplicated, Overloaded, RateLimited
 
 log = get_logger("lvmq.gateway")
 
@@ -45,6 +46,22 @@ class ApiError(Exception):
     ):
         self.status, self.headers = status, headers or {}
         self.body = {"error": error, "message": message, **extra}
+
+
+def refusal(exc: LVMQueueError) -> ApiError:
+    """A producer's refusal (producer.protocol) as the gateway answers it: the same message, with
+    Retry-After. A submit the replicas did not confirm carries its ``job_id``: a retry with the
+    same Idempotency-Key answers that job, never a second one."""
+    if isinstance(exc, RateLimited):
+        retry = exc.retry_after_s
+        return ApiError(429, "rate_limited", str(exc), headers={"Retry-After": str(retry)}, retry_after_s=retry)
+    if isinstance(exc, Overloaded):
+        retry = exc.retry_after_s
+        return ApiError(503, "overloaded", str(exc), headers={"Retry-After": str(retry)}, retry_after_s=retry)
+    if isinstance(exc, NotReplicated):
+        return ApiError(503, "unavailable", str(exc), headers={"Retry-After": "1"}, retry_after_s=1,
+                        job_id=exc.job_ids[0])  # fmt: skip
+    raise TypeError(f"not a refusal: {exc!r}")
 
 
 # For the OpenAPI page: what each status means on this API.

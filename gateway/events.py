@@ -19,8 +19,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 
+from gateway import jobs
 from gateway.auth import Caller, caller
-from gateway.chat import cancel_job, view_or_404
 from gateway.errors import ERRORS
 from gateway.hub import POSITION, RESYNC_S, STATUS, EventHub, Subscription
 from gateway.limits import Slot, take
@@ -55,14 +55,14 @@ async def events(
     slot = request.app.state.waits.acquire(who)  # 429 past LVM_GATEWAY_MAX_STREAMS_PER_KEY
     sub = hub.add(job_id)  # before the first read: see the race above
     try:
-        first = await view_or_404(request, job_id, who)  # a 404 is an HTTP answer, before the stream starts
+        first = await jobs.view(request, job_id, who)  # a 404 is an HTTP answer, before the stream starts
     except BaseException:
         hub.remove(sub)
         slot.release()
         raise
     if first["status"] in TERMINAL:
         hub.remove(sub)
-    on_close = (lambda: cancel_job(request, job_id, who)) if cancel_on_disconnect else None
+    on_close = (lambda: jobs.cancel(request, job_id, who)) if cancel_on_disconnect else None
     body = stream(request.app.state.redis, hub, sub, job_id, who, first, slot, on_close)
     # A response cancelled before its first chunk never enters the generator, so its finally
     # never runs: the finalizer unsubscribes (and frees the slot) when the generator is dropped.

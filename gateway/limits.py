@@ -1,5 +1,5 @@
-"""What one API key may use (a token bucket for submits, another for reads, open waits), and
-what one queue may hold (the admission bound).
+"""What one API key may use: a token bucket for submits, another for reads, and open waits.
+(What one queue may hold, the admission bound, is producer.protocol's ``Bounds``.)
 
 Every request costs a token, refused ones included: a submit whose body does not parse takes one
 from the submit bucket (otherwise invalid bodies are free to send at any rate), and every read
@@ -12,28 +12,16 @@ event of its job, so one key cannot hold thousands.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections import Counter
 from collections.abc import Iterator
-from typing import Any
 
 from fastapi import Request
 
 from gateway.auth import Caller
-from gateway.errors import ApiError
+from gateway.errors import ApiError, refusal
+from producer.protocol import rate_limited
 from wire import keys
-
-
-def refused(rate: float, burst: int, wait_ms: Any, what: str) -> ApiError:
-    retry = max(1, -(-int(wait_ms) // 1000))
-    return ApiError(
-        429,
-        "rate_limited",
-        f"over {rate:g} {what}/s (burst {burst}) for this key; retry in {retry} s",
-        headers={"Retry-After": str(retry)},
-        retry_after_s=retry,
-    )
 
 
 async def take(request: Request, who: Caller, bucket: str) -> None:
@@ -47,7 +35,7 @@ async def take(request: Request, who: Caller, bucket: str) -> None:
     allowed, reply = await state.token(keys=[key], args=[rate, burst])
     if not int(allowed):
         state.metrics.rate_limited.inc()
-        raise refused(rate, burst, reply, what)
+        raise refusal(rate_limited(rate, burst, reply, what))
 
 
 class Slot:
@@ -91,34 +79,3 @@ class Waits:
             yield
         finally:
             slot.release()
-
-
-class Admission:
-    """Each offered queue's admission bound and its workers' serving rate, refreshed from their
-    heartbeats every REFRESH_S by one task per gateway process (producer.health.admission)."""
-
-    REFRESH_S = 2.0
-
-    def __init__(self, settings: Any, queues: list[str]):
-        self.settings, self.queues = settings, queues
-        self.bounds: dict[str, tuple[int, float]] = {q: (0, 0.0) for q in queues}
-        if settings.max_queued >= 0:
-            self.bounds = {q: (settings.max_queued, 0.0) for q in queues}
-
-    def bound(self, queue: str) -> tuple[int, float]:
-        return self.bounds.get(queue, (0, 0.0))
-
-    async def refresh(self, sync_redis: Any) -> None:
-        from starlette.concurrency import run_in_threadpool
-
-        from producer.health import admission, read_workers
-
-        s = self.settings
-        while True:
-            if s.max_queued < 0:
-                try:
-                    workers = await run_in_threadpool(read_workers, sync_redis)
-                    self.bounds = {q: admission(workers, q, s.job_timeout, -1, s.max_batch) for q in self.queues}
-                except Exception:  # noqa: BLE001 - Redis away: keep the last bounds; submits say so themselves
-                    pass
-            await asyncio.sleep(self.REFRESH_S)

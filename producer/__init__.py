@@ -1,7 +1,16 @@
 """The light producer: wire schema, client and health, importable without torch."""
 
 from producer.client import ChatClient
-from producer.errors import ChatFailed, ChatTimeout, JobNotFound, LVMQueueError
+from producer.errors import (
+    ChatFailed,
+    ChatTimeout,
+    JobNotFound,
+    LVMQueueError,
+    NotReplicated,
+    Overloaded,
+    RateLimited,
+    RedisUnavailable,
+)
 from wire.schema import ChatError, ChatRequest, ChatResult, LatencyBreakdown
 
 __all__ = [
@@ -14,4 +23,8 @@ __all__ = [
     "JobNotFound",
     "LVMQueueError",
     "LatencyBreakdown",
+    "NotReplicated",
+    "Overloaded",
+    "RateLimited",
+    "RedisUnavailable",
 ]

@@ -8,10 +8,8 @@ than that, so waits run on a second connection whose socket timeout covers the w
 from __future__ import annotations
 
 import functools
-import hashlib
-import math
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 from redis import Redis
@@ -20,20 +18,20 @@ from rq import Queue
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
-from rq.utils import now
 
 from config import Settings, load_settings
 from config.connections import connect as open_redis
 from config.connections import unavailable
 from config.tracing import producer_span, tracer
 from config.urls import safe_url
-from producer.errors import ChatFailed, ChatTimeout, JobNotFound, NotReplicated, Overloaded, RedisUnavailable
-from producer.health import admission, read_workers
-from wire import keys, lua, tracecontext
+from producer import protocol
+from producer.errors import ChatFailed, ChatTimeout, JobNotFound, RedisUnavailable
+from producer.health import read_workers
+from producer.protocol import RequestLike
+from wire import keys, lua
 from wire.results import error_from
-from wire.schema import JOB_FUNCTION, ChatError, ChatRequest, ChatResult, rq_time
+from wire.schema import ChatError, ChatRequest, ChatResult
 
-RequestLike = ChatRequest | dict[str, Any]
 WAIT_MARGIN_S = 5.0
 T = TypeVar("T")
 
@@ -71,67 +69,6 @@ def connect(url: str, socket_timeout: float | None = 5.0) -> Redis:
     return open_redis(url, socket_timeout=socket_timeout)
 
 
-def retry_after(depth: int, bound: int, rate: float) -> int:
-    """Seconds until a queue at ``depth`` is back under ``bound`` at ``rate`` jobs/s (at least 1)."""
-    return max(1, math.ceil((depth - bound + 1) / rate)) if rate > 0 else 5
-
-
-def cancel_args(settings: Settings, job_id: str, owner: str = "") -> list[Any]:
-    """ARGV of cancel.lua (KEYS: the job hash, the event stream)."""
-    from rq.registry import CanceledJobRegistry
-
-    return [job_id, owner, rq_time(), settings.failure_ttl, keys.RESULTS_PREFIX, keys.QUEUE_PREFIX,
-            keys.leases(""), keys.started(""), CanceledJobRegistry.key_template.format("")]  # fmt: skip
-
-
-def prepare_submit(
-    settings: Settings,
-    connection: Redis,
-    request: RequestLike,
-    idempotency_key: str | None,
-    owner: str | None = None,
-    trace: Mapping[str, str] | None = None,
-) -> tuple[list[str], list[Any]]:
-    """KEYS and ARGV of submit.lua for one request: RQ's own job hash, with its id fixed here so
-    that a retried round trip names the same job. No I/O: the gateway runs the same script on its
-    asyncio connection. ``owner`` (the gateway's API-key hash) is stored as the job's lvm_owner,
-    ``trace`` (the submitting span's W3C headers, config.tracing) as its lvm_trace."""
-    req = request if isinstance(request, ChatRequest) else ChatRequest.model_validate(request)
-    queue = settings.queue_name(req.model)
-    s = settings
-    job = Job.create(
-        JOB_FUNCTION,
-        args=[req.model_dump(mode="json")],
-        connection=connection,
-        serializer=JSONSerializer,
-        timeout=s.job_timeout,
-        result_ttl=s.result_ttl,
-        failure_ttl=s.failure_ttl,
-        ttl=s.queue_ttl,
-        description=f"chat model={req.model} conversation={req.conversation_id or '-'}",
-        origin=queue,
-        status=JobStatus.QUEUED,
-    )
-    job.enqueued_at = now()
-    # RQ's own fields, less the empty ones (callbacks, worker_name, started_at ...: a worker's
-    # claim read and deleted them for every job), and ``data`` as RQ's own JSON left uncompressed:
-    # RQ and the worker read it so too, and a chat request is too small for zlib to pay for itself.
-    record = job.to_dict()
-    record["data"] = job.data
-    fields = [part for name, value in record.items() if value != "" for part in (name, value)]
-    if owner is not None:
-        fields += ["lvm_owner", owner]
-    carried = tracecontext.encode(trace) if trace else None
-    if carried is not None:
-        fields += [tracecontext.FIELD, carried]
-    if idempotency_key is None:
-        idem_key, idem_ttl = job.key, 0
-    else:
-        digest = hashlib.sha256(idempotency_key.encode("utf-8")).hexdigest()
-        idem_key, idem_ttl = keys.idempotency(queue, digest), s.queue_ttl + max(s.result_ttl, s.failure_ttl)
-    return [job.key, keys.queue(queue), keys.QUEUES, idem_key], [job.id, s.queue_ttl, idem_ttl, *fields]
-
-
 class ChatClient:
     def __init__(self, redis_url: str | None = None, settings: Settings | None = None):
         self.settings = settings or load_settings()
@@ -139,19 +76,14 @@ class ChatClient:
         self.redis = connect(self.url)
         self._blocking: Redis | None = None
         self._blocking_timeout = 0.0
-        self._submit = self.redis.register_script(lua.guarded("submit", "admit"))
-        self._bounds: dict[str, tuple[float, int, float]] = {}  # queue -> (read at, bound, rate)
+        self._submit = self.redis.register_script(protocol.script(limited=False))
+        self.bounds = protocol.Bounds(self.settings)
         self._cancel = self.redis.register_script(lua.source("cancel"))
         self.tracer = tracer(self.settings.tracing, "lvmq-producer")  # None: tracing off
 
     # -- submitting ------------------------------------------------------------------------
     def queue(self, model: str) -> Queue:
         return Queue(self.settings.queue_name(model), connection=self.redis, serializer=JSONSerializer)
-
-    def _prepare(
-        self, request: RequestLike, idempotency_key: str | None, trace: Mapping[str, str] | None = None
-    ) -> tuple[list[str], list[Any]]:
-        return prepare_submit(self.settings, self.redis, request, idempotency_key, trace=trace)
 
     def submit(self, request: RequestLike, idempotency_key: str | None = None, deadline_s: float | None = None) -> str:
         """Validate here (fail fast, before Redis), enqueue, return the job id.
@@ -163,7 +95,7 @@ class ChatClient:
         computed later is due by then. ``Overloaded`` when the queue is at its admission bound.
         """
         keys = None if idempotency_key is None else [idempotency_key]
-        return self.submit_many([request], keys, deadline_s)[0]  # type: ignore[return-value]
+        return self.submit_many([request], keys, deadline_s)[0]
 
     def submit_many(
         self,
@@ -173,78 +105,43 @@ class ChatClient:
     ) -> list[str]:
         """Enqueue many requests, possibly for several models, in one round trip. Each is one
         atomic admit + submit.lua call: a retry after an ambiguous failure never enqueues twice."""
-        requests = list(requests)
+        requests = [r if isinstance(r, ChatRequest) else ChatRequest.model_validate(r) for r in requests]
         keys = list(idempotency_keys) if idempotency_keys is not None else [None] * len(requests)
         if len(keys) != len(requests):
             raise ValueError("give one idempotency key per request")
-        deadline = self.settings.job_timeout if deadline_s is None else deadline_s
-        if not 0 < deadline <= self.settings.job_timeout:
-            raise ValueError(f"deadline_s must be in (0, {self.settings.job_timeout}] (LVM_JOB_TIMEOUT)")
+        deadline = protocol.deadline(self.settings, deadline_s)
+        pairs = list(zip(requests, keys, strict=True))
         if self.tracer is None:
-            return self._enqueue([self._prepare(r, k) for r, k in zip(requests, keys, strict=True)], deadline)
-        requests = [r if isinstance(r, ChatRequest) else ChatRequest.model_validate(r) for r in requests]
+            return self._enqueue([protocol.call(self.settings, self.redis, r, k) for r, k in pairs], deadline)
         queues = {self.settings.queue_name(r.model) for r in requests}
         with producer_span(self.tracer, ",".join(sorted(queues)), len(requests)) as (span, trace):
-            ids = self._enqueue([self._prepare(r, k, trace) for r, k in zip(requests, keys, strict=True)], deadline)
+            calls = [protocol.call(self.settings, self.redis, r, k, trace=trace) for r, k in pairs]
+            ids = self._enqueue(calls, deadline)
             span.set_attribute("messaging.message.id", ids[0] if len(ids) == 1 else ",".join(ids))
             return ids
 
-    def _bound(self, queue_key: str) -> tuple[int, float]:
-        """The queue's admission bound and its workers' rate, read from their heartbeats at most
-        every 2 s (LVM_MAX_QUEUED; producer.health.admission)."""
-        if self.settings.max_queued >= 0:
-            return self.settings.max_queued, 0.0
-        read_at, bound, rate = self._bounds.get(queue_key, (0.0, 0, 0.0))
-        if time.monotonic() - read_at > 2.0:
-            queue = queue_key.removeprefix(keys.QUEUE_PREFIX)
-            bound, rate = admission(read_workers(self.redis), queue, self.settings.job_timeout, -1,
-                                    self.settings.max_batch)  # fmt: skip
-            self._bounds[queue_key] = (time.monotonic(), bound, rate)
-        return bound, rate
-
     @reaching_redis
-    def _enqueue(self, prepared: list[tuple[list[str], list[Any]]], deadline_s: float) -> list[str]:
-        wanted = self.settings.producer_wait_replicas
-        bounds = [self._bound(script_keys[1]) for script_keys, _ in prepared]
-        if len(prepared) == 1 and not wanted:  # one EVALSHA: a pipeline adds a SCRIPT EXISTS per call
-            (script_keys, args), (bound, _) = prepared[0], bounds[0]
-            replies = [self._submit(keys=script_keys, args=[bound, int(deadline_s * 1000), *args])]
-        else:
-            with self.redis.pipeline(transaction=False) as pipe:
-                for (script_keys, args), (bound, _) in zip(prepared, bounds, strict=True):
-                    self._submit(keys=script_keys, args=[bound, int(deadline_s * 1000), *args], client=pipe)
-                if wanted:
-                    pipe.wait(wanted, self.settings.producer_wait_ms)  # same round trip
-                replies = pipe.execute()
-        admitted = [int(r[0]) == 1 for r in replies[: len(prepared)]]
-        ids = [(r[1].decode() if isinstance(r[1], bytes) else r[1]) if ok else None
-               for r, ok in zip(replies[: len(prepared)], admitted, strict=True)]  # fmt: skip
-        if not all(admitted):
-            (depth, (bound, rate)) = next(
-                (int(r[1]), b) for r, ok, b in zip(replies, admitted, bounds, strict=False) if not ok
-            )
-            retry = retry_after(depth, bound, rate)
-            raise Overloaded(
-                f"{ids.count(None)} of {len(ids)} refused: the queue holds {depth} jobs, its bound is {bound} "
-                f"(LVM_MAX_QUEUED; what its workers serve within LVM_JOB_TIMEOUT); retry in {retry} s",
-                retry,
-                ids,
-            )
-        if wanted and int(replies[-1]) < wanted:
-            raise NotReplicated(
-                f"{int(replies[-1])} of {wanted} replicas confirmed the submit within {self.settings.producer_wait_ms} "
-                "ms (LVM_PRODUCER_WAIT_REPLICAS): it is queued on the master but a failover could lose it; retry "
-                "with the same idempotency key",
-                ids,
-            )
-        return ids
+    def _enqueue(self, calls: list[protocol.Call], deadline_s: float) -> list[str]:
+        stale = self.bounds.stale([c.queue for c in calls])
+        if stale:
+            self.bounds.update(read_workers(self.redis), stale)
+        submit = protocol.Submit(self.settings, calls, self.bounds, deadline_s)
+        if not submit.pipelined:
+            [(script_keys, args)] = submit.script_calls()
+            return submit.ids([self._submit(keys=script_keys, args=args)])
+        with self.redis.pipeline(transaction=False) as pipe:
+            for script_keys, args in submit.script_calls():
+                self._submit(keys=script_keys, args=args, client=pipe)
+            if submit.wait is not None:
+                pipe.wait(*submit.wait)  # same connection, same round trip
+            return submit.ids(pipe.execute())
 
     @reaching_redis
     def cancel(self, job_id: str) -> str:
         """Cancel a job in one atomic step: a queued one leaves its queue and is never computed, a
         running one's result is discarded; it ends ``canceled``. Returns 'canceled' (now or
         before), or the status it had ended with ('finished', 'failed', ...); JobNotFound when absent."""
-        reply = self._cancel(keys=[keys.job(job_id), keys.EVENTS], args=cancel_args(self.settings, job_id))
+        reply = self._cancel(keys=[keys.job(job_id), keys.EVENTS], args=protocol.cancel_args(self.settings, job_id))
         outcome, status = (x.decode() if isinstance(x, bytes) else x for x in reply)
         if outcome == "absent":
             self._job(job_id)  # raises JobNotFound with the reasons

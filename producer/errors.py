@@ -47,3 +47,12 @@ class Overloaded(LVMQueueError):
     def __init__(self, message: str, retry_after_s: int, job_ids: list[str | None]):
         self.retry_after_s, self.job_ids = retry_after_s, job_ids
         super().__init__(message)
+
+
+class RateLimited(LVMQueueError):
+    """The caller's token bucket is empty (the gateway's per-key rate): nothing was enqueued.
+    Retry after ``retry_after_s``."""
+
+    def __init__(self, message: str, retry_after_s: int):
+        self.retry_after_s = retry_after_s
+        super().__init__(message)

@@ -12,7 +12,8 @@ from redis import Redis
 from config import load_settings
 from harness.processes import start_worker, stop, wait_ready
 from helpers import worker_env
-from producer.client import ChatClient, cancel_args
+from producer.client import ChatClient
+from producer.protocol import cancel_args
 
 pytestmark = pytest.mark.integration
 

@@ -234,9 +234,10 @@ def test_a_batch_hung_in_a_c_call_is_given_up_and_answered_by_a_peer(
     try:
         wait_ready(redis, name, hung)
         # timeout 1 s, and no deadline (a raw submit): the peer that answers starts long after it
-        from producer.client import prepare_submit
+        from producer.protocol import call
 
-        script_keys, args = prepare_submit(load_settings(job_timeout=1), redis, {"messages": ["Hello there."]}, None)
+        raw = call(load_settings(job_timeout=1), redis, {"messages": ["Hello there."]})
+        script_keys, args = raw.keys, raw.args
         job_id = redis.eval(lua.path("submit").read_text(), len(script_keys), *script_keys, *args).decode()
         assert hung.wait(timeout=30) == WATCHDOG_EXIT
     finally:

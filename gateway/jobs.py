@@ -1,0 +1,199 @@
+"""The gateway's job service: everything a route does with a job, in the order a request does it.
+The routes (chat.py, completions.py, events.py) are thin adapters beside each other: each turns
+its own HTTP shape into these calls and their outcomes back into its own shape.
+
+    json_body      the body, declared JSON, capped, parsed as hostile JSON
+    parse_chat     the body as a ChatRequest for a model served here
+    deadline       LVM_JOB_TIMEOUT, or less with X-Request-Timeout
+    enqueue        the key's token, the admission bound and the submit in one script
+                   (producer.protocol, the same protocol as ChatClient's), WAIT in the same round trip
+    wait_outcome   the job's view once it ends, woken by the process's EventHub
+    view           the job as its owner may see it (views.read_job), or 404
+    cancel         cancel.lua: one fenced step
+
+Race named here: a change between the first read and the subscription. ``wait_outcome``
+subscribes before it reads, so a change after the read wakes it and one before is in the read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from fastapi import Request
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
+
+from config.tracing import producer_span
+from gateway.auth import Caller
+from gateway.errors import ApiError, refusal
+from gateway.hub import POSITION, RESYNC_S
+from gateway.views import read_job
+from producer import protocol
+from producer.errors import NotReplicated, Overloaded, RateLimited
+from producer.health import read_workers
+from wire import keys
+from wire.jsontext import strict_json
+from wire.schema import TERMINAL, ChatRequest, request_error
+
+
+# -- parse ---------------------------------------------------------------------------------------
+async def body_of(request: Request) -> bytes:
+    """The request body, refused with 413 past LVM_GATEWAY_MAX_BODY_BYTES whatever Content-Length says."""
+    cap = request.app.state.settings.gateway_max_body_bytes
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > cap):
+        raise ApiError(413, "too_large", f"request body over {cap} bytes (LVM_GATEWAY_MAX_BODY_BYTES)")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > cap:
+            raise ApiError(413, "too_large", f"request body over {cap} bytes (LVM_GATEWAY_MAX_BODY_BYTES)")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def json_body(request: Request) -> Any:
+    """The body, parsed as hostile JSON (wire.jsontext). 415 unless it is declared JSON: a
+    cross-site form or ``text/plain`` POST (which a browser sends without asking the server
+    first) is never taken for a chat, since in local-only mode that would let any web page a
+    local user visits submit through the gateway. 422 when it is not JSON (deep nesting and NaN
+    included), 413 past the body cap."""
+    kind = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if kind != "application/json":
+        raise ApiError(415, "unsupported_media_type", "send the request as JSON: Content-Type: application/json")
+    try:
+        return strict_json(await body_of(request))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError(422, "bad_payload", f"request is not valid JSON: {str(exc)[:200]}") from None
+
+
+def parse_chat(payload: Any, models: list[str]) -> ChatRequest:
+    """The parsed body as a ChatRequest for a model served here, or the 422 a worker would give."""
+    if not isinstance(payload, dict):
+        raise ApiError(422, "bad_payload", f"request must be a JSON object, got {type(payload).__name__}")
+    try:
+        chat = ChatRequest.model_validate(payload)
+    except ValidationError as exc:
+        raise ApiError(422, **request_error(exc).model_dump(exclude={"job_id"})) from None
+    if chat.model not in models:
+        raise ApiError(
+            422,
+            "invalid_request",
+            f"model {chat.model!r} is not served here",
+            fields=[{"field": "model", "reason": f"not one of {', '.join(models)} (LVM_GATEWAY_MODELS)"}],
+        )
+    return chat
+
+
+def deadline(request: Request) -> float:
+    """Seconds from now the answer is due: LVM_JOB_TIMEOUT, or less with ``X-Request-Timeout``.
+    A job still queued then fails ``expired`` without being computed."""
+    settings = request.app.state.settings
+    raw = request.headers.get("x-request-timeout")
+    try:
+        return protocol.deadline(settings, None if raw is None else float(raw))
+    except ValueError:
+        limit = settings.job_timeout
+        why = f"must be in (0, {limit}]"
+        raise ApiError(422, "invalid_request", f"X-Request-Timeout must be seconds in (0, {limit}] (LVM_JOB_TIMEOUT)",
+                       fields=[{"field": "X-Request-Timeout", "reason": why}]) from None  # fmt: skip
+
+
+# -- enqueue -------------------------------------------------------------------------------------
+async def enqueue(request: Request, who: Caller, chat: ChatRequest, idem: str | None) -> str:
+    """Submit ``chat`` for ``who`` (producer.protocol with the key's token bucket); the job id, or
+    the ApiError that says why not: 429 rate limited, 503 overloaded, 503 with ``job_id`` when
+    the replicas did not confirm it."""
+    state = request.app.state
+    due = deadline(request)
+    if state.tracer is None:
+        return await _enqueue(request, who, chat, idem, due, None)
+    with producer_span(state.tracer, state.settings.queue_name(chat.model), 1) as (span, trace):
+        job_id = await _enqueue(request, who, chat, idem, due, trace)
+        span.set_attribute("messaging.message.id", job_id)
+        return job_id
+
+
+async def _enqueue(
+    request: Request, who: Caller, chat: ChatRequest, idem: str | None, due: float, trace: dict[str, str] | None
+) -> str:
+    state, settings = request.app.state, request.app.state.settings
+    call = protocol.call(settings, state.sync, chat, f"{who.owner}:{idem}" if idem else None, who.owner, trace)
+    limit = protocol.Limit(keys.rate(who.owner), settings.gateway_rate_per_s, settings.gateway_burst)
+    submit = protocol.Submit(settings, [call], state.bounds, due, limit)
+    try:
+        if not submit.pipelined:
+            [(script_keys, args)] = submit.script_calls()
+            [job_id] = submit.ids([await state.submit(keys=script_keys, args=args)])
+        else:
+            async with state.redis.pipeline(transaction=False) as pipe:
+                for script_keys, args in submit.script_calls():
+                    await state.submit(keys=script_keys, args=args, client=pipe)
+                pipe.wait(*submit.wait)  # same connection, same round trip
+                [job_id] = submit.ids(await pipe.execute())
+    except RateLimited as exc:
+        state.metrics.rate_limited.inc()
+        raise refusal(exc) from None
+    except Overloaded as exc:
+        state.metrics.overloaded.inc()
+        raise refusal(exc) from None
+    except NotReplicated as exc:
+        raise refusal(exc) from None
+    state.metrics.submitted.labels(chat.model).inc()
+    return job_id
+
+
+async def refresh_bounds(state: Any) -> None:
+    """Keep ``state.bounds`` fresh for every offered queue: one task per gateway process."""
+    while True:
+        stale = state.bounds.stale(state.queues)
+        if stale:
+            try:
+                state.bounds.update(await run_in_threadpool(read_workers, state.sync), stale)
+            except Exception:  # noqa: BLE001 - Redis away: keep the last bounds; submits say so themselves
+                pass
+        await asyncio.sleep(protocol.Bounds.REFRESH_S)
+
+
+# -- read ----------------------------------------------------------------------------------------
+async def view(request: Request, job_id: str, who: Caller) -> dict[str, Any]:
+    """The job as ``who`` may see it, or 404 (absent, expired, or another key's)."""
+    found = await read_job(request.app.state.redis, job_id, who)
+    if found is None:
+        raise ApiError(404, "not_found", f"no job {job_id[:128]} for this key (never submitted, or expired)")
+    return found
+
+
+async def wait_outcome(
+    request: Request, job_id: str, who: Caller, timeout: float, cancel_on_disconnect: bool = False
+) -> dict[str, Any] | None:
+    """The job's view once it ends, or as it stands after ``timeout`` s; None (and the job
+    canceled) when ``cancel_on_disconnect`` and the client went away meanwhile."""
+    until = time.monotonic() + timeout
+    step = 0.5 if cancel_on_disconnect else RESYNC_S
+    with request.app.state.waits.hold(who), request.app.state.hub.subscribe(job_id) as sub:
+        seen = await view(request, job_id, who)  # subscribed first: no change is missed
+        while seen["status"] not in TERMINAL and (left := until - time.monotonic()) > 0:
+            woken = await sub.next(min(left, step))
+            if cancel_on_disconnect and await request.is_disconnected():
+                await cancel(request, job_id, who)
+                return None
+            if woken is None and step < RESYNC_S and time.monotonic() < until:
+                continue  # only a disconnect check: nothing changed
+            if woken is not None and (woken[0] == POSITION or woken[1] == "started"):
+                continue  # not an outcome: no read
+            seen = await view(request, job_id, who)
+    return seen
+
+
+# -- cancel --------------------------------------------------------------------------------------
+async def cancel(request: Request, job_id: str, who: Caller) -> tuple[str, str]:
+    """(outcome, status) of wire/scripts/cancel.lua for the caller's job: one atomic step."""
+    if not keys.JOB_ID.match(job_id):
+        return "absent", ""
+    state = request.app.state
+    args = protocol.cancel_args(state.settings, job_id, who.owner)
+    reply = await state.cancel(keys=[keys.job(job_id), keys.EVENTS], args=args)
+    return tuple(x.decode() if isinstance(x, bytes) else x for x in reply)  # type: ignore[return-value]

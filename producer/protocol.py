@@ -1,0 +1,247 @@
+"""The producer's protocol, written once: what a producer sends Redis to enqueue (or cancel) chats,
+and what the replies mean. No I/O of its own: ``ChatClient`` (sync redis-py), the gateway (asyncio redis-py)
+and ``lvmq chat`` (through ChatClient) run the same calls on their own connections.
+
+One round trip, a ``Submit``::
+
+    per request   EVALSHA submit.lua behind admit.lua   (the gateway: behind rate_limit.lua too)
+                  KEYS  job hash, queue list, rq:queues, idempotency key   (+ the caller's bucket)
+                  ARGV  (rate, burst,) bound, deadline ms, job id, queue ttl, idempotency ttl, fields...
+    then          WAIT numreplicas timeout_ms             (only with LVM_PRODUCER_WAIT_REPLICAS > 0)
+
+``Submit.ids(replies)`` turns the replies into job ids, or raises the refusal that says why not:
+``RateLimited`` (the caller's token bucket), ``Overloaded`` (the queue's admission bound; nothing
+was written for the refused requests) or ``NotReplicated`` (queued, but fewer replicas confirmed
+it than asked: retrying with the same idempotency key answers the same job, never a second one).
+
+Race named here: an ambiguous reply. The job id is fixed before the round trip, so a retry after
+a timeout whose first try reached Redis names the same job; submit.lua answers a repeat with the
+first job's id (and admit.lua answers repeats even at the bound), so nothing runs twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from rq.job import Job, JobStatus
+from rq.serializers import JSONSerializer
+from rq.utils import now
+
+from config import Settings
+from producer.errors import NotReplicated, Overloaded, RateLimited
+from producer.health import admission
+from wire import keys, lua, tracecontext
+from wire.schema import JOB_FUNCTION, ChatRequest, rq_time
+
+RequestLike = ChatRequest | dict[str, Any]
+
+
+def script(limited: bool) -> str:
+    """The Lua text of one submit: admit.lua around submit.lua, behind the caller's token bucket
+    when ``limited`` (the gateway's)."""
+    return lua.guarded("submit", "rate_limit", "admit") if limited else lua.guarded("submit", "admit")
+
+
+@dataclass(frozen=True)
+class Limit:
+    """The caller's token bucket (wire/scripts/rate_limit.lua), taken in the submit's own step."""
+
+    key: str
+    rate: float
+    burst: int
+
+
+@dataclass(frozen=True)
+class Call:
+    """submit.lua's own KEYS and ARGV for one request, and the queue it goes to."""
+
+    keys: list[str]
+    args: list[Any]
+    queue: str
+    model: str
+
+
+def call(
+    settings: Settings,
+    connection: Any,
+    request: RequestLike,
+    idempotency_key: str | None = None,
+    owner: str | None = None,
+    trace: Mapping[str, str] | None = None,
+) -> Call:
+    """One request as submit.lua's KEYS and ARGV: RQ's own job hash, with its id fixed here (see
+    the race above). ``owner`` (the gateway's API-key hash) is stored as the job's lvm_owner,
+    ``trace`` (the submitting span's W3C headers, config.tracing) as its lvm_trace. ``connection``
+    is only handed to RQ's Job, which does no I/O while it is built."""
+    req = request if isinstance(request, ChatRequest) else ChatRequest.model_validate(request)
+    queue = settings.queue_name(req.model)
+    s = settings
+    job = Job.create(
+        JOB_FUNCTION,
+        args=[req.model_dump(mode="json")],
+        connection=connection,
+        serializer=JSONSerializer,
+        timeout=s.job_timeout,
+        result_ttl=s.result_ttl,
+        failure_ttl=s.failure_ttl,
+        ttl=s.queue_ttl,
+        description=f"chat model={req.model} conversation={req.conversation_id or '-'}",
+        origin=queue,
+        status=JobStatus.QUEUED,
+    )
+    job.enqueued_at = now()
+    # RQ's own fields, less the empty ones (callbacks, worker_name, started_at ...: a worker's
+    # claim read and deleted them for every job), and ``data`` as RQ's own JSON left uncompressed:
+    # RQ and the worker read it so too, and a chat request is too small for zlib to pay for itself.
+    record = job.to_dict()
+    record["data"] = job.data
+    fields = [part for name, value in record.items() if value != "" for part in (name, value)]
+    if owner is not None:
+        fields += ["lvm_owner", owner]
+    carried = tracecontext.encode(trace) if trace else None
+    if carried is not None:
+        fields += [tracecontext.FIELD, carried]
+    if idempotency_key is None:
+        idem_key, idem_ttl = job.key, 0
+    else:
+        digest = hashlib.sha256(idempotency_key.encode("utf-8")).hexdigest()
+        idem_key, idem_ttl = keys.idempotency(queue, digest), s.queue_ttl + max(s.result_ttl, s.failure_ttl)
+    script_keys = [job.key, keys.queue(queue), keys.QUEUES, idem_key]
+    return Call(script_keys, [job.id, s.queue_ttl, idem_ttl, *fields], queue, req.model)
+
+
+def deadline(settings: Settings, seconds: float | None) -> float:
+    """Seconds from the submit the answer is due: LVM_JOB_TIMEOUT, or less. A job still queued
+    then fails ``expired`` uncomputed (admit.lua stamps it on Redis's clock)."""
+    value = float(settings.job_timeout) if seconds is None else seconds
+    if not 0 < value <= settings.job_timeout:
+        raise ValueError(f"the deadline must be seconds in (0, {settings.job_timeout}] (LVM_JOB_TIMEOUT)")
+    return value
+
+
+def retry_after(depth: int, bound: int, rate: float) -> int:
+    """Seconds until a queue at ``depth`` is back under ``bound`` at ``rate`` jobs/s (at least 1)."""
+    return max(1, math.ceil((depth - bound + 1) / rate)) if rate > 0 else 5
+
+
+def rate_limited(rate: float, burst: int, wait_ms: Any, what: str = "submits") -> RateLimited:
+    """The refusal of a token bucket (rate_limit.lua's ``{0, ms until a token}``)."""
+    retry = max(1, -(-int(wait_ms) // 1000))
+    return RateLimited(f"over {rate:g} {what}/s (burst {burst}) for this key; retry in {retry} s", retry)
+
+
+class Bounds:
+    """Each queue's admission bound and its workers' serving rate, read from their heartbeats at
+    most every REFRESH_S (producer.health.admission); LVM_MAX_QUEUED >= 0 fixes the bound. The
+    one cache of the bound: ChatClient refreshes a stale queue before its submit, the gateway
+    refreshes all its queues from one background task."""
+
+    REFRESH_S = 2.0
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self._read: dict[str, tuple[float, int, float]] = {}  # queue -> (read at, bound, rate)
+
+    def get(self, queue: str) -> tuple[int, float]:
+        """(bound, rate); a bound of 0 is no bound (none derived yet)."""
+        if self.settings.max_queued >= 0:
+            return self.settings.max_queued, 0.0
+        _, bound, rate = self._read.get(queue, (0.0, 0, 0.0))
+        return bound, rate
+
+    def stale(self, queues: list[str]) -> list[str]:
+        """The queues whose bound must be read again before use."""
+        if self.settings.max_queued >= 0:
+            return []
+        limit = time.monotonic() - self.REFRESH_S
+        return [q for q in dict.fromkeys(queues) if self._read.get(q, (0.0,))[0] <= limit]
+
+    def update(self, workers: list[dict[str, Any]], queues: list[str]) -> None:
+        """Derive ``queues``' bounds from the heartbeats ``workers`` (producer.health.read_workers)."""
+        s, read_at = self.settings, time.monotonic()
+        for queue in queues:
+            self._read[queue] = (read_at, *admission(workers, queue, s.job_timeout, -1, s.max_batch))
+
+
+@dataclass
+class Submit:
+    """One round trip of submits: ``script_calls()`` says what to run, ``wait`` whether a WAIT
+    follows on the same connection, ``ids(replies)`` what the replies mean."""
+
+    settings: Settings
+    calls: list[Call]
+    bounds: Bounds
+    deadline_s: float
+    limit: Limit | None = None
+    _bounds_used: list[tuple[int, float]] = field(default_factory=list, init=False)
+
+    @property
+    def wait(self) -> tuple[int, int] | None:
+        """WAIT's (numreplicas, timeout ms), or None: LVM_PRODUCER_WAIT_REPLICAS is 0."""
+        wanted = self.settings.producer_wait_replicas
+        return (wanted, self.settings.producer_wait_ms) if wanted else None
+
+    @property
+    def pipelined(self) -> bool:
+        """False for one call and no WAIT: one EVALSHA, since a pipeline adds a SCRIPT EXISTS per call."""
+        return len(self.calls) > 1 or self.wait is not None
+
+    def script_calls(self) -> list[tuple[list[str], list[Any]]]:
+        """(KEYS, ARGV) of each call of ``script(self.limit is not None)``, in order."""
+        self._bounds_used = [self.bounds.get(c.queue) for c in self.calls]
+        deadline_ms = int(self.deadline_s * 1000)
+        out = []
+        for c, (bound, _) in zip(self.calls, self._bounds_used, strict=True):
+            script_keys, args = c.keys, [bound, deadline_ms, *c.args]
+            if self.limit is not None:
+                script_keys, args = [*script_keys, self.limit.key], [self.limit.rate, self.limit.burst, *args]
+            out.append((script_keys, args))
+        return out
+
+    def ids(self, replies: list[Any]) -> list[str]:
+        """The job ids, one per call, from the replies of ``script_calls()`` (and WAIT's, last)."""
+        n = len(self.calls)
+        answers = list(replies[:n])
+        if self.limit is not None:
+            refused = next((r for r in answers if not int(r[0])), None)
+            if refused is not None:
+                raise rate_limited(self.limit.rate, self.limit.burst, refused[1])
+            answers = [r[1] for r in answers]
+        admitted = [int(r[0]) == 1 for r in answers]
+        ids = [_text(r[1]) if ok else None for r, ok in zip(answers, admitted, strict=True)]
+        if not all(admitted):
+            i = admitted.index(False)
+            depth, (bound, rate) = int(answers[i][1]), self._bounds_used[i]
+            retry = retry_after(depth, bound, rate)
+            refused_part = f"{ids.count(None)} of {n} refused: " if n > 1 else ""
+            raise Overloaded(
+                f"{refused_part}model {self.calls[i].model}'s queue holds {depth} jobs, its bound is {bound} "
+                f"(LVM_MAX_QUEUED; what its workers serve within LVM_JOB_TIMEOUT); retry in {retry} s",
+                retry,
+                ids,
+            )
+        if self.wait is not None and int(replies[-1]) < self.wait[0]:
+            raise NotReplicated(
+                f"{int(replies[-1])} of {self.wait[0]} replicas confirmed the submit within {self.wait[1]} ms "
+                "(LVM_PRODUCER_WAIT_REPLICAS): it is queued on the master but a failover could lose it; retry "
+                "with the same idempotency key",
+                ids,  # type: ignore[arg-type]
+            )
+        return ids  # type: ignore[return-value]
+
+
+def cancel_args(settings: Settings, job_id: str, owner: str = "") -> list[Any]:
+    """ARGV of cancel.lua (KEYS: the job hash, the event stream)."""
+    from rq.registry import CanceledJobRegistry
+
+    return [job_id, owner, rq_time(), settings.failure_ttl, keys.RESULTS_PREFIX, keys.QUEUE_PREFIX,
+            keys.leases(""), keys.started(""), CanceledJobRegistry.key_template.format("")]  # fmt: skip
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else value
