@@ -27,13 +27,13 @@ class ModelConfig:
     dropout: float = 0.1
     context_len: int = 5
     # Predict a residual over the context mean: y = normalise(mean(x) + f(x)).
-    # Plain stacks only tied "mean of context" on held-out data (shared/MEASURED.md);
+    # Plain stacks only tied "mean of context" on held-out data (the team's measurements);
     # the residual form beat it on val and both OOD sets. No extra weights, so the
     # state-dict keys are the prior system's. Its checkpoints load with False.
     mean_residual: bool = False
     # A linear path from the flattened context to the next vector, y = normalise(W·x + f(x)):
     # closed-form ridge regression beat the 2.3M-parameter LSTM on every split, so training
-    # starts W at a closed-form fit (lvm.linear) and the recurrent blocks learn a correction
+    # starts W at a closed-form fit (training.baselines) and the recurrent blocks learn a correction
     # on top. Replaces the context mean, which is one such W. Adds keys linear.*.
     linear_path: bool = False
     arch: str = ""  # default from model_type

@@ -276,7 +276,7 @@ def load_model(path: str | Path, device: str = "cpu", expected_dim: int | None =
 
 def recorded_forward(metadata: dict) -> float:
     """The serving default of the forward step that training chose from the checkpoint's own val
-    forward curve (lvm.metrics.choose_forward); 0, the prediction as it is, for older files."""
+    forward curve (training.scores.choose_forward); 0, the prediction as it is, for older files."""
     recorded = metadata.get("metrics", {}).get("forward_default")
     ok = isinstance(recorded, (int, float)) and not isinstance(recorded, bool) and 0.0 <= recorded <= 0.5
     return float(recorded) if ok else 0.0

@@ -64,6 +64,13 @@ def _ms(start: float) -> float:
     return (time.perf_counter() - start) * 1000.0
 
 
+def _stage(name: str, wall_ns: int, ms: float) -> tuple[str, int, int]:
+    """A stage as (name, start, end) in wall-clock ns, for trace spans: the start read off the wall
+    clock, the length the stage's own measured ms (one measurement, so a span's length is the
+    latency the result reports, whatever the scheduler did between two clock reads)."""
+    return name, wall_ns, wall_ns + round(ms * 1e6)
+
+
 def step_forward(predicted: np.ndarray, last: np.ndarray, gains: np.ndarray) -> np.ndarray:
     """unit(pred - g * last) per row. Every LVM measured here predicts a vector nearer the last
     sentence than the true next one (negative margin); stepping away from it trades cosine to
@@ -154,7 +161,7 @@ class ChatPipeline:
         t, wall = time.perf_counter(), time.time_ns()
         contexts, hits = self.encode(requests, texts)
         encoding_ms = _ms(t)
-        stages.append(("encode", wall, time.time_ns()))
+        stages.append(_stage("encode", wall, encoding_ms))
         known = [dict(zip(ctx, vecs, strict=True)) for ctx, vecs in zip(texts, contexts, strict=True)]
 
         exclude = [{normalize(s) for s in ctx} for ctx in texts]  # never echo the context
@@ -172,7 +179,7 @@ class ChatPipeline:
                 predicted, np.stack([contexts[i][-1] for i in active]), np.array([requests[i].forward for i in active])
             )
             elapsed = _ms(t)
-            stages.append(("lvm", wall, time.time_ns()))
+            stages.append(_stage("lvm", wall, elapsed))
             for i in active:
                 lvm_ms[i] += elapsed
 
@@ -189,7 +196,7 @@ class ChatPipeline:
                     if d.vector is not None:
                         known[i][d.text] = d.vector
             elapsed = _ms(t)
-            stages.append(("decode", wall, time.time_ns()))
+            stages.append(_stage("decode", wall, elapsed))
             for i in active:
                 decode_ms[i] += elapsed
                 contexts[i] = np.concatenate([contexts[i], predicted[pos[i]][None]])

@@ -1,9 +1,10 @@
 """The prior system's other architectures, rebuilt so its checkpoints serve unchanged.
 
-Each class reproduces that system's eval-mode forward over the same state-dict keys (see
-``shared/lnsp-compat/README.md``) and, like every model here, maps ``[B, T, D]`` to an
-L2-normalised ``[B, D]``. The AMN follows its training-time forward: the prior service ran a
-different forward over the same keys and served wrong answers.
+Each class reproduces that system's eval-mode forward over the same state-dict keys (its
+checkpoints and reference outputs are checked by tests/test_prior_checkpoints.py) and, like
+every model here, maps ``[B, T, D]`` to an L2-normalised ``[B, D]``. The AMN follows its
+training-time forward: the prior service ran a different forward over the same keys and served
+wrong answers.
 """
 
 from __future__ import annotations

@@ -72,11 +72,13 @@ def build_parser() -> argparse.ArgumentParser:
     from gateway.cli import register as register_gateway
     from lvm.cli import register as register_lvm
     from lvmq.demo import register as register_demo
+    from training.cli import register as register_training
     from worker.cli import register as register_worker
 
     register_worker(sub)
     register_demo(sub)
     register_gateway(sub)
+    register_training(sub)
     register_lvm(sub)
     register_bench(sub)
     return parser

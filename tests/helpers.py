@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lvm.corpus import Document
+from training.corpus import Document
 
 WORD = re.compile(r"[a-z0-9]+")
 

@@ -1,13 +1,13 @@
-"""lvm.metrics on a small generated corpus whose next sentence is predictable."""
+"""training.scores on a small generated corpus whose next sentence is predictable."""
 
 import numpy as np
 import pytest
 
 from helpers import HashingEncoder, generated_corpus
-from lvm.data import SplitSpec, VectorCache, encode_documents, make_windows, split_documents
-from lvm.evaluate import baseline
-from lvm.linear import fit
-from lvm.metrics import GAINS, margin_at, per_window, report, summarise
+from training.baselines import fit
+from training.data import SplitSpec, VectorCache, encode_documents, make_windows, split_documents
+from training.evaluate import baseline
+from training.scores import GAINS, margin_at, per_window, report, summarise
 
 
 @pytest.fixture(scope="module")
@@ -83,8 +83,8 @@ def test_margin_at_interpolates_and_refuses_what_it_cannot_reach():
 def test_linear_fits_choose_alpha_on_val_and_the_positional_prior_is_exact():
     """A corpus whose next vector is exactly a recency-weighted mean of its context: the
     positional prior recovers the weights, so its residual is nothing and any alpha is exact."""
-    from lvm.data import Windows
-    from lvm.linear import ALPHAS, fit, positional_weights
+    from training.baselines import ALPHAS, fit, positional_weights
+    from training.data import Windows
 
     rng = np.random.default_rng(0)
     a = np.array([0.1, 0.1, 0.2, 0.2, 0.4])
@@ -112,7 +112,7 @@ def test_linear_fits_choose_alpha_on_val_and_the_positional_prior_is_exact():
 
 
 def test_paired_difference_ci_excludes_zero_only_for_a_real_difference(data):
-    from lvm.metrics import paired_difference
+    from training.scores import paired_difference
 
     windows, _, _ = data
     w = windows["val"]
@@ -126,7 +126,7 @@ def test_paired_difference_ci_excludes_zero_only_for_a_real_difference(data):
 
 def test_choose_forward_takes_the_first_step_past_half_positive_and_files_cannot_smuggle_one():
     from lvm.checkpoint import recorded_forward
-    from lvm.metrics import choose_forward
+    from training.scores import choose_forward
 
     curve = [{"g": g, "margin_positive_share": share} for g, share in [(0.0, 0.1), (0.1, 0.4), (0.2, 0.55), (0.3, 0.7)]]
     assert choose_forward(curve) == 0.2

@@ -3,9 +3,9 @@ import json
 import numpy as np
 
 from helpers import HashingEncoder, generated_corpus
-from lvm.corpus import ovos_documents, read_corpus, strip_wiki_markup, write_corpus
-from lvm.data import SplitSpec, VectorCache, encode_documents, make_windows, split_documents
 from lvm.text import split_sentences
+from training.corpus import ovos_documents, read_corpus, strip_wiki_markup, write_corpus
+from training.data import SplitSpec, VectorCache, encode_documents, make_windows, split_documents
 
 
 def test_split_sentences_keeps_abbreviations_and_initials():
@@ -97,7 +97,7 @@ def test_vector_cache_never_re_encodes(tmp_path):
 def test_gensim_dump_parsing_skips_redirects_lists_and_disambiguation():
     import bz2
 
-    from lvm.corpus import gensim_documents
+    from training.corpus import gensim_documents
 
     def page(title, text, ns=0, redirect=False):
         red = '<redirect title="X" />' if redirect else ""
@@ -120,7 +120,7 @@ def test_gensim_dump_parsing_skips_redirects_lists_and_disambiguation():
 
 
 def test_vector_cache_keys_survive_trailing_nul_bytes(tmp_path, monkeypatch):
-    import lvm.data as data
+    import training.data as data
 
     monkeypatch.setattr(data, "_key", lambda text: text.encode()[:4].ljust(20, b"\0"))
     enc = HashingEncoder(8)
@@ -137,7 +137,7 @@ def test_news_corpus_from_a_gensim_wheel_skips_repeats_and_stubs(tmp_path):
     """The second OOD set: one Lee-corpus article per line, read from the wheel in wheel_dir."""
     import zipfile
 
-    from lvm.corpus import LEE, fetch_news, read_corpus
+    from training.corpus import LEE, fetch_news, read_corpus
 
     article = "The fire crossed the highway late on Monday. Residents of the town were told to leave at once."
     other = "Interest rates were left unchanged by the bank. Economists had expected a cut of a quarter point."
@@ -155,15 +155,15 @@ def test_news_corpus_from_a_gensim_wheel_skips_repeats_and_stubs(tmp_path):
 def test_corpus_fetch_messages_go_to_stderr_so_json_output_stays_parseable(tmp_path, monkeypatch, capsys):
     """`lvmq eval --json` fetches the news corpus on first use; its progress lines must not
     land in the JSON on stdout."""
-    import lvm.prepare
+    import training.prepare
 
     monkeypatch.setattr(
-        lvm.prepare, "fetch_news", lambda path: (path.parent.mkdir(parents=True), path.touch(), 3, 9)[2:]
+        training.prepare, "fetch_news", lambda path: (path.parent.mkdir(parents=True), path.touch(), 3, 9)[2:]
     )
     monkeypatch.setattr(
-        lvm.prepare, "fetch_starter", lambda path: (path.parent.mkdir(parents=True), path.touch(), 1, 2)[2:]
+        training.prepare, "fetch_starter", lambda path: (path.parent.mkdir(parents=True), path.touch(), 1, 2)[2:]
     )
-    lvm.prepare.news_corpus(tmp_path / "a")
-    lvm.prepare.starter_corpus(tmp_path / "b")
+    training.prepare.news_corpus(tmp_path / "a")
+    training.prepare.starter_corpus(tmp_path / "b")
     out = capsys.readouterr()
     assert out.out == "" and "3 documents, 9 sentences" in out.err and "1 documents, 2 sentences" in out.err

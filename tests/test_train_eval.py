@@ -3,9 +3,9 @@ import pytest
 import torch
 
 from helpers import HashingEncoder, generated_corpus
-from lvm.data import SplitSpec, VectorCache, encode_documents, make_windows, split_documents
-from lvm.evaluate import baseline, evaluate, predict, score
-from lvm.train import TrainConfig, train
+from training.data import SplitSpec, VectorCache, encode_documents, make_windows, split_documents
+from training.evaluate import baseline, evaluate, predict, score
+from training.train import TrainConfig, train
 
 
 def _windows(tmp_path):
@@ -65,14 +65,27 @@ def test_evaluate_reports_model_beside_baselines(tmp_path):
     w = _windows(tmp_path)
     cfg = TrainConfig(model_type="gru", d_model=32, num_layers=1, epochs=4, batch_size=32, lr=5e-3)
     model, _, _ = train(cfg, w["train"], w["val"], progress=False)
-    report = evaluate(model, w["val"])
+    val = w["val"]
+    report = evaluate(model, val)
     assert set(report) == {"model", "repeat_last", "context_mean"}
-    for s in report.values():
-        assert set(s) == {"cos_mean", "cos_std", "mse", "margin", "windows"}
+    # each figure against the same quantity computed here from the windows themselves
+    nxt, prev = val.vectors[val.target], val.vectors[val.previous]
+    with torch.no_grad():
+        raw = model(torch.from_numpy(val.vectors[val.context])).numpy()
+    by_hand = {"model": raw / np.linalg.norm(raw, axis=1, keepdims=True), "repeat_last": prev}
+    for name, pred in by_hand.items():
+        cos_next, cos_prev = np.sum(pred * nxt, axis=1), np.sum(pred * prev, axis=1)
+        got = report[name]
+        assert got["windows"] == len(val) == len(nxt) > 0
+        assert got["cos_mean"] == np_approx(cos_next.mean()) and got["cos_std"] == np_approx(cos_next.std())
+        assert got["margin"] == np_approx((cos_next - cos_prev).mean())
+        assert got["mse"] == np_approx(np.mean((pred - nxt) ** 2))
+    assert report["repeat_last"]["margin"] < 0 < report["repeat_last"]["cos_std"]  # the previous sentence itself
+    assert report["model"]["cos_mean"] != report["repeat_last"]["cos_mean"]
 
 
 def test_linear_path_starts_at_the_positional_ridge_and_records_its_objective(tmp_path):
-    from lvm.linear import fit
+    from training.baselines import fit
 
     w = _windows(tmp_path)
     start = fit(w["train"], w["val"], "positional_ridge")

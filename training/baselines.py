@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from lvm.data import Windows
+from training.data import Windows
 
 ALPHAS = (1.0, 10.0, 100.0, 1000.0)
 KINDS = ("ridge", "positional_ridge")

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lvm.corpus import Document
 from lvm.encoders import Encoder
+from training.corpus import Document
 
 # --- encoded-vector cache ----------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from lvm.data import Windows
+from training.data import Windows
 
 BASELINES = ("repeat_last", "context_mean")
 

@@ -17,12 +17,12 @@ import numpy as np
 
 from lvm.bank import SentenceBank
 from lvm.checkpoint import save_checkpoint
-from lvm.corpus import Document, fetch_news, fetch_starter, read_corpus
-from lvm.data import SplitSpec, VectorCache, encode_documents, make_windows, split_documents
 from lvm.encoders import Encoder, load_encoder
-from lvm.evaluate import evaluate, format_table, predict
-from lvm.metrics import choose_forward, forward_curve, forward_values
-from lvm.train import TrainConfig, train
+from training.corpus import Document, fetch_news, fetch_starter, read_corpus
+from training.data import SplitSpec, VectorCache, encode_documents, make_windows, split_documents
+from training.evaluate import evaluate, format_table, predict
+from training.scores import choose_forward, forward_curve, forward_values
+from training.train import TrainConfig, train
 
 
 def starter_corpus(artifacts: Path) -> Path:

@@ -1,7 +1,7 @@
 """Next-sentence metrics that cannot flatter a predictor, with bootstrap CIs over documents.
 
 `lvmq eval` reports these for the model and its baselines (repeat-last, mean of context,
-ridge regression fitted on the train split; lvm.linear), each on the same held-out windows:
+ridge regression fitted on the train split; training.baselines), each on the same held-out windows:
 
 - cos(pred, next) and the margin cos(pred, next) − cos(pred, previous), with the share of
   windows whose margin is positive: a model that sits nearer the last sentence than the next
@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from lvm.data import Windows
-from lvm.linear import unit
 from lvm.pipeline import step_forward
+from training.baselines import unit
+from training.data import Windows
 
 GAINS = tuple(round(g, 2) for g in np.arange(0.0, 0.501, 0.05))
 BOOTSTRAP = 1000

@@ -3,10 +3,10 @@
 Loss = (1 - cos(ŷ, y)) + mse_weight * ||ŷ - y||² on the L2-normalised prediction ŷ.
 On unit vectors ||ŷ - y||² = 2(1 - cos), so the MSE term points the same way as the cosine
 term: it sharpens large errors without pulling on the raw output's norm. MSE on the raw,
-un-normalised output measured worse here (val cos 0.469 vs 0.517, shared/MEASURED.md).
+un-normalised output measured worse here (val cos 0.469 vs 0.517 on the starter corpus).
 
 AdamW, cosine-annealed learning rate, gradient clipping, early stopping on val cosine with
-the best epoch's weights restored: val peaked at epochs 5-7 of 15 in MEASURED.md and longer
+the best epoch's weights restored: val peaked at epochs 5-7 of 15 when measured, and longer
 training overfit, hurting out-of-distribution scores most.
 """
 
@@ -20,9 +20,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lvm.data import Windows
-from lvm.evaluate import predict, score
 from lvm.models import ModelConfig, build_model
+from training.data import Windows
+from training.evaluate import predict, score
 
 
 @dataclass
@@ -70,9 +70,9 @@ def infonce_loss(pred: torch.Tensor, target: torch.Tensor, context: torch.Tensor
 
 
 def linear_init(model: torch.nn.Module, train_set: Windows, val_set: Windows) -> dict:
-    """Set the linear path to the closed-form positional-prior ridge (lvm.linear, alpha chosen
+    """Set the linear path to the closed-form positional-prior ridge (training.baselines, alpha chosen
     on val) and zero the recurrent correction, so training starts at that estimate exactly."""
-    from lvm.linear import fit
+    from training.baselines import fit
 
     linear = fit(train_set, val_set, "positional_ridge")
     weights = torch.from_numpy(linear.weights)  # [L*D + 1, D]: the last row is the bias
