@@ -57,15 +57,17 @@ test-fast: setup-dev
 chaos: setup-dev redis-server
 	@rm -f .chaos.jsonl
 	LVM_CHAOS_FULL=1 LVM_CHAOS_REPORT=.chaos.jsonl $(BIN)/pytest -q -m chaos
-	@$(BIN)/python -m bench.chaos report .chaos.jsonl
+	@$(BIN)/python -m chaos report .chaos.jsonl
 
 # ruff, the import-graph contracts in pyproject.toml (layers, no cycles, no torch in the light
-# parts), and the generated configuration page.
+# parts, serving apart from training), the generated configuration page, and the docs naming
+# only files, modules, functions, settings, make targets and commands that exist.
 lint: setup-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
 	$(BIN)/python -m lvmq.docs --check
+	$(BIN)/python -m lvmq.docrefs
 
 bench: model redis-server
 	$(BIN)/lvmq bench model --checkpoint artifacts/lstm.pt
