@@ -6,6 +6,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 from lvmq import docs
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,3 +49,45 @@ def test_docs_links_point_at_files_that_exist():
     for page in [ROOT / "README.md", *(ROOT / "docs").glob("*.md")]:
         for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", page.read_text()):
             assert (page.parent / target).exists(), f"{page.name} links {target}, which does not exist"
+
+
+def test_the_docs_name_only_what_exists():
+    from lvmq import docrefs
+
+    assert docrefs.check() == []
+
+
+@pytest.mark.parametrize(
+    "stale,why",
+    [
+        ("the loop lives in `worker/batchloop.py`", "file worker/batchloop.py does not exist"),
+        ("see `wire/scripts/claim2.lua`", "does not exist"),
+        ("`worker.loop.BatchLoop.retry_forever`", "does not import"),
+        ("`BatchLoop.retry_forever`", "BatchLoop has no attribute retry_forever"),
+        ("call `prepare_submit()`", "no function prepare_submit()"),
+        ("run `make chaos-full`", "make target 'chaos-full' is not in the Makefile"),
+        ("set LVM_NO_SUCH_SETTING=1", "LVM_NO_SUCH_SETTING is read by nothing"),
+        ("`lvmq model unprepare`", "`lvmq model unprepare` is not a command"),
+        ("`lvmq frobnicate`", "`lvmq frobnicate` is not a command"),
+    ],
+)
+def test_the_docs_check_catches_each_kind_of_stale_name(tmp_path, stale, why):
+    from lvmq import docrefs
+
+    index = docrefs.Index(ROOT)
+    commands = index.lvmq_commands()
+    (tmp_path / "page.md").write_text(f"# Stale\n\n{stale}\n")
+    problems = docrefs.check_page(tmp_path / "page.md", index, commands, root_of=ROOT / "docs")
+    assert any(why in p for p in problems), problems
+    fresh = tmp_path / "fresh.md"
+    fresh.write_text(
+        "# Fresh\n\n`worker/loop.py`, `BatchLoop.retry_redis`, `make chaos`, LVM_REDIS_URL, `lvmq model prepare`, "
+        "`worker.loop.BatchLoop.retry_redis`, `ChatClient.submit()`, `retry_after()`\n"
+    )
+    assert docrefs.check_page(fresh, index, commands, root_of=ROOT / "docs") == []
+
+
+def test_sources_cite_only_files_that_exist():
+    from lvmq import docrefs
+
+    assert docrefs.check_sources(docrefs.Index(ROOT)) == []
