@@ -155,24 +155,28 @@ def test_rounded_scores_stay_within_the_bound_the_rescoring_relies_on(dtype):
 def test_to_cpu_keeps_the_fastest_precision_measured_for_lone_queries_and_for_batches(monkeypatch):
     """The choice is a measurement: make float32 slow for one query and float16 slow for
     batches, and to("cpu") picks around them; decode then uses each copy where it was fastest
-    and answers as float32 does."""
-    import time
+    and answers as float32 does. The bank's clock is a counter each product advances by its
+    cost, so what the machine does meanwhile cannot change the choice."""
+    from types import SimpleNamespace
 
     import torch
+
+    import lvm.bank
 
     rng = np.random.default_rng(1)
     vectors = _unit(rng.normal(size=(500, 32)))
     texts = [f"Row {i}." for i in range(500)]
     plain, timed = SentenceBank(texts, vectors), SentenceBank(texts, vectors)
     real_scores = SentenceBank._scores
+    clock = [0.0]
 
     def scores(self, queries, matrix):
         slow = (matrix.dtype == torch.float32) if len(queries) == 1 else (matrix.dtype != torch.bfloat16)
-        if slow:
-            time.sleep(0.003)
+        clock[0] += 1.0 if slow else 0.001
         return real_scores(self, queries, matrix)
 
     monkeypatch.setattr(SentenceBank, "_scores", scores)
+    monkeypatch.setattr(lvm.bank, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
     timed.to("cpu")
     assert timed.search_dtypes["batch"] == "bfloat16"
     assert timed.search_dtypes["one"] in ("bfloat16", "float16")

@@ -11,6 +11,7 @@ import pytest
 
 from config import load_settings
 from helpers import claim_jobs, lifecycle, ok
+from producer import protocol
 from producer.client import ChatClient
 from producer.errors import ChatFailed
 from wire.keys import ALIVE as ALIVE_KEY
@@ -104,11 +105,16 @@ def test_recover_requeues_once_then_fails_abandoned_and_never_twice(redis, clien
 
 def test_a_renewing_owner_keeps_its_jobs(redis, client):
     job_id = client.submit({"messages": ["Hello."]})
-    owner, peer = lifecycle(redis, "owner", lease_s=0.3), lifecycle(redis, "peer")
+    owner, peer = lifecycle(redis, "owner", lease_s=30), lifecycle(redis, "peer")
     claim = claim_jobs(owner)
-    for _ in range(4):
-        time.sleep(0.15)
+    member, leases = f"{job_id}:{claim.token}", f"lvm:leases:{Q}"
+    for _ in range(3):
+        # Time passes without sleeping (so no scheduler can make it pass too far): the lease runs
+        # out, as the score of a lease is its deadline in Redis's milliseconds.
+        redis.zadd(leases, {member: 1}, xx=True)
         assert owner.renew([Q], {claim.token: [job_id]}) == []
+        seconds, micros = redis.time()
+        assert redis.zscore(leases, member) > seconds * 1000 + micros // 1000 + 20_000  # a lease ahead again
         assert peer.recover(Q, [], 60) == []
     assert owner.recover(Q, [claim.token], 60) == []  # its own running batch is not an orphan
     assert redis.zscore(ALIVE_KEY, owner.incarnation)
@@ -140,7 +146,7 @@ def test_idempotent_submit(redis, client):
     assert first == again != other
     assert redis.llen(f"rq:queue:{Q}") == 2
     # a retried round trip (same prepared job id) does not enqueue again either
-    prepared = [client._prepare({"messages": ["Retry."]}, None)]
+    prepared = [protocol.call(client.settings, client.redis, {"messages": ["Retry."]})]
     assert client._enqueue(prepared, 60) == client._enqueue(prepared, 60)
     assert redis.llen(f"rq:queue:{Q}") == 3
 
@@ -163,8 +169,17 @@ def test_stats_and_health_never_unpickle(redis, client, redis_url, tmp_path):
     redis.zadd(f"rq:wip:{Q}", {f"{job_id}:x": 1})  # long expired: RQ's cleanup would act on it
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "LVM_REDIS_URL": redis_url, "PYTHONPATH": str(root)}
-    for cmd in (["stats", "--json"], ["health", "--json"]):
-        subprocess.run([sys.executable, "-m", "lvmq.cli", *cmd], env=env, cwd=root, capture_output=True, timeout=60)
+    runs = {
+        cmd[0]: subprocess.run(
+            [sys.executable, "-m", "lvmq.cli", *cmd], env=env, cwd=root, capture_output=True, text=True, timeout=60
+        )  # fmt: skip
+        for cmd in (["stats", "--json"], ["health", "--json"])
+    }
+    # each answered (a crash would leave the canary unwritten too): stats exits 0 with the started
+    # job counted, health exits 1 with its report (no worker serves the queue), both valid JSON
+    assert runs["stats"].returncode == 0, runs["stats"].stderr[-2000:]
+    assert runs["health"].returncode == 1 and json.loads(runs["health"].stdout)["ok"] is False, runs["health"].stderr
+    assert json.loads(runs["stats"].stdout)
     assert not canary.exists()
     assert redis.zcard(f"rq:wip:{Q}") == 1  # read-only: no cleanup ran
 

@@ -61,13 +61,16 @@ def test_sigterm_finishes_the_batch_then_exits_zero(redis_url, serving_artifacts
     queue = Queue("lvm-lstm", connection=redis, serializer=JSONSerializer)
     jobs = _heavy_jobs(queue, 12)
     log = tmp_path / "w.log"
-    proc, name = start_worker("lvm-lstm", worker_env(redis_url, serving_artifacts, LVM_MAX_BATCH="12"), log_path=log)
+    # The batch is held 3 s after its computation (a test-only fault point), so the worker is
+    # still draining for six heartbeats after the signal: "draining" must be seen, not skipped.
+    env = worker_env(redis_url, serving_artifacts, LVM_MAX_BATCH="12", LVM_TESTING="1", LVM_TEST_BATCH_DELAY_S="3")
+    proc, name = start_worker("lvm-lstm", env, log_path=log)
     _wait_started(jobs, proc, log)
     proc.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + 5
-    while _status(redis, name) != "draining" and time.monotonic() < deadline:
+    deadline = time.monotonic() + 60
+    while _status(redis, name) != "draining" and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.01)
-    assert _status(redis, name) == "draining" or proc.poll() is not None
+    assert _status(redis, name) == "draining", log.read_text()[-2000:]
     assert proc.wait(timeout=120) == 0, log.read_text()[-2000:]
     assert [j.get_status(refresh=True).value for j in jobs] == ["finished"] * 12
     assert not redis.exists(HEARTBEAT_PREFIX + name)

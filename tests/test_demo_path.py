@@ -1,0 +1,111 @@
+"""The demo's artifact path end to end, on a tiny corpus: `lvmq model prepare` (encode, bank,
+train), `lvmq eval`, `lvmq bank build`, `lvmq demo`, then a worker serving what prepare wrote.
+
+The served answers are checked against something the model does not decide: the corpus's own
+topic labels. Each topic's sentences share their vocabulary, so an answer from the right topic
+more often than chance means encoder, checkpoint, bank and decoder are wired together (a random
+or mismatched checkpoint, a bank of another encoder, a decoder returning the wrong row would
+all fall to chance).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness.processes import start_worker, stop, wait_ready
+from helpers import TOPICS, generated_corpus
+from producer.client import ChatClient
+from training.corpus import write_corpus
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def lvmq(*args: str, env: dict[str, str], timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "lvmq.cli", *args], env={**os.environ, **env}, cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    """What `make demo` builds, built by the same command on a corpus of 4 topics x 10 documents."""
+    artifacts = tmp_path_factory.mktemp("artifacts")
+    docs = generated_corpus(docs_per_topic=10, sentences=8)
+    write_corpus(docs, artifacts / "corpus" / "starter.jsonl")  # present: prepare fetches nothing
+    env = {"LVM_ARTIFACTS_DIR": str(artifacts), "PYTHONPATH": str(ROOT)}
+    out = lvmq("model", "prepare", "--models", "lstm", "--epochs", "2", env=env)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    return artifacts, docs, env, out.stdout
+
+
+def test_prepare_writes_the_bank_and_a_checkpoint_trained_on_held_out_documents(prepared):
+    artifacts, docs, env, stdout = prepared
+    for name in ("bank.npz", "lstm.pt", "training_history_lstm.json"):
+        assert (artifacts / name).is_file(), name
+    history = json.loads((artifacts / "training_history_lstm.json").read_text())
+    split = history["metrics"]["split"]
+    assert split["val_fraction"] == 0.1 and history["metrics"]["eval"]["val"]["model"]["windows"] > 0
+    inspect = lvmq("inspect", str(artifacts / "lstm.pt"), "--json", env=env)
+    assert inspect.returncode == 0, inspect.stderr
+    assert json.loads(inspect.stdout)["encoder"]["name"].endswith("all-MiniLM-L6-v2")
+    # a second run finds everything in place and does nothing
+    again = lvmq("model", "prepare", "--models", "lstm", env=env)
+    assert again.returncode == 0 and "already in" in again.stdout, again.stdout + again.stderr
+
+
+def test_eval_and_bank_build_on_the_prepared_artifacts(prepared):
+    artifacts, docs, env, _ = prepared
+    out = lvmq("eval", "--checkpoint", str(artifacts / "lstm.pt"), "--no-news", "--json", env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = json.loads(out.stdout)
+    val = report["splits"]["val"]
+    assert {"model", "repeat_last", "context_mean", "ridge", "ridge_pos"} <= set(val)
+    assert -1.0 <= val["model"]["cos_next"]["mean"] <= 1.0
+    bank = lvmq("bank", "build", "--corpus", str(artifacts / "corpus" / "starter.jsonl"),
+                "--out", str(artifacts / "bank2.npz"), env=env)  # fmt: skip
+    unique = len({s for d in docs for s in d.sentences})
+    assert bank.returncode == 0 and f"{unique} sentences" in bank.stdout, bank.stdout + bank.stderr
+
+
+def test_lvmq_demo_runs_on_the_prepared_artifacts(prepared, redis_url):
+    artifacts, _, env, _ = prepared
+    demo_env = {**env, "LVM_REDIS_URL": redis_url, "LVM_BANK_PATH": str(artifacts / "bank.npz"),
+                "LVM_MODELS__LSTM": str(artifacts / "lstm.pt")}  # fmt: skip
+    out = lvmq("demo", env=demo_env)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "echo rate:" in out.stdout and "stopped what the demo started" in out.stdout
+    from lvmq.demo import CONVERSATION, SINGLE_TURN
+
+    # every chat answered: the single turns, each turn of the conversation, and one of 3 sentences
+    assert out.stdout.count("  < ") == len(SINGLE_TURN) + len(CONVERSATION) + 1
+
+
+def test_a_worker_serving_the_prepared_model_answers_from_the_right_topic(prepared, redis_url, tmp_path):
+    artifacts, docs, env, _ = prepared
+    topic_of = {s: d.topic for d in docs for s in d.sentences}
+    worker_env = {**env, "LVM_REDIS_URL": redis_url, "LVM_BANK_PATH": str(artifacts / "bank.npz"),
+                  "LVM_MODELS__LSTM": str(artifacts / "lstm.pt"), "LVM_HEARTBEAT_SECONDS": "0.5"}  # fmt: skip
+    proc, name = start_worker("lvm-lstm", worker_env, log_path=tmp_path / "worker.log")
+    try:
+        client = ChatClient(redis_url)
+        wait_ready(client.redis, name, proc)
+        queries = []  # new stories, in no document: the words say the topic
+        for topic, words in TOPICS.items():
+            for story in range(6):
+                turns = [f"The {words[(story + i) % 7]} came before the {words[(story + i + 1) % 7]} in part {i} "
+                         f"of story {100 + story}." for i in range(3)]  # fmt: skip
+                queries.append((topic, turns))
+        ids = client.submit_many([{"messages": turns} for _, turns in queries])
+        answers = [client.wait(job_id, timeout=60) for job_id in ids]
+    finally:
+        stop(proc)
+    assert all(a.response in topic_of for a in answers)  # every answer is a bank sentence
+    right = sum(topic_of[a.response] == topic for (topic, _), a in zip(queries, answers, strict=True))
+    # chance is 1 in 4 (6 of 24); 12 or more by chance has p < 0.003
+    assert right >= 12, [(t, a.response) for (t, _), a in zip(queries, answers, strict=True)]
