@@ -1,5 +1,6 @@
 """The demo's artifact path end to end, on a tiny corpus: `lvmq model prepare` (encode, bank,
-train), `lvmq eval`, `lvmq bank build`, `lvmq demo`, then a worker serving what prepare wrote.
+train), `lvmq eval`, `lvmq bank build`, `lvmq train`, `lvmq demo`, then a worker serving what
+prepare wrote.
 
 The served answers are checked against something the model does not decide: the corpus's own
 topic labels. Each topic's sentences share their vocabulary, so an answer from the right topic
@@ -71,6 +72,13 @@ def test_eval_and_bank_build_on_the_prepared_artifacts(prepared):
                 "--out", str(artifacts / "bank2.npz"), env=env)  # fmt: skip
     unique = len({s for d in docs for s in d.sentences})
     assert bank.returncode == 0 and f"{unique} sentences" in bank.stdout, bank.stdout + bank.stderr
+    # `lvmq train` on the same corpus (its vectors cached by prepare): a GRU checkpoint, strict to load
+    gru = artifacts / "gru-tiny.pt"
+    trained = lvmq("train", "--model", "gru", "--epochs", "1", "--d-model", "32", "--layers", "1",
+                   "--corpus", str(artifacts / "corpus" / "starter.jsonl"), "--out", str(gru), env=env)  # fmt: skip
+    assert trained.returncode == 0 and f"wrote {gru}" in trained.stdout, trained.stdout[-2000:] + trained.stderr[-2000:]
+    described = json.loads(lvmq("inspect", str(gru), "--json", env=env).stdout)
+    assert described["config"]["model_type"] == "gru" and described["config"]["d_model"] == 32
 
 
 def test_lvmq_demo_runs_on_the_prepared_artifacts(prepared, redis_url):
