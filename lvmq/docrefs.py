@@ -185,11 +185,18 @@ def check_page(page: Path, index: Index, commands: dict[str, set[str]], root_of:
 
 
 def check_sources(index: Index) -> list[str]:
-    """File paths cited in Python docstrings and comments exist (tests/test_docs.py cites stale
-    ones on purpose, to see them caught)."""
+    """File paths cited in the source (docstrings and comments of Python files, the Makefile,
+    pyproject.toml, compose and CI files) exist; tests/test_docs.py cites stale ones on purpose,
+    to see them caught."""
     problems = []
     for path in index.files:
-        if path.suffix != ".py" or path.relative_to(index.root) == SELF_TEST:
+        rel = path.relative_to(index.root)
+        cites = path.suffix in (".py", ".toml", ".sh", ".yml", ".yaml") or path.name in (
+            "Makefile",
+            "Dockerfile",
+            "run",
+        )
+        if not cites or rel == SELF_TEST:
             continue
         for cited in set(CITED_PATH.findall(path.read_text(errors="replace"))):
             if not (index.root / cited.rstrip("/")).exists() and not any(ch in cited for ch in "<{*"):
