@@ -77,7 +77,9 @@ def submit(redis: Redis, url: str, requests: list[dict]) -> list[str]:
     from config import load_settings
     from producer.client import ChatClient
 
-    return ChatClient(url, load_settings()).submit_many(requests)
+    # No admission bound: the scenarios measure faults, and queue hundreds of jobs before any worker
+    # has measured its rate (past LVM_ADMISSION_FLOOR); `lvmq bench overload` measures admission.
+    return ChatClient(url, load_settings(max_queued=0)).submit_many(requests)
 
 
 def wait_terminal(redis: Redis, ids: list[str], timeout: float) -> float:

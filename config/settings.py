@@ -183,8 +183,17 @@ class Settings(BaseSettings):
         le=10_000_000,
         description="Admission bound per model: submits to a queue already this deep are refused (the gateway: 503 "
         "with Retry-After; ChatClient: Overloaded). -1 (default): derived from what the serving workers measured they "
-        "serve (jobs per busy second, summed) times 80% of LVM_JOB_TIMEOUT, the backlog they clear in time; no "
-        "bound while no serving worker has measured one. 0: no bound.",
+        "serve (jobs per busy second, summed) times 80% of LVM_JOB_TIMEOUT, the backlog they clear in time; "
+        "LVM_ADMISSION_FLOOR while no serving worker has measured one (start-up, a worker outage). 0: no bound.",
+    )
+    admission_floor: int = Field(
+        256,
+        ge=1,
+        le=10_000_000,
+        description="The derived admission bound (LVM_MAX_QUEUED -1) while no serving worker has measured its rate: "
+        "at start-up and through a worker outage the queue still stops growing here, instead of taking every "
+        "submit (it used to fail open). 256 is 8 batches of 32: what a worker on a 2-core host serves in a few "
+        "seconds, so the jobs admitted during an outage are answered soon after a worker returns.",
     )
     drain_seconds: float = Field(
         30.0, gt=0, le=3600, description="After SIGTERM, how long a worker may finish its batch before it exits anyway."

@@ -38,6 +38,7 @@ from gateway.auth import KeyRing
 from gateway.hub import BLOCK_MS, EventHub
 from gateway.limits import Waits
 from gateway.metrics import Metrics, MetricsMiddleware
+from gateway.requestid import RequestIdMiddleware
 from producer import protocol
 from wire import lua
 
@@ -99,13 +100,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.waits = Waits(settings.gateway_max_streams_per_key)
     app.state.bounds = protocol.Bounds(settings)  # the admission bound per queue, kept by jobs.refresh_bounds
     app.add_middleware(MetricsMiddleware, metrics_getter=lambda: app.state.metrics)
+    app.add_middleware(RequestIdMiddleware)  # outermost: every response carries X-Request-ID, errors included
     origins = comma_list(settings.gateway_cors_origins)
     if origins:
         app.add_middleware(
             CORSMiddleware,
             allow_origins=origins,
             allow_methods=["GET", "POST"],
-            allow_headers=["Authorization", "X-API-Key", "Content-Type", "Idempotency-Key"],
+            allow_headers=["Authorization", "X-API-Key", "Content-Type", "Idempotency-Key", "X-Request-ID"],
+            expose_headers=["X-Request-ID", "Retry-After"],
         )
     if app.state.keys.open:
         # Local-only mode trusts the client's address, which a DNS-rebinding page shares: a name

@@ -43,7 +43,7 @@ async def submit(request: Request, who: Who) -> JSONResponse:
     except ApiError:
         await take(request, who, "submit")  # a refused body costs a token too: a 429 before the 4xx
         raise
-    job_id = await jobs.enqueue(request, who, chat, request.headers.get("idempotency-key"))
+    job_id = await jobs.enqueue(request, who, chat, jobs.idempotency_key(request))
     body = {"job_id": job_id, "status_url": f"/v1/chat/{job_id}", "events_url": f"/v1/chat/{job_id}/events"}
     return JSONResponse(body, status_code=202, headers={"Location": body["status_url"]})
 

@@ -24,10 +24,10 @@ A client that disconnects before its answer (a closed tab, a cancelled stream) c
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import time
+import weakref
 from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
@@ -42,15 +42,16 @@ from config.connections import unavailable
 from gateway import jobs
 from gateway.auth import Caller, caller
 from gateway.errors import ApiError
-from gateway.limits import take
+from gateway.limits import Slot, take
 from producer.health import check
 from wire.schema import MAX_MESSAGES, TERMINAL, ChatRequest, request_error
 
 # Our error codes as OpenAI's error types (what its SDKs turn into exception classes).
 TYPES = {
     400: "invalid_request_error", 401: "authentication_error", 403: "permission_error", 404: "not_found_error",
-    409: "invalid_request_error", 413: "invalid_request_error", 415: "invalid_request_error",
-    422: "invalid_request_error", 429: "rate_limit_error", 503: "server_error", 504: "timeout",
+    409: "invalid_request_error", 410: "invalid_request_error", 413: "invalid_request_error",
+    415: "invalid_request_error", 422: "invalid_request_error", 429: "rate_limit_error", 503: "server_error",
+    504: "timeout",
 }  # fmt: skip
 ROLES = ("user", "assistant")
 IGNORED_ROLES = ("system", "developer", "tool", "function")
@@ -200,19 +201,36 @@ async def completions(request: Request, who: Who) -> Response:
     except ApiError:
         await take(request, who, "submit")  # a refused body costs a token, as on /v1/chat
         raise
-    job_id = await jobs.enqueue(request, who, chat, request.headers.get("idempotency-key"))
+    # The key's wait slot first: a 429 for too many open waits must leave no job behind (computed,
+    # never read, and resubmitted by the SDK's retry).
+    slot = state.waits.acquire(who)
+    try:
+        job_id = await jobs.enqueue(request, who, chat, jobs.idempotency_key(request))
+    except BaseException:
+        slot.release()
+        raise
     created = int(time.time())
     if stream:
+        body = chunks(request, who, chat, job_id, created, include_usage, slot)
+        # A response cancelled before its first chunk never enters the generator (its finally
+        # never runs): the finalizer frees the slot when the generator is dropped.
+        weakref.finalize(body, slot.release)
         return StreamingResponse(
-            chunks(request, who, chat, job_id, created, include_usage),
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            body, media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
         )
-    view = await jobs.wait_outcome(request, job_id, who, state.settings.gateway_max_wait_s, cancel_on_disconnect=True)
+    max_wait = state.settings.gateway_max_wait_s
+    try:
+        view = await jobs.wait_outcome(request, job_id, who, max_wait, cancel_on_disconnect=True, held=True)
+    except BaseException:
+        await jobs.cancel_quietly(request, job_id, who)  # nobody will read it: a Redis blip, a bug, a cancel
+        raise
+    finally:
+        slot.release()
     if view is None or view["status"] not in TERMINAL:
         await jobs.cancel(request, job_id, who)
-        raise ApiError(504, "timeout", f"no answer within {state.settings.gateway_max_wait_s:g} s "
-                       "(LVM_GATEWAY_MAX_WAIT_S); the job was canceled")  # fmt: skip
+        raise ApiError(
+            504, "timeout", f"no answer within {max_wait:g} s (LVM_GATEWAY_MAX_WAIT_S); the job was canceled"
+        )
     if view["status"] != "finished":
         raise failed(view)
     result = view["result"]
@@ -236,18 +254,26 @@ async def completions(request: Request, who: Who) -> Response:
     )
 
 
+# A failed job's code as the status its answer gets. Those a retry cannot fix are 4xx that the
+# SDKs do not retry (they retry 408, 409, 429 and 5xx) and say ``x-should-retry: false`` too:
+# resubmitting a canceled, expired or invalid request only adds load, most of all under overload.
+FINAL = {"invalid_request": 422, "bad_payload": 422, "wrong_model": 422, "canceled": 410, "expired": 410}
+
+
 def failed(view: dict[str, Any]) -> ApiError:
     error = view.get("error") or {}
     code = error.get("error", "internal")
-    status = {"invalid_request": 422, "bad_payload": 422, "wrong_model": 422, "canceled": 409}.get(code, 500)
-    return ApiError(status, code, error.get("message", "the job failed"), fields=error.get("fields"))
+    headers = {"x-should-retry": "false"} if code in FINAL else None
+    return ApiError(FINAL.get(code, 500), code, error.get("message", "the job failed"), headers=headers,
+                    fields=error.get("fields"))  # fmt: skip
 
 
 async def chunks(
-    request: Request, who: Caller, chat: ChatRequest, job_id: str, created: int, include_usage: bool
+    request: Request, who: Caller, chat: ChatRequest, job_id: str, created: int, include_usage: bool, slot: Slot
 ) -> AsyncIterator[bytes]:
     """The role at once, then the answer sentence by sentence, the finish, usage if asked, [DONE].
-    A client that goes away before the outcome (the generator is closed) cancels its job."""
+    A client that goes away before the outcome (the generator is closed), or any failure on the
+    way, cancels its job. ``slot``: the key's wait slot, taken before the submit, freed here."""
     base = {"id": f"chatcmpl-{job_id}", "object": "chat.completion.chunk", "created": created, "model": chat.model}
 
     def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> bytes:
@@ -261,7 +287,7 @@ async def chunks(
         deadline = time.monotonic() + state.settings.gateway_max_wait_s
         view = None
         while (left := deadline - time.monotonic()) > 0:
-            view = await jobs.wait_outcome(request, job_id, who, min(left, 15.0))
+            view = await jobs.wait_outcome(request, job_id, who, min(left, 15.0), held=True)
             if view is None or view["status"] in TERMINAL:
                 break
             yield b": keep-alive\n\n"
@@ -285,5 +311,6 @@ async def chunks(
             yield b"\n\n"
         yield b"data: [DONE]\n\n"
     finally:
-        if not ended:  # closed by the client (or timed out) before the outcome: cancel the job
-            await asyncio.shield(jobs.cancel(request, job_id, who))
+        slot.release()
+        if not ended:  # closed by the client, timed out or failed before the outcome: cancel the job
+            await jobs.cancel_quietly(request, job_id, who)

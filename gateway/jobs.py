@@ -18,6 +18,7 @@ subscribes before it reads, so a change after the read wakes it and one before i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from typing import Any
 
@@ -102,10 +103,16 @@ def deadline(request: Request) -> float:
 
 
 # -- enqueue -------------------------------------------------------------------------------------
+def idempotency_key(request: Request) -> str | None:
+    """The caller's ``Idempotency-Key``, else its own ``X-Request-ID`` (gateway/requestid.py): an
+    SDK that resubmits after a timeout or a 5xx sends the same one, and gets the same job."""
+    return request.headers.get("idempotency-key") or getattr(request.state, "client_request_id", None)
+
+
 async def enqueue(request: Request, who: Caller, chat: ChatRequest, idem: str | None) -> str:
     """Submit ``chat`` for ``who`` (producer.protocol with the key's token bucket); the job id, or
     the ApiError that says why not: 429 rate limited, 503 overloaded, 503 with ``job_id`` when
-    the replicas did not confirm it."""
+    the replicas did not confirm it. ``idem``: ``idempotency_key(request)``."""
     state = request.app.state
     due = deadline(request)
     if state.tracer is None:
@@ -167,13 +174,15 @@ async def view(request: Request, job_id: str, who: Caller) -> dict[str, Any]:
 
 
 async def wait_outcome(
-    request: Request, job_id: str, who: Caller, timeout: float, cancel_on_disconnect: bool = False
+    request: Request, job_id: str, who: Caller, timeout: float, cancel_on_disconnect: bool = False, held: bool = False
 ) -> dict[str, Any] | None:
     """The job's view once it ends, or as it stands after ``timeout`` s; None (and the job
-    canceled) when ``cancel_on_disconnect`` and the client went away meanwhile."""
+    canceled) when ``cancel_on_disconnect`` and the client went away meanwhile. ``held``: the
+    caller already holds one of the key's wait slots (taken before it submitted)."""
     until = time.monotonic() + timeout
     step = 0.5 if cancel_on_disconnect else RESYNC_S
-    with request.app.state.waits.hold(who), request.app.state.hub.subscribe(job_id) as sub:
+    slot = contextlib.nullcontext() if held else request.app.state.waits.hold(who)
+    with slot, request.app.state.hub.subscribe(job_id) as sub:
         seen = await view(request, job_id, who)  # subscribed first: no change is missed
         while seen["status"] not in TERMINAL and (left := until - time.monotonic()) > 0:
             woken = await sub.next(min(left, step))
@@ -197,3 +206,11 @@ async def cancel(request: Request, job_id: str, who: Caller) -> tuple[str, str]:
     args = protocol.cancel_args(state.settings, job_id, who.owner)
     reply = await state.cancel(keys=[keys.job(job_id), keys.EVENTS], args=args)
     return tuple(x.decode() if isinstance(x, bytes) else x for x in reply)  # type: ignore[return-value]
+
+
+async def cancel_quietly(request: Request, job_id: str, who: Caller) -> None:
+    """Cancel a job nobody will read, on the way out of a failure: shielded from the request's
+    own cancellation, and silent when it cannot (Redis away): the failure in flight is what the
+    caller must see, and the job then ends by its deadline."""
+    with contextlib.suppress(Exception):
+        await asyncio.shield(cancel(request, job_id, who))

@@ -162,18 +162,19 @@ def format_report(report: HealthReport) -> str:
 
 
 def admission(
-    workers: list[dict[str, Any]], queue: str, job_timeout: int, max_queued: int, max_batch: int
+    workers: list[dict[str, Any]], queue: str, job_timeout: int, max_queued: int, max_batch: int, floor: int = 0
 ) -> tuple[int, float]:
     """(bound, rate): how many jobs ``queue`` may hold (0 = no bound) and the jobs/s its serving
     workers measured they serve. Derived (``max_queued`` -1): the backlog those workers clear
-    within 80% of the job timeout, at least two batches; no bound while none has measured a rate."""
+    within 80% of the job timeout, at least two batches; ``floor`` (LVM_ADMISSION_FLOOR) while
+    none has measured a rate, so that an outage never leaves the queue unbounded."""
     rate = sum(
         float(w.get("serve_rate_per_s") or 0) for w in workers if queue in w.get("queues", []) and problem(w) is None
     )
     if max_queued >= 0:
         return max_queued, rate
     if rate <= 0:
-        return 0, rate
+        return floor, rate
     return max(int(HEADROOM * rate * job_timeout), 2 * max_batch), rate
 
 

@@ -148,11 +148,20 @@ class Bounds:
         self._read: dict[str, tuple[float, int, float]] = {}  # queue -> (read at, bound, rate)
 
     def get(self, queue: str) -> tuple[int, float]:
-        """(bound, rate); a bound of 0 is no bound (none derived yet)."""
+        """(bound, rate); a bound of 0 is no bound (LVM_MAX_QUEUED 0). Before its first read a
+        queue's bound is the floor: admission never fails open."""
         if self.settings.max_queued >= 0:
             return self.settings.max_queued, 0.0
-        _, bound, rate = self._read.get(queue, (0.0, 0, 0.0))
+        _, bound, rate = self._read.get(queue, (0.0, self.settings.admission_floor, 0.0))
         return bound, rate
+
+    def limit(self, queue: str) -> str:
+        """Which limit the bound of ``queue`` is, for a refusal's message."""
+        if self.settings.max_queued >= 0:
+            return "LVM_MAX_QUEUED"
+        if self.get(queue)[1] <= 0:
+            return "LVM_ADMISSION_FLOOR: no serving worker has measured its rate; is one running? `lvmq health`"
+        return "derived: what its workers serve within 80% of LVM_JOB_TIMEOUT (LVM_MAX_QUEUED -1)"
 
     def stale(self, queues: list[str]) -> list[str]:
         """The queues whose bound must be read again before use."""
@@ -165,7 +174,8 @@ class Bounds:
         """Derive ``queues``' bounds from the heartbeats ``workers`` (producer.health.read_workers)."""
         s, read_at = self.settings, time.monotonic()
         for queue in queues:
-            self._read[queue] = (read_at, *admission(workers, queue, s.job_timeout, -1, s.max_batch))
+            bound, rate = admission(workers, queue, s.job_timeout, -1, s.max_batch, s.admission_floor)
+            self._read[queue] = (read_at, bound, rate)
 
 
 @dataclass
@@ -221,7 +231,7 @@ class Submit:
             refused_part = f"{ids.count(None)} of {n} refused: " if n > 1 else ""
             raise Overloaded(
                 f"{refused_part}model {self.calls[i].model}'s queue holds {depth} jobs, its bound is {bound} "
-                f"(LVM_MAX_QUEUED; what its workers serve within LVM_JOB_TIMEOUT); retry in {retry} s",
+                f"({self.bounds.limit(self.calls[i].queue)}); retry in {retry} s",
                 retry,
                 ids,
             )

@@ -35,7 +35,9 @@ def test_the_derived_bound_is_what_serving_workers_clear_within_the_timeout():
     assert admission(workers, "lvm-lstm", 60, -1, 32) == (3840, 80.0)  # (50 + 30) jobs/s x 60 s x 0.8
     assert admission(workers, "lvm-lstm", 60, 10, 32) == (10, 80.0)  # LVM_MAX_QUEUED fixed
     assert admission(workers, "lvm-lstm", 60, 0, 32)[0] == 0  # no bound
-    assert admission([_worker("a", rate=None)], "lvm-lstm", 60, -1, 32)[0] == 0  # nothing measured yet
+    # nothing measured yet (start-up), or no worker at all (an outage): the floor, never unbounded
+    assert admission([_worker("a", rate=None)], "lvm-lstm", 60, -1, 32, floor=256)[0] == 256
+    assert admission([], "lvm-lstm", 60, -1, 32, floor=256) == (256, 0.0)
     assert admission([_worker("a", rate=0.1)], "lvm-lstm", 60, -1, 32)[0] == 64  # at least two batches
 
 
@@ -46,6 +48,17 @@ def test_chat_client_refuses_past_the_bound_and_answers_repeats(redis_url):
         client.submit({"messages": ["one too many."]})
     assert info.value.retry_after_s >= 1 and info.value.job_ids == [None]
     assert client.submit({"messages": ["m0."]}, idempotency_key="k0") == ids[0]  # a repeat adds nothing
+    assert Redis.from_url(redis_url).llen("rq:queue:lvm-lstm") == 3
+
+
+def test_with_no_worker_the_queue_stops_at_the_floor_and_says_why(redis_url):
+    """A worker outage (or a start before any worker measured its rate): the derived bound is
+    LVM_ADMISSION_FLOOR, never no bound at all."""
+    client = ChatClient(redis_url, load_settings(admission_floor=3))
+    client.submit_many([{"messages": [f"m{i}."]} for i in range(3)])
+    with pytest.raises(Overloaded, match="its bound is 3 .LVM_ADMISSION_FLOOR: no serving worker") as info:
+        client.submit({"messages": ["one too many."]})
+    assert info.value.retry_after_s >= 1
     assert Redis.from_url(redis_url).llen("rq:queue:lvm-lstm") == 3
 
 

@@ -20,7 +20,8 @@ pytestmark = pytest.mark.integration
 
 def test_canceling_half_of_1000_queued_jobs(redis_url, serving_artifacts, tmp_path):
     redis = Redis.from_url(redis_url)
-    client = ChatClient(redis_url, load_settings())
+    # 1,000 queued before any worker runs: past the admission floor, so no bound here (LVM_MAX_QUEUED 0)
+    client = ChatClient(redis_url, load_settings(max_queued=0))
     ids = client.submit_many([{"messages": [f"Tell me about rivers, part {i}."]} for i in range(1000)])
     env = worker_env(redis_url, serving_artifacts, LVM_PIPELINE="null", LVM_MAX_BATCH="8",
                      LVM_TESTING="1", LVM_TEST_BATCH_DELAY_S="0.05")  # fmt: skip

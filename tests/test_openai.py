@@ -205,3 +205,107 @@ def test_a_completion_past_the_gateways_wait_answers_504_and_cancels_its_job(sta
     (job_key,) = jobs() - before
     assert redis.hget(job_key, "status") == b"canceled"
     assert redis.llen("rq:queue:lvm-gru") == 0
+
+
+# -- completions that do not amplify overload -------------------------------------------------------
+def _gru_job(redis, timeout: float = 10.0) -> str:
+    """The id of the one job queued on lvm-gru (which no worker serves), once it is there."""
+    deadline = time.monotonic() + timeout
+    while not (queued := redis.lrange("rq:queue:lvm-gru", 0, -1)) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    (job_id,) = queued
+    return job_id.decode()
+
+
+def test_a_wait_refused_for_too_many_open_waits_leaves_no_job_behind(stack, tmp_path):
+    """The key's wait slot is taken before the submit: the 429 the SDK will retry queued nothing."""
+    env = {"LVM_REDIS_URL": stack["url"], "LVM_GATEWAY_MODELS": "lstm,gru", "LVM_GATEWAY_API_KEYS": KEY,
+           "LVM_GATEWAY_SECRET": SECRET, "LVM_GATEWAY_MAX_STREAMS_PER_KEY": "1"}  # fmt: skip
+    port = free_port()
+    gateway = start_gateway(env, port, log_path=tmp_path / "gateway.log")
+    redis = stack["redis"]
+    redis.delete("rq:queue:lvm-gru")
+    body = {"model": "gru", "messages": [{"role": "user", "content": "Wait with me."}]}
+    try:
+        wait_http(f"http://127.0.0.1:{port}/healthz", gateway)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {KEY}"},
+                          timeout=30) as api:  # fmt: skip
+            with api.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as first:
+                lines = first.iter_lines()  # kept: a dropped iterator closes the stream (and cancels its job)
+                assert next(lines).startswith("data: ")  # the role chunk: it holds the one slot
+                held = _gru_job(redis)
+                second = api.post("/v1/chat/completions", json=body)
+                assert second.status_code == 429 and second.headers["retry-after"], second.text
+                assert redis.lrange("rq:queue:lvm-gru", 0, -1) == [held.encode()]  # the refused one queued nothing
+    finally:
+        stop(gateway)
+
+
+def test_a_canceled_job_answers_410_that_sdks_do_not_retry(stack):
+    import threading
+
+    headers = {"Authorization": f"Bearer {KEY}"}
+    stack["redis"].delete("rq:queue:lvm-gru")
+    answer = {}
+
+    def complete() -> None:
+        body = {"model": "gru", "messages": [{"role": "user", "content": "Cancel me while I wait."}]}
+        answer["r"] = httpx.post(stack["base"] + "/v1/chat/completions", json=body, headers=headers, timeout=60)
+
+    waiting = threading.Thread(target=complete)
+    waiting.start()
+    job_id = _gru_job(stack["redis"])
+    assert httpx.delete(f"{stack['base']}/v1/chat/{job_id}", headers=headers).status_code == 200
+    waiting.join(timeout=60)
+    r = answer["r"]
+    assert r.status_code == 410 and r.headers["x-should-retry"] == "false", (r.status_code, r.headers, r.text)
+    assert r.json()["error"]["code"] == "canceled"
+
+
+def test_failed_jobs_a_retry_cannot_fix_are_final_and_others_are_not():
+    from gateway.completions import failed
+
+    for code, status in (("canceled", 410), ("expired", 410), ("invalid_request", 422), ("bad_payload", 422)):
+        error = failed({"status": "failed", "error": {"error": code, "message": "m"}})
+        assert (error.status, error.headers.get("x-should-retry")) == (status, "false"), code
+    internal = failed({"status": "failed", "error": {"error": "internal", "message": "m"}})
+    assert internal.status == 500 and "x-should-retry" not in internal.headers  # may be transient
+
+
+def test_the_same_x_request_id_resubmits_the_same_job_and_is_echoed(stack):
+    headers = {"Authorization": f"Bearer {KEY}"}
+    with httpx.Client(base_url=stack["base"], headers=headers, timeout=30) as api:
+        one = api.post("/v1/chat", json={"messages": ["Once."], "model": "gru"}, headers={"X-Request-ID": "req-42"})
+        two = api.post("/v1/chat", json={"messages": ["Once."], "model": "gru"}, headers={"X-Request-ID": "req-42"})
+        other = api.post("/v1/chat", json={"messages": ["Once."], "model": "gru"}, headers={"X-Request-ID": "req-43"})
+        assert one.json()["job_id"] == two.json()["job_id"] != other.json()["job_id"]
+        assert one.headers["x-request-id"] == "req-42" and other.headers["x-request-id"] == "req-43"
+        made = [api.get("/v1/models").headers["x-request-id"] for _ in range(2)]
+        assert made[0] != made[1] and all(len(m) == 32 for m in made)  # one made per request when none is sent
+        bad = api.get("/v1/models", headers={"X-Request-ID": "not a token\tat all"}).headers["x-request-id"]
+        assert len(bad) == 32  # replaced, never echoed as sent
+        assert api.get("/v1/chat/nope", headers={"X-Request-ID": "err-1"}).headers["x-request-id"] == "err-1"
+
+
+def test_a_failure_while_waiting_cancels_the_job_it_queued(redis_url, monkeypatch):
+    """Any exception after the submit (here a Redis blip while waiting) cancels the job: nobody
+    will read its answer, and the SDK's retry of the 503 would queue another."""
+    from fastapi.testclient import TestClient
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from gateway import jobs
+    from gateway.app import create_app
+
+    async def blip(*args, **kwargs):
+        raise RedisConnectionError("connection reset while waiting")
+
+    monkeypatch.setattr(jobs, "wait_outcome", blip)
+    app = create_app(load_settings(redis_url=redis_url, gateway_models="gru", gateway_api_keys=KEY,
+                                   gateway_secret=SECRET))  # fmt: skip
+    body = {"model": "gru", "messages": [{"role": "user", "content": "Hi."}]}
+    with TestClient(app) as http:
+        r = http.post("/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {KEY}"})
+    assert r.status_code == 503, r.text
+    redis = Redis.from_url(redis_url)
+    (job_key,) = [k for k in redis.keys("rq:job:*") if k.count(b":") == 2]
+    assert redis.hget(job_key, "status") == b"canceled" and redis.llen("rq:queue:lvm-gru") == 0

@@ -1,0 +1,46 @@
+"""``X-Request-ID`` on every response: the caller's, echoed, or one made here when it sent none
+(or one that is not a plain token). Logs and support tickets then share one id with the client,
+and a retried submit that carries the same id names the same job (gateway/jobs.py reads it as an
+idempotency key when no ``Idempotency-Key`` is sent).
+
+Pure ASGI, so a streamed response is not buffered.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+HEADER = "x-request-id"
+VALID = re.compile(r"[A-Za-z0-9._:+/=-]{1,128}")  # what a log line or a header may carry as it is
+
+
+def request_id(headers: list[tuple[bytes, bytes]]) -> str | None:
+    """The caller's request id when it is a plain token, else None."""
+    for name, value in headers:
+        if name.lower() == HEADER.encode():
+            text = value.decode("latin-1")
+            return text if VALID.fullmatch(text) else None
+    return None
+
+
+class RequestIdMiddleware:
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        given = request_id(scope.get("headers", []))
+        rid = given or uuid.uuid4().hex
+        # request.state: the id, and whether the caller chose it (only a caller's own id makes a
+        # resubmit name the same job; one made here is new every time)
+        scope.setdefault("state", {}).update(request_id=rid, client_request_id=given)
+
+        async def sending(message):
+            if message["type"] == "http.response.start":
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != HEADER.encode()]
+                message = {**message, "headers": [*headers, (HEADER.encode(), rid.encode())]}
+            await send(message)
+
+        await self.app(scope, receive, sending)
