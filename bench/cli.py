@@ -9,7 +9,7 @@ from pathlib import Path
 
 def register(sub: argparse._SubParsersAction) -> None:
     bench = sub.add_parser(
-        "bench", help="benchmarks (model, pipeline, queue, load, overhead, encoder, gateway, overload, host)"
+        "bench", help="benchmarks (model, pipeline, queue, load, overhead, encoder, gateway, crowd, overload, host)"
     )
     bsub = bench.add_subparsers(dest="bench_cmd", required=True)
 
@@ -39,6 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     _register_overhead(bsub)
     _register_encoder(bsub)
     _register_gateway(bsub)
+    _register_crowd(bsub)
     _register_overload(bsub)
     _register_host(bsub)
 
@@ -168,6 +169,31 @@ def _register_gateway(bsub) -> None:
     )
     g.add_argument("--json", action="store_true")
     g.set_defaults(func=cmd_gateway)
+
+
+def _register_crowd(bsub) -> None:
+    c = bsub.add_parser(
+        "crowd",
+        help="many users behind one key: C concurrent streamed chats from the official AsyncOpenAI client",
+        description="Starts its own redis-server, one worker and one `lvmq gateway` with one API key and the default "
+        "policy, then sends each crowd as one burst of C concurrent streamed completions (the SDK's retries off). "
+        "Reports answered, refused (status and Retry-After), failed, and p50/p99 of the answered. Needs the "
+        "gateway and dev extras (openai) and, for --pipeline model, the default artifacts.",
+    )
+    c.add_argument("--model", default="lstm")
+    c.add_argument("--users", "-c", type=int, nargs="+", default=[64, 256], help="crowd sizes (default 64 256)")
+    why = "null (default): a fixed answer, so the policy is what is measured; model: the real one"
+    c.add_argument("--pipeline", choices=("model", "null"), default="null", help=why)
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=cmd_crowd)
+
+
+def cmd_crowd(args: argparse.Namespace) -> int:
+    from bench import crowd
+    from config import load_settings
+
+    res = crowd.run(load_settings(), args.users, model=args.model, pipeline=args.pipeline)
+    return _emit(res, args.json, crowd.format_result)
 
 
 def cmd_gateway(args: argparse.Namespace) -> int:

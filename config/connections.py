@@ -110,19 +110,31 @@ def keepalive() -> dict[str, Any]:
     return {"socket_keepalive": True, "socket_keepalive_options": options}
 
 
-def connect(url: str, socket_timeout: float | None = 5.0, asyncio: bool = False, **kwargs: Any):
+def connect(
+    url: str, socket_timeout: float | None = 5.0, asyncio: bool = False, pool_size: int | None = None, **kwargs: Any
+):
     """A Redis client (redis.asyncio's when ``asyncio``) for any accepted URL, with a reply timeout
-    (a half-open connection raises instead of hanging), a connect timeout and keepalive."""
+    (a half-open connection raises instead of hanging), a connect timeout and keepalive.
+
+    ``pool_size``: a pool of that many connections that a caller *waits* for when all are busy (up
+    to the reply timeout). redis-py's own pool refuses past its size ("Too many connections", 100
+    for redis.asyncio), which a gateway under a crowd of concurrent requests answered as "Redis is
+    unreachable". Through Sentinel the size is set but the pool does not wait."""
     options = {"socket_timeout": socket_timeout, "socket_connect_timeout": 5, **keepalive(), **kwargs}
     spec = parse_sentinel(url)
     if asyncio:
-        from redis.asyncio import Redis
+        from redis.asyncio import BlockingConnectionPool, Redis
         from redis.asyncio.sentinel import Sentinel
     else:
-        from redis import Redis
+        from redis import BlockingConnectionPool, Redis
         from redis.sentinel import Sentinel
+    if spec is None and pool_size is not None:
+        pool = BlockingConnectionPool.from_url(url, max_connections=pool_size, timeout=socket_timeout or 5, **options)
+        return Redis(connection_pool=pool)
     if spec is None:
         return Redis.from_url(url, **options)
+    if pool_size is not None:
+        options["max_connections"] = pool_size
     sentinel = Sentinel(
         spec.sentinels,
         sentinel_kwargs={"socket_timeout": 2, "socket_connect_timeout": 2, **spec.sentinel_kwargs},

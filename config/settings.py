@@ -235,8 +235,20 @@ class Settings(BaseSettings):
         description="Comma-separated models the gateway offers (/v1/models says which have a ready worker); "
         "default: every model in LVM_MODELS.",
     )
-    gateway_rate_per_s: float = Field(5.0, gt=0, le=100000, description="Requests per second each API key may submit.")
-    gateway_burst: int = Field(20, ge=1, le=100000, description="Submits a key may make at once (token bucket size).")
+    gateway_rate_per_s: float = Field(
+        50.0,
+        gt=0,
+        le=100000,
+        description="Submits per second each API key may make, sustained. Sized for a frontend key (one key, many "
+        "users): 50/s is a few hundred users chatting at once; a single-user key can take less.",
+    )
+    gateway_burst: int = Field(
+        200,
+        ge=1,
+        le=100000,
+        description="Submits a key may make at once (token bucket size): 200 lets a frontend's users arrive together "
+        "(`lvmq bench crowd`: 64 concurrent users behind one key all answered).",
+    )
     gateway_max_body_bytes: int = Field(
         1_048_576, ge=1024, le=64 * 1_048_576, description="Largest request body accepted (413 above)."
     )
@@ -251,12 +263,29 @@ class Settings(BaseSettings):
         "Comma-separated to rotate: the first signs, the others still read the jobs they signed. Generate one: "
         "python -c 'import secrets; print(secrets.token_hex(32))'.",
     )
-    gateway_read_rate_per_s: float = Field(
-        20.0, gt=0, le=100000, description="Reads (status GETs, event streams, /v1/models) per second per key."
+    gateway_keys_file: Path | None = Field(
+        None,
+        description="A JSON file of named API keys with their own limits, as hashes (`lvmq keys add NAME` writes it; "
+        "docs/gateway.md has the format). Re-read when it changes, so `lvmq keys revoke` needs no restart. Keys in "
+        "LVM_GATEWAY_API_KEYS keep the default limits (the LVM_GATEWAY_* settings).",
     )
-    gateway_read_burst: int = Field(100, ge=1, le=100000, description="Reads a key may make at once.")
+    gateway_redis_connections: int = Field(
+        256,
+        ge=4,
+        le=10_000,
+        description="Redis connections one gateway process may hold. Past it a request waits for one (up to 5 s) "
+        "instead of failing: redis-py's default pool refused past 100 and a crowd of concurrent chats got 503.",
+    )
+    gateway_read_rate_per_s: float = Field(
+        100.0, gt=0, le=100000, description="Reads (status GETs, event streams, /v1/models) per second per key."
+    )
+    gateway_read_burst: int = Field(400, ge=1, le=100000, description="Reads a key may make at once.")
     gateway_max_streams_per_key: int = Field(
-        64, ge=1, le=100000, description="Open event streams and waiting GETs one key may hold per gateway process."
+        256,
+        ge=1,
+        le=100000,
+        description="Open event streams, streamed completions and waiting reads one key may hold per gateway "
+        "process: one per user waiting for an answer behind a frontend's key.",
     )
     gateway_max_connections: int = Field(
         2000, ge=10, le=1_000_000, description="Connections a gateway process serves at once (503 past it)."

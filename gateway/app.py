@@ -38,6 +38,7 @@ from gateway.auth import KeyRing
 from gateway.hub import BLOCK_MS, EventHub
 from gateway.limits import Waits
 from gateway.metrics import Metrics, MetricsMiddleware
+from gateway.policy import Limits
 from gateway.requestid import RequestIdMiddleware
 from producer import protocol
 from wire import lua
@@ -49,7 +50,7 @@ log = get_logger("lvmq.gateway")
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     state = app.state
     settings: Settings = state.settings
-    state.redis = open_redis(settings.redis_url, asyncio=True)
+    state.redis = open_redis(settings.redis_url, asyncio=True, pool_size=settings.gateway_redis_connections)
     blocking = open_redis(settings.redis_url, socket_timeout=BLOCK_MS / 1000 + 5, asyncio=True)
     state.hub = EventHub(blocking, state.redis)
     state.sync = open_redis(settings.redis_url)
@@ -93,11 +94,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.tracer = tracer  # None: tracing off
-    app.state.keys = KeyRing(settings.gateway_api_keys, settings.gateway_local_networks, settings.gateway_secret)
+    app.state.keys = KeyRing(settings.gateway_api_keys, settings.gateway_local_networks, settings.gateway_secret,
+                             settings.gateway_keys_file, Limits.defaults(settings))  # fmt: skip
     app.state.models = settings.gateway_model_names()
     app.state.queues = [settings.queue_name(m) for m in app.state.models]
     app.state.metrics = None  # set at start-up; the middleware counts nothing before
-    app.state.waits = Waits(settings.gateway_max_streams_per_key)
+    app.state.waits = Waits()  # each key's cap is its policy's max_streams
     app.state.bounds = protocol.Bounds(settings)  # the admission bound per queue, kept by jobs.refresh_bounds
     app.add_middleware(MetricsMiddleware, metrics_getter=lambda: app.state.metrics)
     app.add_middleware(RequestIdMiddleware)  # outermost: every response carries X-Request-ID, errors included

@@ -17,25 +17,30 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from fastapi import Request
 
-from config.settings import comma_list
+from config.logs import get_logger
+from config.settings import Settings, comma_list
+from gateway import policy
 from gateway.errors import ApiError
+from gateway.policy import Limits, Policy, hash_key
 
 HASH_PREFIX = "sha256:"
 LOCAL_OWNER = "local"
-
-
-def hash_key(key: str) -> str:
-    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+RELOAD_S = 1.0  # how often the keys file's mtime is looked at
+log = get_logger("lvmq.gateway")
+__all__ = ["HASH_PREFIX", "LOCAL_OWNER", "Caller", "KeyRing", "caller", "hash_key", "owner_ids", "presented_key"]
 
 
 @dataclass(frozen=True)
 class Caller:
     owner: str  # the owner id new jobs get: HMAC of the key's hash under the current secret, or LOCAL_OWNER
     owners: tuple[str, ...] = ()  # every id this caller's jobs may carry (one per secret in rotation)
+    policy: Policy = field(default_factory=lambda: Policy("default", Limits.defaults(Settings.model_construct())))
 
     def owns(self, job_owner: str | None) -> bool:
         return job_owner is not None and any(hmac.compare_digest(job_owner, o) for o in self.owners or (self.owner,))
@@ -46,30 +51,67 @@ def owner_ids(digest: str, secrets: list[str]) -> tuple[str, ...]:
 
 
 class KeyRing:
-    """The configured keys, as hashes; ``identify`` answers who a request is, or why not."""
+    """The configured keys, as hashes with their policies; ``identify`` answers who a request is,
+    or why not. Keys come from LVM_GATEWAY_API_KEYS (the default limits) and from
+    LVM_GATEWAY_KEYS_FILE (gateway/policy.py: a name and limits each), re-read when it changes."""
 
-    def __init__(self, api_keys: str, local_networks: str, secret: str = ""):
+    def __init__(
+        self,
+        api_keys: str,
+        local_networks: str,
+        secret: str = "",
+        keys_file: Path | None = None,
+        defaults: Limits | None = None,
+    ):
         self.secrets = comma_list(secret)
-        self.hashes: list[str] = []
+        self.defaults = defaults or Limits.defaults(Settings.model_construct())
+        self.fixed: dict[str, Policy] = {}
         for entry in comma_list(api_keys):
             if entry.startswith(HASH_PREFIX):
                 digest = entry[len(HASH_PREFIX) :].lower()
                 if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
                     raise ValueError(f"LVM_GATEWAY_API_KEYS: {entry[:16]}... is not sha256:<64 hex digits>")
-                self.hashes.append(digest)
             else:
-                self.hashes.append(hash_key(entry))
-        if self.hashes and not self.secrets:
-            raise ValueError("LVM_GATEWAY_API_KEYS needs LVM_GATEWAY_SECRET (owner ids are keyed with it)")
+                digest = hash_key(entry)
+            self.fixed[digest] = Policy(f"key-{digest[:8]}", self.defaults)
+        self.keys_file = keys_file
+        self._file_policies: dict[str, Policy] = {}
+        self._file_seen: tuple[float, float] = (0.0, -1.0)  # (checked at, mtime read)
+        if keys_file is not None:
+            self._file_policies = policy.read(keys_file, self.defaults)  # a wrong file stops the start
+            self._file_seen = (time.monotonic(), keys_file.stat().st_mtime)
+        if (self.fixed or keys_file is not None) and not self.secrets:
+            raise ValueError("API keys need LVM_GATEWAY_SECRET (owner ids are keyed with it)")
         try:
             self.local = [ipaddress.ip_network(n, strict=False) for n in comma_list(local_networks)]
         except ValueError as exc:
             raise ValueError(f"LVM_GATEWAY_LOCAL_NETWORKS: {exc}") from None
 
     @property
+    def hashes(self) -> list[str]:
+        return [*self.fixed, *self._file_policies]
+
+    @property
     def open(self) -> bool:
-        """No keys configured: local-only mode."""
-        return not self.hashes
+        """No keys configured (and no keys file): local-only mode. A keys file whose keys were all
+        revoked serves nobody, not everybody local."""
+        return not self.fixed and self.keys_file is None
+
+    def _reload(self) -> None:
+        """Re-read the keys file if it changed: a revoke takes effect within RELOAD_S. A file that
+        no longer reads keeps the last good keys, and says so in the log."""
+        checked, seen = self._file_seen
+        if self.keys_file is None or time.monotonic() - checked < RELOAD_S:
+            return
+        try:
+            mtime = self.keys_file.stat().st_mtime
+            if mtime != seen:
+                self._file_policies = policy.read(self.keys_file, self.defaults)
+                log.info("gateway_keys_reloaded", keys=len(self._file_policies))
+            self._file_seen = (time.monotonic(), mtime)
+        except (OSError, ValueError) as exc:
+            self._file_seen = (time.monotonic(), seen)
+            log.error("gateway_keys_file_unreadable", error=str(exc)[:300])
 
     def identify(self, presented: str | None, client_host: str | None) -> Caller | str:
         """The caller, or the reason (a string) it is refused."""
@@ -79,17 +121,19 @@ class KeyRing:
             except ValueError:
                 return "no API keys are configured, so only local clients are served"
             if any(address in net for net in self.local):
-                return Caller(LOCAL_OWNER)
+                return Caller(LOCAL_OWNER, policy=Policy("local", self.defaults))
             return "no API keys are configured, so only clients from LVM_GATEWAY_LOCAL_NETWORKS are served"
         if not presented:
             return "missing API key: send 'Authorization: Bearer <key>' (or X-API-Key)"
+        self._reload()
         digest = hash_key(presented)
         # compare_digest over every configured hash: the time taken says nothing about which matched
-        matched = [h for h in self.hashes if hmac.compare_digest(h, digest)]
+        known = {**self._file_policies, **self.fixed}
+        matched = [h for h in known if hmac.compare_digest(h, digest)]
         if not matched:
             return "unknown API key"
         owners = owner_ids(matched[0], self.secrets)
-        return Caller(owners[0], owners)
+        return Caller(owners[0], owners, known[matched[0]])
 
 
 def presented_key(authorization: str | None, x_api_key: str | None) -> str | None:

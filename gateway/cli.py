@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -37,6 +38,80 @@ def register(sub: argparse._SubParsersAction) -> None:
         "healthcheck); exit 0 if it does, else 1",
     )
     p.set_defaults(func=cmd_gateway)
+    _register_keys(sub)
+
+
+LIMIT_FLAGS = {  # flag -> the limit it sets (gateway/policy.py Limits)
+    "rate": ("rate_per_s", float, "submits per second, sustained"),
+    "burst": ("burst", int, "submits at once"),
+    "read_rate": ("read_rate_per_s", float, "reads (status, events, /v1/models) per second"),
+    "read_burst": ("read_burst", int, "reads at once"),
+    "max_streams": ("max_streams", int, "open streams and waiting reads per gateway process"),
+}
+
+
+def _register_keys(sub: argparse._SubParsersAction) -> None:
+    k = sub.add_parser(
+        "keys",
+        help="named API keys with their own limits, kept as hashes in LVM_GATEWAY_KEYS_FILE",
+        description="Add, list and revoke the gateway's named keys. The file holds each key's name, its SHA-256 and "
+        "the limits that differ from the defaults (the LVM_GATEWAY_* settings); a running gateway re-reads it when it "
+        "changes. The plain key is printed once by `add` and stored nowhere.",
+    )
+    ksub = k.add_subparsers(dest="keys_cmd", required=True)
+    add = ksub.add_parser("add", help="create a key and print it once")
+    add.add_argument("name", help="1-64 letters, digits, '.', '_' or '-': shown in refusals and `lvmq keys list`")
+    for flag, (_, kind, what) in LIMIT_FLAGS.items():
+        add.add_argument(f"--{flag.replace('_', '-')}", type=kind, help=f"{what} (default: the LVM_GATEWAY_* setting)")
+    ls = ksub.add_parser("list", help="each key's name, hash prefix and limits in force (never a key)")
+    ls.add_argument("--json", action="store_true")
+    rm = ksub.add_parser("revoke", help="remove a key: a running gateway refuses it within a second")
+    rm.add_argument("name")
+    for p in (add, ls, rm):
+        p.add_argument("--file", type=Path, help="the keys file (default LVM_GATEWAY_KEYS_FILE)")
+    k.set_defaults(func=cmd_keys)
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    import json
+
+    from config import load_settings
+    from gateway import policy
+
+    settings = load_settings()
+    path = args.file or settings.gateway_keys_file
+    if path is None:
+        print(
+            "error: no keys file: set LVM_GATEWAY_KEYS_FILE (the gateway reads it too) or pass --file", file=sys.stderr
+        )
+        return 2
+    defaults = policy.Limits.defaults(settings)
+    try:
+        if args.keys_cmd == "add":
+            overrides = {limit: getattr(args, flag) for flag, (limit, _, _) in LIMIT_FLAGS.items()
+                         if getattr(args, flag) is not None}  # fmt: skip
+            key = policy.add(path, args.name, overrides, defaults)
+            print(key)
+            print(f"key {args.name} added to {path}: shown once, stored only as its hash", file=sys.stderr)
+            return 0
+        if args.keys_cmd == "revoke":
+            if not policy.revoke(path, args.name):
+                print(f"error: no key named {args.name!r} in {path}", file=sys.stderr)
+                return 1
+            print(f"key {args.name} revoked", file=sys.stderr)
+            return 0
+        rows = policy.listing(path, defaults)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print(f"{'NAME':<20} {'SHA256':<9} {'RATE/S':>7} {'BURST':>6} {'READS/S':>8} {'RBURST':>7} {'STREAMS':>8}")
+        for r in rows:
+            print(f"{r['name']:<20} {r['sha256']:<9} {r['rate_per_s']:>7g} {r['burst']:>6} {r['read_rate_per_s']:>8g} "
+                  f"{r['read_burst']:>7} {r['max_streams']:>8}")  # fmt: skip
+    return 0
 
 
 def probe(port: int) -> int:
@@ -75,9 +150,14 @@ def cmd_gateway(args: argparse.Namespace) -> int:
 
     settings = load_settings()
     configure_logging(settings.log_level, settings.log_format)
-    KeyRing(
-        settings.gateway_api_keys, settings.gateway_local_networks, settings.gateway_secret
-    )  # a bad key list stops here, not per request
+    from gateway.policy import Limits
+
+    try:  # a bad key list or keys file stops here, not per request
+        KeyRing(settings.gateway_api_keys, settings.gateway_local_networks, settings.gateway_secret,
+                settings.gateway_keys_file, Limits.defaults(settings))  # fmt: skip
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     host = args.host or settings.gateway_host
     port = args.port or settings.gateway_port
     shown = f"[{host}]" if ":" in host else host

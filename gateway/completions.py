@@ -39,6 +39,7 @@ from redis.exceptions import RedisError
 from starlette.concurrency import run_in_threadpool
 
 from config.connections import unavailable
+from config.logs import get_logger
 from gateway import jobs
 from gateway.auth import Caller, caller
 from gateway.errors import ApiError
@@ -85,6 +86,7 @@ class OpenAIRoute(APIRoute):
             except RedisError as exc:
                 if not unavailable(exc):
                     raise
+                log.warning("gateway_redis_unreachable", error=str(exc)[:300], path=request.url.path)
                 return openai_error(
                     ApiError(503, "unavailable", "Redis is unreachable; retry shortly", headers={"Retry-After": "1"})
                 )
@@ -93,6 +95,7 @@ class OpenAIRoute(APIRoute):
 
 
 router = APIRouter(route_class=OpenAIRoute)
+log = get_logger("lvmq.gateway")
 Who = Annotated[Caller, Depends(caller)]
 
 

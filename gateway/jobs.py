@@ -128,7 +128,7 @@ async def _enqueue(
 ) -> str:
     state, settings = request.app.state, request.app.state.settings
     call = protocol.call(settings, state.sync, chat, f"{who.owner}:{idem}" if idem else None, who.owner, trace)
-    limit = protocol.Limit(keys.rate(who.owner), settings.gateway_rate_per_s, settings.gateway_burst)
+    limit = protocol.Limit(keys.rate(who.owner), who.policy.limits.rate_per_s, who.policy.limits.burst)
     submit = protocol.Submit(settings, [call], state.bounds, due, limit)
     try:
         if not submit.pipelined:

@@ -26,11 +26,11 @@ from wire import keys
 
 async def take(request: Request, who: Caller, bucket: str) -> None:
     """One token from the caller's ``bucket`` ('submit' or 'read'), or 429 with Retry-After."""
-    state, s = request.app.state, request.app.state.settings
+    state, limits = request.app.state, who.policy.limits
     rate, burst, key, what = (
-        (s.gateway_rate_per_s, s.gateway_burst, keys.rate(who.owner), "submits")
+        (limits.rate_per_s, limits.burst, keys.rate(who.owner), "submits")
         if bucket == "submit"
-        else (s.gateway_read_rate_per_s, s.gateway_read_burst, keys.rate(who.owner) + ":read", "reads")
+        else (limits.read_rate_per_s, limits.read_burst, keys.rate(who.owner) + ":read", "reads")
     )
     allowed, reply = await state.token(keys=[key], args=[rate, burst])
     if not int(allowed):
@@ -55,17 +55,17 @@ class Slot:
 class Waits:
     """Open event streams and waiting GETs per owner, in this process."""
 
-    def __init__(self, limit: int):
-        self.limit = limit
+    def __init__(self) -> None:
         self.open: Counter[str] = Counter()
 
     def acquire(self, who: Caller) -> Slot:
-        if self.open[who.owner] >= self.limit:
+        limit = who.policy.limits.max_streams
+        if self.open[who.owner] >= limit:
             raise ApiError(
                 429,
                 "rate_limited",
-                f"this key already holds {self.limit} open event streams or waiting reads on this gateway "
-                "(LVM_GATEWAY_MAX_STREAMS_PER_KEY); close some or poll without ?wait",
+                f"key {who.policy.name} already holds {limit} open event streams or waiting reads on this gateway "
+                "(its max_streams; LVM_GATEWAY_MAX_STREAMS_PER_KEY by default); close some or poll without ?wait",
                 headers={"Retry-After": "1"},
                 retry_after_s=1,
             )

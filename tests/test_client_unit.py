@@ -64,7 +64,11 @@ def test_failed_job_gives_structured_error(client):
 
     job_id = client.submit({"messages": ["Hello."]})
     # No LVMWorker runtime in this process: the job function refuses with a structured error.
-    SimpleWorker([client.queue("lstm")], connection=client.redis, serializer=JSONSerializer).work(burst=True)
+    worker = SimpleWorker([client.queue("lstm")], connection=client.redis, serializer=JSONSerializer)
+    # No command channel: RQ's pubsub thread blocks in a 60 s read, and closing it could wait that out
+    # (it took this test 60 s at times); a burst worker in a test needs no commands.
+    worker.subscribe = lambda: None  # type: ignore[method-assign]
+    worker.work(burst=True)
     with pytest.raises(ChatFailed, match="internal: worker.jobs.chat runs only inside worker.LVMWorker") as info:
         client.result(job_id)
     assert info.value.error.job_id == job_id

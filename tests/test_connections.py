@@ -104,3 +104,24 @@ def test_default_worker_names_are_unique_across_hosts_and_restarts():
     assert len(names) == 1000  # same host, same pid: the random part still tells them apart
     host, pid, suffix = next(iter(names)).rsplit(".", 2)
     assert host == socket.gethostname()[:40] and pid.isdigit() and len(suffix) == 8
+
+
+def test_a_sized_pool_makes_a_crowd_wait_for_a_connection_instead_of_failing(redis_url):
+    """The gateway's pool (LVM_GATEWAY_REDIS_CONNECTIONS): more concurrent commands than
+    connections wait for one; redis-py's own pool refused them ("Too many connections")."""
+    import asyncio
+
+    from redis.asyncio import Redis as AsyncRedis
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from config.connections import connect
+
+    async def crowd(client) -> list:
+        try:  # three commands that each hold their connection 0.2 s, on a pool of two
+            return await asyncio.gather(*(client.blpop(["lvm:test:nothing"], timeout=0.2) for _ in range(3)))
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(crowd(connect(redis_url, asyncio=True, pool_size=2))) == [None, None, None]
+    with pytest.raises(RedisConnectionError, match="Too many connections"):
+        asyncio.run(crowd(AsyncRedis.from_url(redis_url, max_connections=2)))
