@@ -178,3 +178,64 @@ def nan_meta_kill(env: dict[str, str], logs: Path, jobs: int = 32) -> Tally:
     finally:
         workers.stop_all()
         srv.stop()
+
+
+def worker_outage(
+    env: dict[str, str], logs: Path, outage_s: float = 30.0, rate: float = 20.0, floor: int = 100
+) -> Tally:
+    """The only worker of a queue SIGKILLed and back ``outage_s`` later, while a producer keeps
+    submitting at ``rate``/s. With no serving worker the derived admission bound falls to the floor
+    (LVM_ADMISSION_FLOOR=``floor``): the queue stops growing there, every refusal says why, and
+    every admitted job ends once a worker is back. Counts: the deepest the queue got, refusals and
+    those naming the floor, the producer's other errors."""
+    from config import load_settings
+    from producer.client import ChatClient
+    from producer.errors import Overloaded
+
+    srv, redis, workers = server_and_workers(env, logs)
+    settings = load_settings(admission_floor=floor)
+    ids: list[str] = []
+    refusals: list[str] = []
+    errors: list[str] = []
+    depths: list[int] = []
+    stop_producing = threading.Event()
+
+    def produce() -> None:
+        client, i = ChatClient(srv.url, settings), 0
+        while not stop_producing.is_set():
+            try:
+                ids.append(client.submit(chat_request(30_000 + i)))
+            except Overloaded as exc:
+                refusals.append(str(exc))
+            except Exception as exc:  # noqa: BLE001 - counted and reported, never swallowed
+                errors.append(f"{type(exc).__name__}: {exc}"[:200])
+            depths.append(int(redis.llen(QUEUE_PREFIX + QUEUE)))
+            i += 1
+            time.sleep(1 / rate)
+
+    try:
+        proc, _ = workers.start()
+        started = time.time()
+        producer = threading.Thread(target=produce, daemon=True)
+        producer.start()
+        time.sleep(3.0)  # served: the worker measures its rate and the bound is derived from it
+        workers.kill(proc)
+        time.sleep(outage_s)
+        workers.start()
+        time.sleep(2.0)
+        stop_producing.set()
+        producer.join()
+        wait_terminal(redis, ids, timeout=120)
+        named = sum("LVM_ADMISSION_FLOOR" in r for r in refusals)
+        notes = (
+            f"no worker for {outage_s:.0f} s at {rate:.0f} submits/s: deepest queue {max(depths, default=0)} "
+            f"(floor {floor}); {len(refusals)} refused, {named} naming the floor; producer errors: {len(errors)}"
+        )
+        t = tally(redis, f"worker outage {outage_s:.0f} s under load", ids, started, workers.stop_all(), notes)
+        t.counts = {"max_depth": max(depths, default=0), "floor": floor, "refused": len(refusals),
+                    "refused_naming_floor": named, "producer_errors": len(errors)}  # fmt: skip
+        return t
+    finally:
+        stop_producing.set()
+        workers.stop_all()
+        srv.stop()

@@ -155,3 +155,17 @@ def test_many_event_streams_behind_a_deep_queue(kill_env, tmp_path):
     _check(t)
     assert t.finished == t.submitted and t.rerun == 0  # no lease lost
     assert t.counts["streams"] == streams and t.counts["renewals"] > 0, t.notes
+
+
+def test_a_worker_outage_holds_the_queue_at_the_admission_floor(env, tmp_path):
+    """Issue 28's outage: no worker while a producer keeps submitting. The queue never passes the
+    floor (admission never fails open), refusals say why, every admitted job ends, none lost."""
+    t = kills.worker_outage(env, tmp_path, outage_s=30.0 if FULL else 8.0, rate=20.0 if FULL else 10.0,
+                            floor=100 if FULL else 50)  # fmt: skip
+    _check(t)
+    assert t.finished == t.submitted, t.row()  # served once the worker was back (none had to expire)
+    # admitted: never past the floor; the killed worker's leased jobs come back on top (recovery
+    # returns jobs already admitted, it admits none)
+    assert t.counts["max_depth"] <= t.counts["floor"] + t.rerun, t.notes
+    assert t.counts["refused"] > 0 and t.counts["refused_naming_floor"] == t.counts["refused"], t.notes
+    assert t.counts["producer_errors"] == 0, t.notes
