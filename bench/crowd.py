@@ -104,15 +104,12 @@ def run(settings, crowds: list[int], model: str = "lstm", pipeline: str = "null"
             buckets = server.client().keys(keys.RATE_PREFIX + "*")
             if buckets:  # each crowd arrives at a key whose buckets are full again
                 server.client().delete(*buckets)
-        from config import load_settings
-
-        policy = load_settings()
-        return {
+        return {  # the gateway read the same LVM_GATEWAY_* environment as these settings
             "pipeline": pipeline,
             "policy": {
-                "rate_per_s": policy.gateway_rate_per_s,
-                "burst": policy.gateway_burst,
-                "max_streams_per_key": policy.gateway_max_streams_per_key,
+                "rate_per_s": settings.gateway_rate_per_s,
+                "burst": settings.gateway_burst,
+                "max_streams_per_key": settings.gateway_max_streams_per_key,
             },
             "crowds": results,
             "logs": str(logdir),

@@ -24,7 +24,7 @@ from pathlib import Path
 from fastapi import Request
 
 from config.logs import get_logger
-from config.settings import Settings, comma_list
+from config.settings import comma_list
 from gateway import policy
 from gateway.errors import ApiError
 from gateway.policy import Limits, Policy, hash_key
@@ -40,7 +40,7 @@ __all__ = ["HASH_PREFIX", "LOCAL_OWNER", "Caller", "KeyRing", "caller", "hash_ke
 class Caller:
     owner: str  # the owner id new jobs get: HMAC of the key's hash under the current secret, or LOCAL_OWNER
     owners: tuple[str, ...] = ()  # every id this caller's jobs may carry (one per secret in rotation)
-    policy: Policy = field(default_factory=lambda: Policy("default", Limits.defaults(Settings.model_construct())))
+    policy: Policy = field(default_factory=lambda: Policy("default", Limits.defaults()))
 
     def owns(self, job_owner: str | None) -> bool:
         return job_owner is not None and any(hmac.compare_digest(job_owner, o) for o in self.owners or (self.owner,))
@@ -64,7 +64,7 @@ class KeyRing:
         defaults: Limits | None = None,
     ):
         self.secrets = comma_list(secret)
-        self.defaults = defaults or Limits.defaults(Settings.model_construct())
+        self.defaults = defaults or Limits.defaults()
         self.fixed: dict[str, Policy] = {}
         for entry in comma_list(api_keys):
             if entry.startswith(HASH_PREFIX):
@@ -75,10 +75,10 @@ class KeyRing:
                 digest = hash_key(entry)
             self.fixed[digest] = Policy(f"key-{digest[:8]}", self.defaults)
         self.keys_file = keys_file
-        self._file_policies: dict[str, Policy] = {}
         self._file_seen: tuple[float, float] = (0.0, -1.0)  # (checked at, mtime read)
+        self.known: dict[str, Policy] = dict(self.fixed)  # every key's hash -> its policy
         if keys_file is not None:
-            self._file_policies = policy.read(keys_file, self.defaults)  # a wrong file stops the start
+            self.known = {**policy.read(keys_file, self.defaults), **self.fixed}  # a wrong file stops the start
             self._file_seen = (time.monotonic(), keys_file.stat().st_mtime)
         if (self.fixed or keys_file is not None) and not self.secrets:
             raise ValueError("API keys need LVM_GATEWAY_SECRET (owner ids are keyed with it)")
@@ -89,7 +89,7 @@ class KeyRing:
 
     @property
     def hashes(self) -> list[str]:
-        return [*self.fixed, *self._file_policies]
+        return list(self.known)
 
     @property
     def open(self) -> bool:
@@ -106,8 +106,9 @@ class KeyRing:
         try:
             mtime = self.keys_file.stat().st_mtime
             if mtime != seen:
-                self._file_policies = policy.read(self.keys_file, self.defaults)
-                log.info("gateway_keys_reloaded", keys=len(self._file_policies))
+                from_file = policy.read(self.keys_file, self.defaults)
+                self.known = {**from_file, **self.fixed}
+                log.info("gateway_keys_reloaded", keys=len(from_file))
             self._file_seen = (time.monotonic(), mtime)
         except (OSError, ValueError) as exc:
             self._file_seen = (time.monotonic(), seen)
@@ -128,12 +129,11 @@ class KeyRing:
         self._reload()
         digest = hash_key(presented)
         # compare_digest over every configured hash: the time taken says nothing about which matched
-        known = {**self._file_policies, **self.fixed}
-        matched = [h for h in known if hmac.compare_digest(h, digest)]
+        matched = [h for h in self.known if hmac.compare_digest(h, digest)]
         if not matched:
             return "unknown API key"
         owners = owner_ids(matched[0], self.secrets)
-        return Caller(owners[0], owners, known[matched[0]])
+        return Caller(owners[0], owners, self.known[matched[0]])
 
 
 def presented_key(authorization: str | None, x_api_key: str | None) -> str | None:

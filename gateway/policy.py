@@ -52,7 +52,12 @@ class Limits:
     max_streams: int  # open event streams, streamed completions and waiting reads, per gateway process
 
     @classmethod
-    def defaults(cls, settings: Any) -> Limits:
+    def defaults(cls, settings: Any = None) -> Limits:
+        """The LVM_GATEWAY_* limits of ``settings``; without settings, those settings' own defaults."""
+        if settings is None:
+            from config.settings import Settings
+
+            settings = Settings.model_construct()
         return cls(
             rate_per_s=settings.gateway_rate_per_s,
             burst=settings.gateway_burst,
@@ -63,17 +68,17 @@ class Limits:
 
     def with_overrides(self, overrides: dict[str, Any], where: str) -> Limits:
         """These limits with ``overrides`` (a keys file entry's) applied, each checked."""
-        known = {f.name: f.type for f in fields(self)}
+        known = [f.name for f in fields(self)]
         clean: dict[str, Any] = {}
         for name, value in overrides.items():
             if name not in known:
                 raise ValueError(f"{where}: unknown limit {name!r}; known: {', '.join(known)}")
-            number = float(value) if known[name] == "float" else value
-            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < number <= 100_000:
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 100_000:
                 raise ValueError(f"{where}: {name} must be a number in (0, 100000], not {value!r}")
-            if known[name] == "int" and number != int(number):
+            kind = type(getattr(self, name))  # float for rates, int for counts
+            if kind is int and value != int(value):
                 raise ValueError(f"{where}: {name} must be a whole number, not {value!r}")
-            clean[name] = float(number) if known[name] == "float" else int(number)
+            clean[name] = kind(value)
         return replace(self, **clean)
 
 

@@ -12,13 +12,14 @@ import re
 import uuid
 
 HEADER = "x-request-id"
+RAW = HEADER.encode()  # as ASGI carries header names
 VALID = re.compile(r"[A-Za-z0-9._:+/=-]{1,128}")  # what a log line or a header may carry as it is
 
 
 def request_id(headers: list[tuple[bytes, bytes]]) -> str | None:
     """The caller's request id when it is a plain token, else None."""
     for name, value in headers:
-        if name.lower() == HEADER.encode():
+        if name.lower() == RAW:
             text = value.decode("latin-1")
             return text if VALID.fullmatch(text) else None
     return None
@@ -39,8 +40,8 @@ class RequestIdMiddleware:
 
         async def sending(message):
             if message["type"] == "http.response.start":
-                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != HEADER.encode()]
-                message = {**message, "headers": [*headers, (HEADER.encode(), rid.encode())]}
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != RAW]
+                message = {**message, "headers": [*headers, (RAW, rid.encode())]}
             await send(message)
 
         await self.app(scope, receive, sending)

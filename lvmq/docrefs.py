@@ -25,7 +25,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("config", "wire", "lvm", "training", "producer", "harness", "worker", "gateway", "bench", "chaos", "lvmq")
 SUFFIXES = ("py", "lua", "md", "toml", "yml", "yaml", "sh", "json", "html", "txt", "js", "css", "cfg", "ini")
-SOURCES = ("*.py", "Makefile", "docker/**/*", ".ci/run", "*.toml", "*.sh", ".env.example")
 SKIPPED_DIRS = {".venv", ".git", "node_modules", "__pycache__", "artifacts", ".pytest_cache", ".ruff_cache"}
 # Paths a page may name that the project makes, or that live outside it.
 MADE = ("artifacts/", ".venv/", ".env", "docker/.env", "/", "~", "http", ".devicebundle/", "rq:", "lvm:", "$", "<")
@@ -53,30 +52,28 @@ class Index:
 
     def __init__(self, root: Path = ROOT):
         self.root = root
-        self.files = [p for p in project_files(root)]
+        self.files = list(project_files(root))
         self.names = {p.name for p in self.files} | {d.name for p in self.files for d in p.relative_to(root).parents}
+        self.text = {p: p.read_text(errors="replace") for p in self.files}  # each file read once, here
         self.classes: dict[str, set[str]] = {}
         self.functions: set[str] = set()
         self.env_text = ""
         for path in self.files:
             rel = path.relative_to(root)
             if path.suffix == ".py":
-                self._read_python(path)
+                self._read_python(self.text[path])
             if rel.parts[0] != "docs" and path.suffix != ".md" and rel != SELF_TEST:
-                try:
-                    self.env_text += path.read_text(errors="replace")
-                except OSError:
-                    pass
+                self.env_text += self.text[path]
         from config.settings import Settings
 
         self.env_text += " ".join(f"LVM_{name.upper()}" for name in Settings.model_fields)
         makefile = (root / "Makefile").read_text() if (root / "Makefile").exists() else ""
         self.targets = set(re.findall(r"^([\w-]+):", makefile, re.M))
 
-    def _read_python(self, path: Path) -> None:
+    def _read_python(self, source: str) -> None:
         try:
-            tree = ast.parse(path.read_text())
-        except (SyntaxError, UnicodeDecodeError):
+            tree = ast.parse(source)
+        except SyntaxError:
             return
         for node in ast.walk(tree):
             if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
@@ -119,11 +116,8 @@ def _resolve(dotted: str) -> bool:
         except ImportError:
             continue
         for attr in parts[cut:]:
-            if not hasattr(obj, attr):
-                fields = getattr(obj, "model_fields", {})  # a pydantic model's fields are not class attributes
-                if attr not in fields:
-                    return False
-                return True
+            if not hasattr(obj, attr):  # a pydantic model's fields are not class attributes
+                return attr in getattr(obj, "model_fields", {})
             obj = getattr(obj, attr)
         return True
     return False
@@ -198,14 +192,14 @@ def check_sources(index: Index) -> list[str]:
         )
         if not cites or rel == SELF_TEST:
             continue
-        for cited in set(CITED_PATH.findall(path.read_text(errors="replace"))):
+        for cited in set(CITED_PATH.findall(index.text[path])):
             if not (index.root / cited.rstrip("/")).exists() and not any(ch in cited for ch in "<{*"):
                 problems.append(f"{path.relative_to(index.root)}: cites {cited}, which does not exist")
     return problems
 
 
-def check(root: Path = ROOT) -> list[str]:
-    index = Index(root)
+def check(root: Path = ROOT, index: Index | None = None) -> list[str]:
+    index = index or Index(root)
     commands = index.lvmq_commands()
     pages = [root / "README.md", *sorted((root / "docs").glob("*.md"))]
     problems = [p for page in pages if page.exists() for p in check_page(page, index, commands)]

@@ -155,11 +155,11 @@ class Bounds:
         _, bound, rate = self._read.get(queue, (0.0, self.settings.admission_floor, 0.0))
         return bound, rate
 
-    def limit(self, queue: str) -> str:
-        """Which limit the bound of ``queue`` is, for a refusal's message."""
+    def limit(self, rate: float) -> str:
+        """Which limit a bound read with its workers' ``rate`` is, for a refusal's message."""
         if self.settings.max_queued >= 0:
             return "LVM_MAX_QUEUED"
-        if self.get(queue)[1] <= 0:
+        if rate <= 0:
             return "LVM_ADMISSION_FLOOR: no serving worker has measured its rate; is one running? `lvmq health`"
         return "derived: what its workers serve within 80% of LVM_JOB_TIMEOUT (LVM_MAX_QUEUED -1)"
 
@@ -188,7 +188,12 @@ class Submit:
     bounds: Bounds
     deadline_s: float
     limit: Limit | None = None
-    _bounds_used: list[tuple[int, float]] = field(default_factory=list, init=False)
+    used: list[tuple[int, float]] = field(init=False)  # each call's (bound, rate), read once
+
+    def __post_init__(self) -> None:
+        # Read once, here: the arguments and a refusal's message must name the same bound, even
+        # when the gateway's refresh task replaces it between the two.
+        self.used = [self.bounds.get(c.queue) for c in self.calls]
 
     @property
     def wait(self) -> tuple[int, int] | None:
@@ -203,10 +208,9 @@ class Submit:
 
     def script_calls(self) -> list[tuple[list[str], list[Any]]]:
         """(KEYS, ARGV) of each call of ``script(self.limit is not None)``, in order."""
-        self._bounds_used = [self.bounds.get(c.queue) for c in self.calls]
         deadline_ms = int(self.deadline_s * 1000)
         out = []
-        for c, (bound, _) in zip(self.calls, self._bounds_used, strict=True):
+        for c, (bound, _) in zip(self.calls, self.used, strict=True):
             script_keys, args = c.keys, [bound, deadline_ms, *c.args]
             if self.limit is not None:
                 script_keys, args = [*script_keys, self.limit.key], [self.limit.rate, self.limit.burst, *args]
@@ -226,12 +230,12 @@ class Submit:
         ids = [_text(r[1]) if ok else None for r, ok in zip(answers, admitted, strict=True)]
         if not all(admitted):
             i = admitted.index(False)
-            depth, (bound, rate) = int(answers[i][1]), self._bounds_used[i]
+            depth, (bound, rate) = int(answers[i][1]), self.used[i]
             retry = retry_after(depth, bound, rate)
             refused_part = f"{ids.count(None)} of {n} refused: " if n > 1 else ""
             raise Overloaded(
                 f"{refused_part}model {self.calls[i].model}'s queue holds {depth} jobs, its bound is {bound} "
-                f"({self.bounds.limit(self.calls[i].queue)}); retry in {retry} s",
+                f"({self.bounds.limit(rate)}); retry in {retry} s",
                 retry,
                 ids,
             )

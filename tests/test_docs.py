@@ -51,10 +51,18 @@ def test_docs_links_point_at_files_that_exist():
             assert (page.parent / target).exists(), f"{page.name} links {target}, which does not exist"
 
 
-def test_the_docs_name_only_what_exists():
+@pytest.fixture(scope="module")
+def index():
+    """What the project defines, read once for the tests below (every file, and lvmq's parser)."""
     from lvmq import docrefs
 
-    assert docrefs.check() == []
+    return docrefs.Index(ROOT)
+
+
+def test_the_docs_name_only_what_exists(index):
+    from lvmq import docrefs
+
+    assert docrefs.check(ROOT, index) == []
 
 
 @pytest.mark.parametrize(
@@ -71,10 +79,9 @@ def test_the_docs_name_only_what_exists():
         ("`lvmq frobnicate`", "`lvmq frobnicate` is not a command"),
     ],
 )
-def test_the_docs_check_catches_each_kind_of_stale_name(tmp_path, stale, why):
+def test_the_docs_check_catches_each_kind_of_stale_name(tmp_path, stale, why, index):
     from lvmq import docrefs
 
-    index = docrefs.Index(ROOT)
     commands = index.lvmq_commands()
     (tmp_path / "page.md").write_text(f"# Stale\n\n{stale}\n")
     problems = docrefs.check_page(tmp_path / "page.md", index, commands, root_of=ROOT / "docs")
@@ -87,7 +94,7 @@ def test_the_docs_check_catches_each_kind_of_stale_name(tmp_path, stale, why):
     assert docrefs.check_page(fresh, index, commands, root_of=ROOT / "docs") == []
 
 
-def test_sources_cite_only_files_that_exist():
+def test_sources_cite_only_files_that_exist(index):
     from lvmq import docrefs
 
-    assert docrefs.check_sources(docrefs.Index(ROOT)) == []
+    assert docrefs.check_sources(index) == []
