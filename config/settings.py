@@ -195,6 +195,14 @@ class Settings(BaseSettings):
         "submit (it used to fail open). 256 is 8 batches of 32: what a worker on a 2-core host serves in a few "
         "seconds, so the jobs admitted during an outage are answered soon after a worker returns.",
     )
+    fair_batch_every: int = Field(
+        10,
+        ge=1,
+        le=1000,
+        description="Fair share's starvation bound for batch jobs: within a tenant's turns a worker takes at most "
+        "this many interactive jobs before one of its batch jobs, so batch keeps at least 1/(N+1) of the tenant's "
+        "share however much interactive work arrives. Read by workers.",
+    )
     drain_seconds: float = Field(
         30.0, gt=0, le=3600, description="After SIGTERM, how long a worker may finish its batch before it exits anyway."
     )
@@ -203,6 +211,16 @@ class Settings(BaseSettings):
         0, ge=0, le=20, description="Times a producer retries (with backoff) when Redis is unreachable."
     )
 
+    producer_tenant: str = Field(
+        "default",
+        pattern=r"^[A-Za-z0-9._-]{1,64}$",
+        description="The tenant ChatClient's jobs count against for fair share (the gateway uses each API key's "
+        "name). Backends sharing one queue through ChatClient get their own share each with their own tenant.",
+    )
+    producer_priority: Literal["interactive", "batch"] = Field(
+        "interactive",
+        description="ChatClient's default priority class: batch yields to interactive within its tenant's share.",
+    )
     producer_wait_replicas: int = Field(
         0,
         ge=0,
@@ -280,6 +298,14 @@ class Settings(BaseSettings):
         100.0, gt=0, le=100000, description="Reads (status GETs, event streams, /v1/models) per second per key."
     )
     gateway_read_burst: int = Field(400, ge=1, le=100000, description="Reads a key may make at once.")
+    gateway_key_queue_share: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="The most of a queue's admission bound one API key's queued jobs may hold (a key's policy can set "
+        "an absolute max_queued instead). Past it that key gets 429 with Retry-After while others are still "
+        "admitted: one tenant cannot fill the queue that everyone's admission is measured against.",
+    )
     gateway_max_streams_per_key: int = Field(
         256,
         ge=1,

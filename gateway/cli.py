@@ -47,6 +47,13 @@ LIMIT_FLAGS = {  # flag -> the limit it sets (gateway/policy.py Limits)
     "read_rate": ("read_rate_per_s", float, "reads (status, events, /v1/models) per second"),
     "read_burst": ("read_burst", int, "reads at once"),
     "max_streams": ("max_streams", int, "open streams and waiting reads per gateway process"),
+    "max_queued": (
+        "max_queued",
+        int,
+        "queued jobs per model queue (default: LVM_GATEWAY_KEY_QUEUE_SHARE of its bound)",
+    ),
+    "weight": ("weight", int, "share of a busy queue relative to other keys' weights, 1-1000 (default 1)"),
+    "priority": ("priority", str, "class of its jobs unless a request names one: interactive or batch"),
 }
 
 
@@ -107,10 +114,13 @@ def cmd_keys(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
-        print(f"{'NAME':<20} {'SHA256':<9} {'RATE/S':>7} {'BURST':>6} {'READS/S':>8} {'RBURST':>7} {'STREAMS':>8}")
+        print(f"{'NAME':<20} {'SHA256':<9} {'RATE/S':>7} {'BURST':>6} {'READS/S':>8} {'RBURST':>7} {'STREAMS':>8} "
+              f"{'QUEUED':>7} {'WEIGHT':>6} PRIORITY")  # fmt: skip
         for r in rows:
+            queued = r["max_queued"] or "share"
             print(f"{r['name']:<20} {r['sha256']:<9} {r['rate_per_s']:>7g} {r['burst']:>6} {r['read_rate_per_s']:>8g} "
-                  f"{r['read_burst']:>7} {r['max_streams']:>8}")  # fmt: skip
+                  f"{r['read_burst']:>7} {r['max_streams']:>8} {queued:>7} {r['weight']:>6} "
+                  f"{r['priority']}")  # fmt: skip
     return 0
 
 

@@ -200,7 +200,8 @@ def extension(job_id: str, result: dict[str, Any]) -> dict[str, Any]:
 async def completions(request: Request, who: Who) -> Response:
     state = request.app.state
     try:
-        chat, stream, include_usage = to_chat(await jobs.json_body(request), state.models)
+        body = await jobs.json_body(request)
+        chat, stream, include_usage = to_chat(body, state.models)
     except ApiError:
         await take(request, who, "submit")  # a refused body costs a token, as on /v1/chat
         raise
@@ -208,7 +209,7 @@ async def completions(request: Request, who: Who) -> Response:
     # never read, and resubmitted by the SDK's retry).
     slot = state.waits.acquire(who)
     try:
-        job_id = await jobs.enqueue(request, who, chat, jobs.idempotency_key(request))
+        job_id = await jobs.enqueue(request, who, chat, jobs.idempotency_key(request), body.get("service_tier"))
     except BaseException:
         slot.release()
         raise

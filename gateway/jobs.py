@@ -109,25 +109,57 @@ def idempotency_key(request: Request) -> str | None:
     return request.headers.get("idempotency-key") or getattr(request.state, "client_request_id", None)
 
 
-async def enqueue(request: Request, who: Caller, chat: ChatRequest, idem: str | None) -> str:
-    """Submit ``chat`` for ``who`` (producer.protocol with the key's token bucket); the job id, or
-    the ApiError that says why not: 429 rate limited, 503 overloaded, 503 with ``job_id`` when
-    the replicas did not confirm it. ``idem``: ``idempotency_key(request)``."""
+TIERS = {"flex": "batch", "priority": "interactive"}  # OpenAI's service_tier -> a class; auto, default: the key's
+
+
+def share(request: Request, who: Caller, service_tier: Any = None) -> protocol.Share:
+    """The fair share a submit is taken from: the key's name as tenant, its weight and queued cap,
+    and its priority class unless the request names one (``X-Priority: interactive|batch``, or
+    OpenAI's ``service_tier``: flex is batch, priority is interactive)."""
+    limits = who.policy.limits
+    priority = limits.priority
+    header = request.headers.get("x-priority")
+    if header is not None:
+        if header not in keys.CLASSES:
+            raise ApiError(422, "invalid_request", "X-Priority must be interactive or batch",
+                           fields=[{"field": "X-Priority", "reason": "not interactive or batch"}])  # fmt: skip
+        priority = header
+    elif service_tier is not None:
+        if service_tier not in (*TIERS, "auto", "default"):
+            raise ApiError(422, "invalid_request", "service_tier must be auto, default, flex or priority",
+                           fields=[{"field": "service_tier", "reason": "unknown tier"}])  # fmt: skip
+        priority = TIERS.get(service_tier, priority)
+    share_of_bound = request.app.state.settings.gateway_key_queue_share
+    return protocol.Share(who.policy.name, priority, limits.weight, limits.max_queued, share_of_bound)
+
+
+async def enqueue(request: Request, who: Caller, chat: ChatRequest, idem: str | None, service_tier: Any = None) -> str:
+    """Submit ``chat`` for ``who`` (producer.protocol with the key's token bucket and fair share);
+    the job id, or the ApiError that says why not: 429 rate limited or over the key's queued cap,
+    503 overloaded, 503 with ``job_id`` when the replicas did not confirm it. ``idem``:
+    ``idempotency_key(request)``; ``service_tier``: the OpenAI body's, if any."""
     state = request.app.state
     due = deadline(request)
+    fair = share(request, who, service_tier)
     if state.tracer is None:
-        return await _enqueue(request, who, chat, idem, due, None)
+        return await _enqueue(request, who, chat, idem, due, None, fair)
     with producer_span(state.tracer, state.settings.queue_name(chat.model), 1) as (span, trace):
-        job_id = await _enqueue(request, who, chat, idem, due, trace)
+        job_id = await _enqueue(request, who, chat, idem, due, trace, fair)
         span.set_attribute("messaging.message.id", job_id)
         return job_id
 
 
 async def _enqueue(
-    request: Request, who: Caller, chat: ChatRequest, idem: str | None, due: float, trace: dict[str, str] | None
+    request: Request,
+    who: Caller,
+    chat: ChatRequest,
+    idem: str | None,
+    due: float,
+    trace: dict[str, str] | None,
+    fair: protocol.Share,
 ) -> str:
     state, settings = request.app.state, request.app.state.settings
-    call = protocol.call(settings, state.sync, chat, f"{who.owner}:{idem}" if idem else None, who.owner, trace)
+    call = protocol.call(settings, state.sync, chat, f"{who.owner}:{idem}" if idem else None, who.owner, trace, fair)
     limit = protocol.Limit(keys.rate(who.owner), who.policy.limits.rate_per_s, who.policy.limits.burst)
     submit = protocol.Submit(settings, [call], state.bounds, due, limit)
     try:

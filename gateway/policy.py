@@ -50,6 +50,10 @@ class Limits:
     read_rate_per_s: float  # status GETs, event streams, /v1/models per second
     read_burst: int
     max_streams: int  # open event streams, streamed completions and waiting reads, per gateway process
+    # Fair share (docs/gateway.md): the key's name is its tenant in every model queue.
+    max_queued: int = 0  # its queued jobs per model queue; 0: LVM_GATEWAY_KEY_QUEUE_SHARE of the queue's bound
+    weight: int = 1  # its share of a busy queue relative to other keys' (1-1000)
+    priority: str = "interactive"  # its jobs' class unless a request names one: interactive or batch
 
     @classmethod
     def defaults(cls, settings: Any = None) -> Limits:
@@ -73,6 +77,13 @@ class Limits:
         for name, value in overrides.items():
             if name not in known:
                 raise ValueError(f"{where}: unknown limit {name!r}; known: {', '.join(known)}")
+            if name == "priority":
+                if value not in ("interactive", "batch"):
+                    raise ValueError(f"{where}: priority must be interactive or batch, not {value!r}")
+                clean[name] = value
+                continue
+            if name == "weight" and not (isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 1000):
+                raise ValueError(f"{where}: weight must be a whole number in [1, 1000], not {value!r}")
             if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 100_000:
                 raise ValueError(f"{where}: {name} must be a number in (0, 100000], not {value!r}")
             kind = type(getattr(self, name))  # float for rates, int for counts

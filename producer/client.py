@@ -85,26 +85,36 @@ class ChatClient:
     def queue(self, model: str) -> Queue:
         return Queue(self.settings.queue_name(model), connection=self.redis, serializer=JSONSerializer)
 
-    def submit(self, request: RequestLike, idempotency_key: str | None = None, deadline_s: float | None = None) -> str:
+    def submit(
+        self,
+        request: RequestLike,
+        idempotency_key: str | None = None,
+        deadline_s: float | None = None,
+        priority: str | None = None,
+    ) -> str:
         """Validate here (fail fast, before Redis), enqueue, return the job id.
 
         With ``idempotency_key``, a repeated submit (a retry after a timeout whose first try
         may have reached Redis) returns the first job's id instead of enqueuing again, for
         queue_ttl + result_ttl seconds. ``deadline_s`` (default LVM_JOB_TIMEOUT): a job still
         queued that long after its submit fails ``expired`` without being computed, and one
-        computed later is due by then. ``Overloaded`` when the queue is at its admission bound.
+        computed later is due by then. ``priority`` (interactive or batch; default
+        LVM_PRODUCER_PRIORITY): batch yields to interactive within LVM_PRODUCER_TENANT's share.
+        ``Overloaded`` when the queue is at its admission bound.
         """
         keys = None if idempotency_key is None else [idempotency_key]
-        return self.submit_many([request], keys, deadline_s)[0]
+        return self.submit_many([request], keys, deadline_s, priority)[0]
 
     def submit_many(
         self,
         requests: Iterable[RequestLike],
         idempotency_keys: Sequence[str] | None = None,
         deadline_s: float | None = None,
+        priority: str | None = None,
     ) -> list[str]:
         """Enqueue many requests, possibly for several models, in one round trip. Each is one
         atomic admit + submit.lua call: a retry after an ambiguous failure never enqueues twice."""
+        share = protocol.Share(self.settings.producer_tenant, priority or self.settings.producer_priority)
         requests = [r if isinstance(r, ChatRequest) else ChatRequest.model_validate(r) for r in requests]
         keys = list(idempotency_keys) if idempotency_keys is not None else [None] * len(requests)
         if len(keys) != len(requests):
@@ -112,10 +122,12 @@ class ChatClient:
         deadline = protocol.deadline(self.settings, deadline_s)
         pairs = list(zip(requests, keys, strict=True))
         if self.tracer is None:
-            return self._enqueue([protocol.call(self.settings, self.redis, r, k) for r, k in pairs], deadline)
+            return self._enqueue(
+                [protocol.call(self.settings, self.redis, r, k, share=share) for r, k in pairs], deadline
+            )
         queues = {self.settings.queue_name(r.model) for r in requests}
         with producer_span(self.tracer, ",".join(sorted(queues)), len(requests)) as (span, trace):
-            calls = [protocol.call(self.settings, self.redis, r, k, trace=trace) for r, k in pairs]
+            calls = [protocol.call(self.settings, self.redis, r, k, trace=trace, share=share) for r, k in pairs]
             ids = self._enqueue(calls, deadline)
             span.set_attribute("messaging.message.id", ids[0] if len(ids) == 1 else ",".join(ids))
             return ids

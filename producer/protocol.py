@@ -35,7 +35,7 @@ from rq.utils import now
 from config import Settings
 from producer.errors import NotReplicated, Overloaded, RateLimited
 from producer.health import admission
-from wire import keys, lua, tracecontext
+from wire import fairness, keys, lua, tracecontext
 from wire.schema import JOB_FUNCTION, ChatRequest, rq_time
 
 RequestLike = ChatRequest | dict[str, Any]
@@ -57,13 +57,48 @@ class Limit:
 
 
 @dataclass(frozen=True)
+class Share:
+    """Whom a job counts against for fair share (docs/gateway.md, "Fair share"), and how: its
+    tenant, priority class and weight, and the tenant's cap on queued jobs, absolute
+    (``max_queued``) or as a fraction of the queue's admission bound (``queue_share``); 0: none."""
+
+    tenant: str = "default"
+    priority: str = "interactive"
+    weight: int = 1
+    max_queued: int = 0
+    queue_share: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not keys.TENANT.match(self.tenant):
+            raise ValueError(f"tenant {self.tenant!r}: 1-{keys.TENANT_MAX} letters, digits, '.', '_' or '-'")
+        if self.priority not in keys.CLASSES:
+            raise ValueError(f"priority {self.priority!r}: one of {', '.join(keys.CLASSES)}")
+        if not 1 <= self.weight <= 1000:
+            raise ValueError(f"weight {self.weight}: 1-1000")
+
+    def cap(self, bound: int) -> int:
+        """The tenant's queued cap under a queue bound of ``bound`` (0 = none)."""
+        if self.max_queued > 0:
+            return self.max_queued
+        return max(1, math.ceil(bound * self.queue_share)) if bound > 0 and self.queue_share > 0 else 0
+
+    def limit(self) -> str:
+        """Which cap this is, for a refusal's message."""
+        if self.max_queued > 0:
+            return "the key's max_queued"
+        return f"{self.queue_share:g} of the queue's bound (LVM_GATEWAY_KEY_QUEUE_SHARE)"
+
+
+@dataclass(frozen=True)
 class Call:
-    """submit.lua's own KEYS and ARGV for one request, and the queue it goes to."""
+    """submit.lua's own KEYS and ARGV for one request, the queue it goes to, and its fair share."""
 
     keys: list[str]
     args: list[Any]
     queue: str
     model: str
+    share: Share = Share()
+    cost: int = 1
 
 
 def call(
@@ -73,11 +108,13 @@ def call(
     idempotency_key: str | None = None,
     owner: str | None = None,
     trace: Mapping[str, str] | None = None,
+    share: Share | None = None,
 ) -> Call:
     """One request as submit.lua's KEYS and ARGV: RQ's own job hash, with its id fixed here (see
     the race above). ``owner`` (the gateway's API-key hash) is stored as the job's lvm_owner,
-    ``trace`` (the submitting span's W3C headers, config.tracing) as its lvm_trace. ``connection``
-    is only handed to RQ's Job, which does no I/O while it is built."""
+    ``trace`` (the submitting span's W3C headers, config.tracing) as its lvm_trace; ``share``
+    (default: LVM_PRODUCER_TENANT and LVM_PRODUCER_PRIORITY) says whose share it is taken from.
+    ``connection`` is only handed to RQ's Job, which does no I/O while it is built."""
     req = request if isinstance(request, ChatRequest) else ChatRequest.model_validate(request)
     queue = settings.queue_name(req.model)
     s = settings
@@ -112,7 +149,9 @@ def call(
         digest = hashlib.sha256(idempotency_key.encode("utf-8")).hexdigest()
         idem_key, idem_ttl = keys.idempotency(queue, digest), s.queue_ttl + max(s.result_ttl, s.failure_ttl)
     script_keys = [job.key, keys.queue(queue), keys.QUEUES, idem_key]
-    return Call(script_keys, [job.id, s.queue_ttl, idem_ttl, *fields], queue, req.model)
+    share = share or Share(s.producer_tenant, s.producer_priority)
+    cost = fairness.cost(req.decode_steps, req.response_sentences)
+    return Call(script_keys, [job.id, s.queue_ttl, idem_ttl, *fields], queue, req.model, share, cost)
 
 
 def deadline(settings: Settings, seconds: float | None) -> float:
@@ -211,7 +250,11 @@ class Submit:
         deadline_ms = int(self.deadline_s * 1000)
         out = []
         for c, (bound, _) in zip(self.calls, self.used, strict=True):
-            script_keys, args = c.keys, [bound, deadline_ms, *c.args]
+            sh = c.share
+            index = [keys.fair_list(c.queue, sh.tenant, "interactive"), keys.fair_list(c.queue, sh.tenant, "batch"),
+                     keys.fair_ring(c.queue), keys.fair_state(c.queue)]  # fmt: skip
+            script_keys = [*c.keys, *index]
+            args = [bound, deadline_ms, sh.tenant, keys.CLASSES[sh.priority], sh.weight, sh.cap(bound), c.cost, *c.args]
             if self.limit is not None:
                 script_keys, args = [*script_keys, self.limit.key], [self.limit.rate, self.limit.burst, *args]
             out.append((script_keys, args))
@@ -228,6 +271,16 @@ class Submit:
             answers = [r[1] for r in answers]
         admitted = [int(r[0]) == 1 for r in answers]
         ids = [_text(r[1]) if ok else None for r, ok in zip(answers, admitted, strict=True)]
+        capped = next((i for i, r in enumerate(answers) if int(r[0]) == 2), None)
+        if capped is not None:
+            held, c, (bound, rate) = int(answers[capped][1]), self.calls[capped], self.used[capped]
+            cap = c.share.cap(bound)
+            retry = retry_after(held, cap, rate)
+            raise RateLimited(
+                f"tenant {c.share.tenant} holds {held} queued jobs for model {c.model}, its cap is {cap} "
+                f"({c.share.limit()}); retry in {retry} s",
+                retry,
+            )
         if not all(admitted):
             i = admitted.index(False)
             depth, (bound, rate) = int(answers[i][1]), self.used[i]
@@ -254,7 +307,8 @@ def cancel_args(settings: Settings, job_id: str, owner: str = "") -> list[Any]:
     from rq.registry import CanceledJobRegistry
 
     return [job_id, owner, rq_time(), settings.failure_ttl, keys.RESULTS_PREFIX, keys.QUEUE_PREFIX,
-            keys.leases(""), keys.started(""), CanceledJobRegistry.key_template.format("")]  # fmt: skip
+            keys.leases(""), keys.started(""), CanceledJobRegistry.key_template.format(""),
+            keys.FAIR_PREFIX]  # fmt: skip
 
 
 def _text(value: Any) -> str:

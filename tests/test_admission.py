@@ -14,6 +14,7 @@ import pytest
 from redis import Redis
 
 from config import load_settings
+from gateway.auth import hash_key
 from harness.processes import start_gateway, stop, wait_http
 from harness.redis_server import free_port
 from helpers import worker_env
@@ -83,7 +84,9 @@ def test_a_job_queued_past_its_deadline_fails_expired_without_compute(redis_url,
 
 def test_the_gateway_answers_503_with_retry_after_at_the_bound(redis_url, tmp_path):
     port = free_port()
-    env = {"LVM_REDIS_URL": redis_url, "LVM_GATEWAY_MODELS": "lstm", "LVM_MAX_QUEUED": "2"}
+    # One key may take the whole queue here (its default share, 0.5, would refuse it first with 429)
+    env = {"LVM_REDIS_URL": redis_url, "LVM_GATEWAY_MODELS": "lstm", "LVM_MAX_QUEUED": "2",
+           "LVM_GATEWAY_KEY_QUEUE_SHARE": "1"}  # fmt: skip
     gateway = start_gateway(env, port, tmp_path / "gw.log")
     try:
         wait_http(f"http://127.0.0.1:{port}/healthz", gateway)
@@ -97,3 +100,33 @@ def test_the_gateway_answers_503_with_retry_after_at_the_bound(redis_url, tmp_pa
     finally:
         stop(gateway)
     assert Redis.from_url(redis_url).llen("rq:queue:lvm-lstm") == 2
+
+
+def test_a_key_over_its_share_of_the_queue_gets_429_and_another_key_is_still_admitted(redis_url, tmp_path):
+    """LVM_GATEWAY_KEY_QUEUE_SHARE: one key may hold half of the bound (2 of 4) here; past it that
+    key gets 429 with Retry-After naming its cap, while another key's submits are admitted."""
+    port = free_port()
+    env = {"LVM_REDIS_URL": redis_url, "LVM_GATEWAY_MODELS": "lstm", "LVM_MAX_QUEUED": "4",
+           "LVM_GATEWAY_API_KEYS": "key-a,key-b", "LVM_GATEWAY_SECRET": "s"}  # fmt: skip
+    gateway = start_gateway(env, port, tmp_path / "gw.log")
+    try:
+        wait_http(f"http://127.0.0.1:{port}/healthz", gateway)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as api:
+
+            def post(key, text, **headers):
+                return api.post("/v1/chat", json={"messages": [text]}, headers={"Authorization": f"Bearer {key}",
+                                                                               **headers})  # fmt: skip
+
+            assert [post("key-a", f"a{i}.").status_code for i in range(2)] == [202, 202]
+            refused = post("key-a", "a2.")
+            assert refused.status_code == 429 and int(refused.headers["retry-after"]) >= 1
+            assert "holds 2 queued jobs for model lstm, its cap is 2" in refused.json()["message"]
+            assert post("key-b", "b0.", **{"X-Priority": "batch"}).status_code == 202
+            bad = post("key-b", "b1.", **{"X-Priority": "urgent"})
+            assert bad.status_code == 422 and bad.json()["fields"][0]["field"] == "X-Priority"
+    finally:
+        stop(gateway)
+    redis = Redis.from_url(redis_url)
+    assert redis.llen("rq:queue:lvm-lstm") == 3
+    assert redis.lrange("lvm:fair:lvm-lstm:ring", 0, -1) == [b"key-" + hash_key("key-a")[:8].encode(),
+                                                            b"key-" + hash_key("key-b")[:8].encode()]  # fmt: skip

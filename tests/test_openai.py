@@ -309,3 +309,23 @@ def test_a_failure_while_waiting_cancels_the_job_it_queued(redis_url, monkeypatc
     redis = Redis.from_url(redis_url)
     (job_key,) = [k for k in redis.keys("rq:job:*") if k.count(b":") == 2]
     assert redis.hget(job_key, "status") == b"canceled" and redis.llen("rq:queue:lvm-gru") == 0
+
+
+def test_service_tier_and_x_priority_choose_the_class_and_the_keys_name_is_the_tenant(client, stack):
+    """OpenAI's service_tier=flex is batch (it yields to interactive within the key's share); the
+    X-Priority header names a class on any route; an unknown tier is refused, not ignored."""
+    flex = client.chat.completions.create(model="lstm", messages=CONVERSATION, service_tier="flex")
+    urgent = client.chat.completions.create(model="lstm", messages=CONVERSATION,
+                                            extra_headers={"X-Priority": "interactive"})  # fmt: skip
+    plain = client.chat.completions.create(model="lstm", messages=CONVERSATION)
+    redis = stack["redis"]
+
+    def share(completion):
+        return redis.hmget(f"rq:job:{completion.model_extra['lvm']['job_id']}", "lvm_tenant", "lvm_class")
+
+    from gateway.auth import hash_key
+
+    tenant = f"key-{hash_key(KEY)[:8]}".encode()  # a key from LVM_GATEWAY_API_KEYS: its default name
+    assert share(flex) == [tenant, b"b"] and share(urgent) == [tenant, b"i"] and share(plain) == [tenant, b"i"]
+    with pytest.raises(openai.BadRequestError, match="service_tier must be"):
+        client.chat.completions.create(model="lstm", messages=CONVERSATION, service_tier="gold")  # type: ignore[arg-type]

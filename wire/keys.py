@@ -25,6 +25,10 @@ ALIVE = "lvm:alive"  # zset: worker incarnation -> last renew (Redis ms); recove
 STATS_PREFIX = "lvm:stats:"  # per-minute job counters: lvm:stats:<queue>:<unix minute>:<finished|failed>
 IDEMPOTENCY_PREFIX = "lvm:idem:"  # lvm:idem:<queue>:<sha256 of the key> -> the first job's id
 RATE_PREFIX = "lvm:gateway:rate:"  # the gateway's token bucket per API-key owner
+# Fair share (docs/gateway.md, "Fair share"): per queue, each tenant's queued ids per class,
+# the ring of tenants with work, and the round robin's state. An index beside the queue list,
+# which still holds every queued id (the depth `rq info`, KEDA and Prometheus read).
+FAIR_PREFIX = "lvm:fair:"
 CONVERSATION_PREFIX = "lvm:conv:v2:"  # lvm:conv:v2:<encoder slug>:<dim>:<id>: cached sentence vectors (worker)
 # Every change of a job's state after submit appends {job, status} here, in the same Lua step as
 # the change itself: one stream that a gateway process reads with one blocking XREAD and fans out
@@ -91,3 +95,29 @@ def idempotency(queue_name: str, digest: str) -> str:
 
 def rate(owner: str) -> str:
     return RATE_PREFIX + owner
+
+
+# --- fair share ------------------------------------------------------------------------------
+TENANT_MAX = 64
+TENANT = re.compile(rf"^[A-Za-z0-9._-]{{1,{TENANT_MAX}}}$")  # admit.lua checks the same
+CLASSES = {"interactive": "i", "batch": "b"}  # a priority class -> its one-letter suffix
+
+
+def fair_lists(queue_name: str) -> str:
+    """The prefix of a queue's per-tenant lists: ``<prefix><tenant>:<i|b>`` (scripts build them)."""
+    return f"{FAIR_PREFIX}{queue_name}:q:"
+
+
+def fair_list(queue_name: str, tenant: str, priority: str) -> str:
+    return f"{fair_lists(queue_name)}{tenant}:{CLASSES[priority]}"
+
+
+def fair_ring(queue_name: str) -> str:
+    """list: the tenants with queued jobs, in round-robin order (the head's turn is running)."""
+    return f"{FAIR_PREFIX}{queue_name}:ring"
+
+
+def fair_state(queue_name: str) -> str:
+    """hash: ``d:<tenant>`` deficit, ``w:<tenant>`` weight, ``s:<tenant>`` interactive picks since
+    its last batch pick, ``turn`` the tenant whose turn has had its quantum."""
+    return f"{FAIR_PREFIX}{queue_name}:state"

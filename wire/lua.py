@@ -25,6 +25,7 @@ CONSTANTS: dict[str, int | str] = {
     "WIP_GRACE_S": keys.WIP_GRACE_S,
     "JOB_ID_MAX": keys.JOB_ID_MAX,
     "JOB_ID_CLASS": keys.JOB_ID_LUA_CLASS,
+    "TENANT_MAX": keys.TENANT_MAX,
 }
 
 

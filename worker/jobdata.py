@@ -22,12 +22,14 @@ from worker.lifecycle import ACTED_ON_FIELDS, MAX_FIELDS, OVERSIZE_MARK, Claimed
 # lvm_owner: the gateway's owner id of the API key that submitted it; the conversation cache is
 # keyed by it, so one tenant can neither read nor wipe another's conversation of the same id.
 # lvm_trace: the submitting span's W3C trace context (wire/tracecontext.py); ignored if malformed.
+# lvm_tenant, lvm_class, lvm_cost: fair share's (admit.lua); read by the claim script, which
+# clamps or ignores what is wrong, never by the worker.
 KNOWN_FIELDS = frozenset(
     {
         "data", "status", "origin", "description", "created_at", "enqueued_at", "started_at", "ended_at",
         "last_heartbeat", "worker_name", "timeout", "result_ttl", "failure_ttl", "ttl", "meta", "group_id",
         "lvm_token", "lvm_reruns", "lvm_history", "number_of_retries", "lvm_owner", "lvm_deadline",
-        tracecontext.FIELD,
+        "lvm_tenant", "lvm_class", "lvm_cost", tracecontext.FIELD,
     }
 )  # fmt: skip
 MAX_TTL_S = 30 * 86400

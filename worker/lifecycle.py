@@ -51,7 +51,7 @@ from typing import Any
 
 from redis import Redis
 
-from wire import keys, lua
+from wire import fairness, keys, lua
 from wire.results import encode_failure, encode_result
 from wire.schema import rq_time
 
@@ -125,8 +125,17 @@ class Outcome:
 class Lifecycle:
     """The scripts bound to one Redis connection, one worker incarnation and its settings."""
 
-    def __init__(self, connection: Redis, worker_name: str, lease_s: float, max_reruns: int, value_cap: int):
+    def __init__(
+        self,
+        connection: Redis,
+        worker_name: str,
+        lease_s: float,
+        max_reruns: int,
+        value_cap: int,
+        batch_every: int = 10,
+    ):
         self.connection = connection
+        self.batch_every = batch_every  # LVM_FAIR_BATCH_EVERY
         self.worker_name = worker_name
         self.incarnation = os.urandom(6).hex()
         self.lease_ms = int(lease_s * 1000)
@@ -145,9 +154,10 @@ class Lifecycle:
 
     def claim(self, queue: str, limit: int, token: str) -> Claim:
         reply = self._claim(
-            keys=[keys.queue(queue), keys.leases(queue), keys.started(queue), keys.EVENTS],
+            keys=[keys.queue(queue), keys.leases(queue), keys.started(queue), keys.EVENTS, keys.fair_ring(queue),
+                  keys.fair_state(queue)],
             args=[limit, self.worker_name, token, self.lease_ms, self.value_cap, rq_time(), keys.JOB_PREFIX,
-                  self.max_fields, *ACTED_ON_FIELDS],
+                  self.max_fields, keys.fair_lists(queue), self.batch_every, fairness.QUANTUM, *ACTED_ON_FIELDS],
         )  # fmt: skip
         claim = Claim(queue, token)
         for entry in reply:
@@ -188,8 +198,8 @@ class Lifecycle:
     def release(self, queue: str, token: str, ids: list[str]) -> list[str]:
         """Hand unfinished jobs back to the front of their queue (drain timeout, forced stop)."""
         reply = self._release(
-            keys=[keys.leases(queue), keys.started(queue), keys.queue(queue), keys.EVENTS],
-            args=[token, keys.JOB_PREFIX, *ids],
+            keys=[keys.leases(queue), keys.started(queue), keys.queue(queue), keys.EVENTS, keys.fair_ring(queue)],
+            args=[token, keys.JOB_PREFIX, keys.fair_lists(queue), *ids],
         )
         return [_text(i) for i in reply]
 
@@ -199,9 +209,10 @@ class Lifecycle:
         """Put back (or fail as abandoned) jobs whose lease expired and whose owner went silent.
         ``live_tokens``: this worker's batches in hand, which are not orphans whatever their lease."""
         script_keys = [keys.leases(queue), keys.started(queue), keys.queue(queue), keys.failed(queue), keys.ALIVE,
-                       stats_key(queue, "failed"), keys.EVENTS]  # fmt: skip
+                       stats_key(queue, "failed"), keys.EVENTS, keys.fair_ring(queue)]  # fmt: skip
         mine = "," + ",".join(live_tokens) + ","
         args = [self.max_reruns, self.incarnation, mine, self.lease_ms, failure_ttl, keys.JOB_PREFIX,
-                keys.RESULTS_PREFIX, rq_time(), limit, STATS_TTL_S, MAX_HISTORY_CHARS]  # fmt: skip
+                keys.RESULTS_PREFIX, rq_time(), limit, STATS_TTL_S, MAX_HISTORY_CHARS,
+                keys.fair_lists(queue)]  # fmt: skip
         reply = self._recover(keys=script_keys, args=args, client=connection)
         return [tuple(_text(x) for x in entry) + ("",) * (3 - len(entry)) for entry in reply]  # type: ignore[misc]

@@ -72,8 +72,9 @@ class LVMWorker(SimpleWorker):
         self.settings = settings
         self.model_name = self._model_for(names, model or settings.model)
         self.lifecycle = Lifecycle(
-            self.connection, self.name, settings.lease_s, settings.max_reruns, settings.max_job_bytes
-        )
+            self.connection, self.name, settings.lease_s, settings.max_reruns, settings.max_job_bytes,
+            settings.fair_batch_every,
+        )  # fmt: skip
         self.leases = LeaseBook()
         self.crashed = False
         self._suspension_checked = 0.0

@@ -6,7 +6,8 @@
 -- KEYS: 1 the job hash, 2 event stream
 -- ARGV: 1 job id, 2 owner ('' = any: ChatClient and raw producers, who can write Redis anyway),
 --       3 ended_at (RQ time), 4 ttl (s), 5 result prefix, then the prefixes of 6 queues, 7 lease zsets,
---       8 RQ started registries, 9 RQ canceled registries
+--       8 RQ started registries, 9 RQ canceled registries, 10 fair share's (lvm:fair:); a queued
+--       job leaves its tenant's list too
 -- Returns {outcome, status}: 'canceled' (now; status: what it was, queued or started), 'already'
 -- (canceled before), 'ended' (it had ended: status says how) or 'absent' (no such job, or not the
 -- caller's: the same answer for both).
@@ -31,6 +32,8 @@ if not encoded_ok then encoded = cjson.encode({error = decoded['error']}) end
 -- every check above, every write below
 if status == 'queued' then
   redis.call('LREM', queue, 1, ARGV[1])
+  local list = fair_entry(ARGV[10] .. origin .. ':q:', key)
+  if list then pcall(redis.call, 'LREM', list, 1, ARGV[1]) end
 elseif token then
   redis.call('ZREM', leases, ARGV[1] .. ':' .. token)
   redis.call('ZREM', started, ARGV[1] .. ':' .. token)

@@ -1,16 +1,25 @@
--- claim: QUEUED -> STARTED for up to ARGV[1] jobs. Pops the ids and leases them in the same step,
--- so a claimed job is never in neither the queue nor a registry.
+-- claim: QUEUED -> STARTED for up to ARGV[1] jobs, chosen by fair share: deficit round robin over
+-- the tenants with queued jobs, weighted, interactive before batch within a tenant's turn (docs/
+-- gateway.md, "Fair share"). Takes the ids and leases them in the same step, so a claimed job is
+-- never in neither the queue nor a registry.
 --
--- KEYS: 1 queue list, 2 lease zset, 3 RQ started registry, 4 event stream
+-- KEYS: 1 queue list, 2 lease zset, 3 RQ started registry, 4 event stream, 5 tenant ring, 6 fair state
 -- ARGV: 1 max jobs, 2 worker name, 3 token, 4 lease ms, 5 value cap (bytes), 6 started_at,
---       7 job key prefix, 8 max fields, then the acted-on field names
+--       7 job key prefix, 8 max fields, 9 tenant list prefix, 10 batch every (a tenant's batch job
+--       goes after at most this many of its interactive ones), 11 quantum (cost per turn and unit
+--       of weight), then the acted-on field names
 -- Returns per entry {'claimed', id, fields, stripped, status, left} or {'dropped', entry, why}; left
 -- is the ms until the job's lvm_deadline (Redis's clock, written by admit.lua; '' when it has none).
 --
--- Commands per job: HLEN, HGETALL, HSET and PERSIST; the pop, both registries' ZADDs and the
--- 'started' event once per batch (one LPOP of many, one ZADD of all members each, one entry
--- naming every job). A hash of another type, or past max fields, takes a few more, once.
-local bad = wrong_types({{KEYS[1], 'list'}, {KEYS[2], 'zset'}, {KEYS[3], 'zset'}})
+-- Which ids: while the queue list's head is a job nobody indexed (RQ's own enqueue, a raw
+-- submit.lua, garbage), that head, in order; otherwise the next of the tenants' round robin,
+-- removed from the queue list too (LREM: O(its position), a scan Redis does in C). When no tenant
+-- has work but the list does (an index someone deleted), the head, in order: no job is stranded.
+-- Commands per job: about a dozen reads and writes of the index, then HLEN, HGETALL, HSET and
+-- PERSIST; the registries' ZADDs and the 'started' event once per batch.
+local ACTED_FROM = 12
+local bad = wrong_types({{KEYS[1], 'list'}, {KEYS[2], 'zset'}, {KEYS[3], 'zset'}, {KEYS[5], 'list'},
+                         {KEYS[6], 'hash'}})
 if bad then return bad end
 local now = now_ms()
 local lease_until = now + tonumber(ARGV[4])
@@ -19,7 +28,7 @@ local cap = tonumber(ARGV[5])
 local max_fields = tonumber(ARGV[8])
 local busy = {started = 1, finished = 1, failed = 1, stopped = 1, canceled = 1}
 local acted = {}
-for i = 9, #ARGV do acted[ARGV[i]] = true end
+for i = ACTED_FROM, #ARGV do acted[ARGV[i]] = true end
 local out = {}
 local leases, wips, started = {}, {}, {}
 
@@ -29,9 +38,9 @@ local function read(key, n)
   if n > max_fields then  -- not read back whole: the reply stays bounded
     local f = redis.call('HMGET', key, 'status', 'lvm_deadline')
     local present, stripped = {}, {}
-    local values = redis.call('HMGET', key, unpack(ARGV, 9))
-    for i = 9, #ARGV do
-      local v = values[i - 8]
+    local values = redis.call('HMGET', key, unpack(ARGV, ACTED_FROM))
+    for i = ACTED_FROM, #ARGV do
+      local v = values[i - ACTED_FROM + 1]
       if v then
         present[#present + 1] = ARGV[i]
         if v ~= '' then stripped[#stripped + 1] = ARGV[i] end
@@ -65,7 +74,78 @@ local function read(key, n)
   return fields, status, deadline, stripped, present
 end
 
-local ids = redis.call('LPOP', KEYS[1], tonumber(ARGV[1])) or {}
+local prefix, ring, state = ARGV[9], KEYS[5], KEYS[6]
+local batch_every, quantum = tonumber(ARGV[10]), tonumber(ARGV[11])
+
+local function llen(list)
+  local ok, n = pcall(redis.call, 'LLEN', list)
+  return ok and n or 0
+end
+
+local function cost_of(id)
+  local ok, c = pcall(redis.call, 'HGET', ARGV[7] .. id, 'lvm_cost')
+  c = ok and tonumber(c) or 1
+  return math.max(1, math.min(1000, c or 1))
+end
+
+-- The next id of the round robin, taken off its tenant's list, or nil when no tenant has work.
+-- The ring's head is the tenant whose turn runs; state 'turn' names it once it got its quantum
+-- (deficit += quantum x weight), so a turn spread over several claims is topped up once. A turn
+-- ends when the head job costs more than the deficit left: the tenant goes to the ring's back.
+-- A tenant with no queued job leaves the ring and loses its deficit (classic DRR).
+local function next_fair()
+  local turn = redis.call('HGET', state, 'turn') or ''
+  for _ = 1, 1000 do  -- each pass serves, rotates or removes; 1000 bounds the script
+    local t = redis.call('LINDEX', ring, 0)
+    if not t then return nil end
+    local li, lb = prefix .. t .. ':i', prefix .. t .. ':b'
+    local ni, nb = 0, 0
+    if valid_tenant(t) then ni, nb = llen(li), llen(lb) end
+    if ni + nb == 0 then
+      redis.call('LPOP', ring)
+      redis.call('HDEL', state, 'd:' .. t, 's:' .. t, 'w:' .. t)
+      if turn == t then turn = '' end
+    else
+      local deficit = tonumber(redis.call('HGET', state, 'd:' .. t) or '') or 0
+      if turn ~= t then
+        local weight = math.max(1, math.min(1000, tonumber(redis.call('HGET', state, 'w:' .. t) or '') or 1))
+        deficit, turn = deficit + quantum * weight, t
+      end
+      local since = tonumber(redis.call('HGET', state, 's:' .. t) or '') or 0
+      local batch = nb > 0 and (ni == 0 or since >= batch_every)  -- batch's starvation bound
+      local list = batch and lb or li
+      local id = redis.call('LINDEX', list, 0)
+      local cost = valid_job_id(id) and cost_of(id) or 1
+      if deficit >= cost then
+        redis.call('LPOP', list)
+        since = batch and 0 or (nb > 0 and since + 1 or 0)
+        redis.call('HSET', state, 'd:' .. t, deficit - cost, 's:' .. t, since, 'turn', turn)
+        return id
+      end
+      redis.call('HSET', state, 'd:' .. t, deficit, 'turn', '')
+      redis.call('LMOVE', ring, ring, 'LEFT', 'RIGHT')
+      turn = ''
+    end
+  end
+  redis.call('HSET', state, 'turn', turn)
+  return nil
+end
+
+local ids = {}
+for _ = 1, tonumber(ARGV[1]) * 4 + 16 do  -- stale index entries cost a pass each; bounded
+  if #ids >= tonumber(ARGV[1]) then break end
+  local head = redis.call('LINDEX', KEYS[1], 0)
+  if not head then break end
+  local id = (valid_job_id(head) and fair_entry(prefix, ARGV[7] .. head)) and next_fair() or nil
+  if id == nil then  -- an unindexed head, or no tenant has work: the head, in order
+    redis.call('LPOP', KEYS[1])
+    ids[#ids + 1] = head
+  elseif redis.call('LREM', KEYS[1], 1, id) == 1 then
+    ids[#ids + 1] = id
+  else
+    out[#out + 1] = {'dropped', string.sub(id, 1, 64), 'indexed but no longer in its queue (canceled, or taken)'}
+  end
+end
 for _, id in ipairs(ids) do
   if not valid_job_id(id) then
     out[#out + 1] = {'dropped', string.sub(id, 1, 64), 'queue entry is not a job id'}

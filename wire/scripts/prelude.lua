@@ -59,3 +59,30 @@ local function count(key, n, ttl)
     redis.call('EXPIRE', key, ttl)
   end
 end
+
+-- Fair share's index (docs/gateway.md, "Fair share"). A job admit.lua queued carries lvm_tenant
+-- and lvm_class: its id sits in the queue list (the depth `rq info`, KEDA and Prometheus read)
+-- and in its tenant's class list <prefix><tenant>:<i|b>; the tenant is in the ring while it has
+-- queued jobs. A job nobody indexed (RQ's own enqueue, a raw submit.lua) is in the queue list alone.
+local function valid_tenant(t)
+  return type(t) == 'string' and #t >= 1 and #t <= TENANT_MAX and string.match(t, '^[%w._-]+$') ~= nil
+end
+
+-- A job's tenant list and tenant, or nil when it is not indexed (or its hash is not a hash).
+local function fair_entry(prefix, job_key)
+  local ok, f = pcall(redis.call, 'HMGET', job_key, 'lvm_tenant', 'lvm_class')
+  if ok and valid_tenant(f[1]) and (f[2] == 'i' or f[2] == 'b') then return prefix .. f[1] .. ':' .. f[2], f[1] end
+  return nil
+end
+
+-- Back to the front of its tenant's list (recover, release), and the tenant back in the ring.
+-- Best effort: an index key of another type leaves the job to the queue list alone, where claim
+-- still finds it (it takes the queue's head in order whenever no tenant has work).
+local function index_front(prefix, ring, job_key, id)
+  local list, tenant = fair_entry(prefix, job_key)
+  if not list then return end
+  if pcall(redis.call, 'LPUSH', list, id) then
+    local ok, at = pcall(redis.call, 'LPOS', ring, tenant)
+    if ok and not at then pcall(redis.call, 'RPUSH', ring, tenant) end
+  end
+end

@@ -3,16 +3,18 @@
 -- The lease is re-read inside the script, so two workers recovering the same job cannot both act.
 --
 -- KEYS: 1 lease zset, 2 RQ started registry, 3 queue list, 4 failed registry, 5 alive zset,
---       6 stats failed key, 7 event stream
+--       6 stats failed key, 7 event stream, 8 tenant ring
 -- ARGV: 1 max reruns, 2 my incarnation, 3 my live tokens (',t1,t2,'), 4 lease ms, 5 failure ttl,
---       6 job prefix, 7 results prefix, 8 now iso, 9 limit, 10 stats ttl, 11 history cap
+--       6 job prefix, 7 results prefix, 8 now iso, 9 limit, 10 stats ttl, 11 history cap,
+--       12 tenant list prefix
+-- A requeued job that was indexed goes back to the front of its tenant's list too (fair share).
 -- Returns per expired lease {id, 'cleared' | 'requeued' | 'failed', owner}.
 --
 -- Everything that can fail for one job (its meta's JSON, its result key's type) is worked out
 -- before that job's first write: a script that stopped after the lease went would leave the
 -- job 'started' with no lease, where no script would ever find it again.
 local bad = wrong_types({{KEYS[1], 'zset'}, {KEYS[2], 'zset'}, {KEYS[3], 'list'}, {KEYS[4], 'zset'},
-                         {KEYS[5], 'zset'}})
+                         {KEYS[5], 'zset'}, {KEYS[8], 'list'}})
 if bad then return bad end
 local now = now_ms()
 local out = {}
@@ -46,6 +48,7 @@ for _, member in ipairs(expired) do
         if not mine then redis.call('HSET', key, 'lvm_reruns', reruns + 1) end
         redis.call('HDEL', key, 'lvm_token')
         redis.call('LPUSH', KEYS[3], id)
+        index_front(ARGV[12], KEYS[8], key, id)
         announce(KEYS[7], id, 'queued')
         out[#out + 1] = {id, 'requeued', owner}
       else

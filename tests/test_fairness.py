@@ -1,0 +1,134 @@
+"""Fair share in the claim script: tenants in weighted turns, batch behind interactive with its
+starvation bound, per-tenant caps, and the queue list still holding every queued id (the depth
+`rq info` and KEDA read). Against the private redis-server, no worker process."""
+
+from __future__ import annotations
+
+import pytest
+from redis.exceptions import ResponseError
+
+from config import load_settings
+from helpers import lifecycle
+from producer import protocol
+from producer.client import ChatClient
+from producer.errors import RateLimited
+from wire import keys
+
+Q = "lvm-lstm"
+
+
+@pytest.fixture
+def client(redis_url):
+    return ChatClient(redis_url, load_settings())
+
+
+def submit(client, tenant, n, priority="interactive", weight=1, max_queued=0, **fields):
+    share = protocol.Share(tenant, priority, weight, max_queued)
+    calls = [protocol.call(client.settings, client.redis, {"messages": [f"{tenant} {i}."], **fields}, share=share)
+             for i in range(n)]  # fmt: skip
+    return client._enqueue(calls, 60.0)
+
+
+def claimed(redis, limit, batch_every=10):
+    life = lifecycle(redis)
+    life.batch_every = batch_every
+    return [j.id for j in life.claim(Q, limit, life.next_token()).jobs]
+
+
+def test_a_flooding_tenant_gets_its_turn_and_no_more(redis, client):
+    a = submit(client, "a", 40)
+    b = submit(client, "b", 4)
+    assert redis.llen(keys.queue(Q)) == 44  # every queued job is in the list RQ, KEDA and stats read
+    first = claimed(redis, 8)
+    assert first == a[:4] + b[:4]  # a turn is QUANTUM (4) default requests; b's arrive behind 40 of a's
+    assert redis.llen(keys.queue(Q)) == 36
+    assert claimed(redis, 4) == a[4:8]
+    assert redis.lrange(keys.fair_ring(Q), 0, -1) == [b"a"]  # b ran out of work and left the ring
+
+
+def test_weights_share_a_busy_queue(redis, client):
+    a = submit(client, "a", 30, weight=3)
+    b = submit(client, "b", 30)
+    taken = claimed(redis, 32)
+    assert sum(i in a for i in taken) == 24 and sum(i in b for i in taken) == 8
+
+
+def test_a_costly_request_spends_more_of_its_tenants_share(redis, client):
+    dear = submit(client, "a", 5, response_sentences=8)  # cost 8: two turns' quantum each
+    cheap = submit(client, "b", 20)
+    taken = claimed(redis, 10)
+    assert sum(i in dear for i in taken) == 1 and sum(i in cheap for i in taken) == 9
+
+
+def test_batch_yields_to_interactive_within_the_tenant(redis, client):
+    backlog = submit(client, "a", 30, priority="batch")
+    urgent = submit(client, "a", 3)
+    other = submit(client, "b", 2, priority="batch")
+    # a's turn (4 default requests): its 3 interactive jobs, then batch; then b's turn
+    assert claimed(redis, 5) == urgent + [backlog[0], other[0]]
+
+
+def test_batch_keeps_a_share_under_endless_interactive_work(redis, client):
+    batch = submit(client, "a", 5, priority="batch")
+    interactive = submit(client, "a", 20)
+    taken = claimed(redis, 12, batch_every=3)
+    assert [i in batch for i in taken] == [False, False, False, True] * 3
+    assert [i for i in taken if i in interactive] == interactive[:9]
+
+
+def test_a_tenant_over_its_cap_is_refused_and_others_are_not(redis, client):
+    submit(client, "a", 3, max_queued=3)
+    with pytest.raises(RateLimited, match=r"tenant a holds 3 queued jobs for model lstm, its cap is 3") as info:
+        submit(client, "a", 1, max_queued=3)
+    assert info.value.retry_after_s >= 1
+    assert len(submit(client, "b", 2, max_queued=3)) == 2
+    assert redis.llen(keys.queue(Q)) == 5
+
+
+def test_recovered_and_released_jobs_go_back_to_the_front_of_their_tenants_list(redis, client):
+    a = submit(client, "a", 3)
+    life = lifecycle(redis)
+    claim = life.claim(Q, 2, life.next_token())
+    assert [j.id for j in claim.jobs] == a[:2]
+    assert life.release(Q, claim.token, a[:2]) == [a[1], a[0]]
+    assert redis.lrange(keys.fair_list(Q, "a", "interactive"), 0, -1) == [i.encode() for i in a]
+    assert redis.lrange(keys.queue(Q), 0, -1) == [i.encode() for i in a]
+    assert claimed(redis, 3) == a
+
+
+def test_cancel_takes_a_queued_job_out_of_its_tenants_list(redis, client):
+    a = submit(client, "a", 2)
+    assert client.cancel(a[0]) == "canceled"
+    assert redis.lrange(keys.fair_list(Q, "a", "interactive"), 0, -1) == [a[1].encode()]
+    assert claimed(redis, 5) == [a[1]]
+
+
+def test_jobs_nobody_indexed_are_served_in_order(redis, client):
+    """RQ's own enqueue and a raw submit.lua put ids in the queue list alone: claim takes them when
+    they reach its head, between the tenants' turns."""
+    from rq import Queue
+    from rq.serializers import JSONSerializer
+
+    a = submit(client, "a", 6)
+    raw = Queue(Q, connection=redis, serializer=JSONSerializer).enqueue("lvm.jobs.chat", {"messages": ["Hi."]}).id
+    taken = claimed(redis, 10)
+    assert sorted(taken) == sorted(a + [raw]) and taken.index(raw) == 6
+
+
+def test_a_deleted_index_strands_nothing(redis, client):
+    a = submit(client, "a", 3)
+    redis.delete(keys.fair_ring(Q), keys.fair_state(Q))
+    assert claimed(redis, 5) == a  # no tenant has work: the queue's head, in order
+    assert claimed(redis, 5) == []
+
+
+def test_admit_checks_what_any_redis_client_can_send(redis, client):
+    [(script_keys, args)] = protocol.Submit(
+        client.settings, [protocol.call(client.settings, redis, {"messages": ["Hi."]})], client.bounds, 60
+    ).script_calls()
+    for i, bad in ((2, "bad tenant!"), (3, "x"), (4, "0")):
+        hostile = list(args)
+        hostile[i] = bad
+        with pytest.raises(ResponseError, match="LVMQ_BADARG"):
+            client._submit(keys=script_keys, args=hostile)
+    assert redis.llen(keys.queue(Q)) == 0
