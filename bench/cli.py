@@ -9,7 +9,9 @@ from pathlib import Path
 
 def register(sub: argparse._SubParsersAction) -> None:
     bench = sub.add_parser(
-        "bench", help="benchmarks (model, pipeline, queue, load, overhead, encoder, gateway, crowd, overload, host)"
+        "bench",
+        help="benchmarks (model, pipeline, queue, load, overhead, encoder, gateway, crowd, overload, fairness, "
+        "priority, host)",
     )
     bsub = bench.add_subparsers(dest="bench_cmd", required=True)
 
@@ -41,6 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     _register_gateway(bsub)
     _register_crowd(bsub)
     _register_overload(bsub)
+    _register_fairness(bsub)
     _register_host(bsub)
 
 
@@ -169,6 +172,53 @@ def _register_gateway(bsub) -> None:
     )
     g.add_argument("--json", action="store_true")
     g.set_defaults(func=cmd_gateway)
+
+
+def _register_fairness(bsub) -> None:
+    f = bsub.add_parser(
+        "fairness",
+        help="tenant A at 10x a worker's capacity beside tenant B at 0.1x: fair share on and off, same run",
+        description="Starts a private redis-server and one worker (the default LSTM artifacts), measures its capacity "
+        "C, then runs B alone at --light C, and A at --factor C beside B twice: fair share on (two tenants, each "
+        "capped at LVM_GATEWAY_KEY_QUEUE_SHARE of the bound) and off (one shared tenant: one FIFO queue). Reports "
+        "B's p50/p99 against B alone, refusals (429 cap, 503 bound), A's served rate, depth against the bound, lost.",
+    )
+    f.add_argument("--factor", type=float, default=10.0, help="A's offered load as a multiple of C (default 10)")
+    f.add_argument("--light", type=float, default=0.1, help="B's offered load as a multiple of C (default 0.1)")
+    f.add_argument("--seconds", type=float, default=20.0, help="how long each run offers it (default 20)")
+    f.add_argument("--deadline", type=int, default=10, help="LVM_JOB_TIMEOUT for the run, in s (default 10)")
+    f.add_argument("--json", action="store_true")
+    f.set_defaults(func=cmd_fairness)
+    p = bsub.add_parser(
+        "priority",
+        help="interactive jobs idle and behind a backlog of batch jobs: priority on and off, same run",
+        description="Starts a private redis-server and one worker, then one tenant's interactive jobs at --rate for "
+        "--seconds on an idle queue, and behind --backlog of the same tenant's batch jobs twice: as interactive "
+        "(priority on) and as batch (off: FIFO behind the backlog). Reports interactive p50/p99 against idle, batch "
+        "jobs served meanwhile (the starvation bound, LVM_FAIR_BATCH_EVERY) and lost. Takes a few minutes: each "
+        "backlog is served to the end.",
+    )
+    p.add_argument("--backlog", type=int, default=10_000, help="batch jobs queued first (default 10000)")
+    p.add_argument("--rate", type=float, default=2.0, help="interactive jobs per second (default 2)")
+    p.add_argument("--seconds", type=float, default=20.0, help="how long interactive jobs arrive (default 20)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_priority)
+
+
+def cmd_fairness(args: argparse.Namespace) -> int:
+    from bench import fairness
+    from config import load_settings
+
+    res = fairness.fairness(load_settings(), args.factor, args.light, args.seconds, args.deadline)
+    return _emit(res, args.json, fairness.format_fairness)
+
+
+def cmd_priority(args: argparse.Namespace) -> int:
+    from bench import fairness
+    from config import load_settings
+
+    res = fairness.priority(load_settings(), args.backlog, args.rate, args.seconds)
+    return _emit(res, args.json, fairness.format_priority)
 
 
 def _register_crowd(bsub) -> None:

@@ -73,13 +73,34 @@ def chat_request(i: int, sentences: int = 2) -> dict:
     return {"messages": text, "conversation_id": f"chaos-{i}"}
 
 
+TENANTS = 3  # the scenarios' jobs belong to several tenants, every 4th one batch: claims go across owners
+
+
 def submit(redis: Redis, url: str, requests: list[dict]) -> list[str]:
+    """Submit ``requests`` (one round trip per tenant and class); their ids, in order. Request i
+    belongs to tenant ``t<i mod TENANTS>``, and is batch when i mod 4 is 3, so fair share's claim
+    interleaves owners and takes ids from the middle of the queue list."""
     from config import load_settings
     from producer.client import ChatClient
+    from producer.protocol import Share
 
     # No admission bound: the scenarios measure faults, and queue hundreds of jobs before any worker
     # has measured its rate (past LVM_ADMISSION_FLOOR); `lvmq bench overload` measures admission.
-    return ChatClient(url, load_settings(max_queued=0)).submit_many(requests)
+    client = ChatClient(url, load_settings(max_queued=0))
+    groups: dict[tuple[str, str], list[int]] = {}
+    for i in range(len(requests)):
+        groups.setdefault((f"t{i % TENANTS}", "batch" if i % 4 == 3 else "interactive"), []).append(i)
+    ids = [""] * len(requests)
+    for (tenant, priority), members in groups.items():
+        got = client.submit_many([requests[i] for i in members], share=Share(tenant, priority))
+        for i, job_id in zip(members, got, strict=True):
+            ids[i] = job_id
+    return ids
+
+
+def indexed_left(redis: Redis) -> int:
+    """Ids still in fair share's tenant lists: 0 once every job ended (claim and cancel take them out)."""
+    return sum(int(redis.llen(k)) for k in redis.scan_iter(match=keys.FAIR_PREFIX + "*:q:*", count=1000))
 
 
 def wait_terminal(redis: Redis, ids: list[str], timeout: float) -> float:
@@ -122,6 +143,7 @@ def tally(redis: Redis, scenario: str, ids: list[str], started: float, job_exits
         if status in ANSWERED:
             last = max(last, _ended(h, started))
     t.seconds = round(last - started, 2)
+    t.counts["indexed_left"] = indexed_left(redis)
     return t
 
 

@@ -91,6 +91,7 @@ class ChatClient:
         idempotency_key: str | None = None,
         deadline_s: float | None = None,
         priority: str | None = None,
+        share: protocol.Share | None = None,
     ) -> str:
         """Validate here (fail fast, before Redis), enqueue, return the job id.
 
@@ -99,11 +100,13 @@ class ChatClient:
         queue_ttl + result_ttl seconds. ``deadline_s`` (default LVM_JOB_TIMEOUT): a job still
         queued that long after its submit fails ``expired`` without being computed, and one
         computed later is due by then. ``priority`` (interactive or batch; default
-        LVM_PRODUCER_PRIORITY): batch yields to interactive within LVM_PRODUCER_TENANT's share.
-        ``Overloaded`` when the queue is at its admission bound.
+        LVM_PRODUCER_PRIORITY): batch yields to interactive within LVM_PRODUCER_TENANT's share;
+        ``share`` names another tenant (a backend submitting for its own customers), its weight
+        and queued cap. ``Overloaded`` when the queue is at its admission bound, ``RateLimited``
+        when the tenant holds its cap.
         """
         keys = None if idempotency_key is None else [idempotency_key]
-        return self.submit_many([request], keys, deadline_s, priority)[0]
+        return self.submit_many([request], keys, deadline_s, priority, share)[0]
 
     def submit_many(
         self,
@@ -111,10 +114,12 @@ class ChatClient:
         idempotency_keys: Sequence[str] | None = None,
         deadline_s: float | None = None,
         priority: str | None = None,
+        share: protocol.Share | None = None,
     ) -> list[str]:
         """Enqueue many requests, possibly for several models, in one round trip. Each is one
         atomic admit + submit.lua call: a retry after an ambiguous failure never enqueues twice."""
-        share = protocol.Share(self.settings.producer_tenant, priority or self.settings.producer_priority)
+        if share is None:
+            share = protocol.Share(self.settings.producer_tenant, priority or self.settings.producer_priority)
         requests = [r if isinstance(r, ChatRequest) else ChatRequest.model_validate(r) for r in requests]
         keys = list(idempotency_keys) if idempotency_keys is not None else [None] * len(requests)
         if len(keys) != len(requests):

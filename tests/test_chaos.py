@@ -30,6 +30,7 @@ def _check(t: Tally) -> None:
     print("\n" + HEADER + "\n" + t.row())
     assert t.submitted > 0, t.row()  # a scenario that submitted nothing proves nothing
     assert (t.lost, t.twice, t.job_exits) == (0, 0, 0), t.row()
+    assert t.counts.get("indexed_left", 0) == 0, t.row()  # fair share's index holds no ended job
 
 
 @pytest.fixture

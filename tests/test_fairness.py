@@ -24,9 +24,7 @@ def client(redis_url):
 
 def submit(client, tenant, n, priority="interactive", weight=1, max_queued=0, **fields):
     share = protocol.Share(tenant, priority, weight, max_queued)
-    calls = [protocol.call(client.settings, client.redis, {"messages": [f"{tenant} {i}."], **fields}, share=share)
-             for i in range(n)]  # fmt: skip
-    return client._enqueue(calls, 60.0)
+    return client.submit_many([{"messages": [f"{tenant} {i}."], **fields} for i in range(n)], share=share)
 
 
 def claimed(redis, limit, batch_every=10):

@@ -36,12 +36,20 @@ def test_add_list_revoke_keep_only_hashes_and_the_limits_that_differ(tmp_path):
         policy.add(path, "webui", {}, DEFAULTS)
     with pytest.raises(ValueError, match="rate_per_s must be a number"):
         policy.add(path, "bad", {"rate_per_s": 0}, DEFAULTS)
-    with pytest.raises(ValueError, match="unknown limit 'priority'"):
-        policy.add(path, "bad", {"priority": 1}, DEFAULTS)
+    with pytest.raises(ValueError, match="unknown limit 'class'"):
+        policy.add(path, "bad", {"class": 1}, DEFAULTS)
+    backfill = policy.add(path, "backfill", {"priority": "batch", "weight": 3, "max_queued": 5000}, DEFAULTS)
+    assert policy.read(path, DEFAULTS)[hash_key(backfill)].limits == DEFAULTS.with_overrides(
+        {"priority": "batch", "weight": 3, "max_queued": 5000}, "t"
+    )
+    for wrong, why in [({"priority": "urgent"}, "interactive or batch"), ({"weight": 0}, "weight"),
+                       ({"weight": 1.5}, "weight"), ({"max_queued": -1}, "max_queued")]:  # fmt: skip
+        with pytest.raises(ValueError, match=why):
+            policy.add(path, "bad", wrong, DEFAULTS)
     with pytest.raises(ValueError, match="name"):
         policy.add(path, "no spaces", {}, DEFAULTS)
     assert policy.revoke(path, "solo") and not policy.revoke(path, "solo")
-    assert [r["name"] for r in policy.listing(path, DEFAULTS)] == ["webui"]
+    assert [r["name"] for r in policy.listing(path, DEFAULTS)] == ["webui", "backfill"]
 
 
 def test_a_wrong_keys_file_is_refused_by_name(tmp_path):
