@@ -6,7 +6,7 @@ worker incarnation.
 
 ::
 
-                 claim (pop + lease + started, one script)
+                 claim (fair pick + lease + started, one script)
     QUEUED ───────────────────────────────────────────────▶ STARTED(token, lease)
       ▲  ▲                                                    │   │   │
       │  │ release (drain timeout / forced stop: hand back)   │   │   │ renew (heartbeat thread):
@@ -18,8 +18,11 @@ worker incarnation.
           recover (lease expired, owner silent, reruns = max) ──┐     ▼
                                                       FAILED(abandoned)   FINISHED | FAILED(reason)
 
-A claimed job is never in neither the queue nor a registry: the claim script pops the id and
-writes the lease in one step. The lease lives in ``lvm:leases:<queue>`` (member ``<id>:<token>``,
+A claimed job is never in neither the queue nor a registry: the claim script takes the id and
+writes the lease in one step. Which ids: deficit round robin over the tenants with queued jobs
+(fair share, docs/gateway.md); each queued id is in the queue list (the depth RQ and KEDA read)
+and, when admit.lua queued it, in its tenant's list, and every script that moves a queued job
+moves both. The lease lives in ``lvm:leases:<queue>`` (member ``<id>:<token>``,
 score = lease deadline in Redis server milliseconds); the same member sits in RQ's started
 registry (``rq:wip:<queue>``) so `rq info` counts it, with a score a day later than the lease so
 that RQ's own abandoned-job cleanup never races ours.
@@ -35,6 +38,8 @@ Races named here, each closed by doing the step inside one script:
 - two workers recovering the same job: recover re-reads the lease inside the script;
 - a late owner finishing a recovered job: finish compares the token inside the script;
 - an id pushed twice: claim drops an id whose job is already started or ended;
+- a job canceled (or taken) between its tenant's list and the queue list: claim takes an id
+  from a tenant's list only if removing it from the queue list succeeds in the same step;
 - an ambiguous reply (connection lost after Redis ran a script): finish and release are
   idempotent for the same token; jobs of an unanswered claim are owned by this incarnation but
   never renewed, so this worker's own recover pass puts them back (without counting a rerun).
