@@ -174,6 +174,12 @@ def _register_gateway(bsub) -> None:
     g.set_defaults(func=cmd_gateway)
 
 
+MAX_BATCH_HELP = (
+    "the worker's LVM_MAX_BATCH (default: the setting's): a job that arrives while a batch computes waits for it, "
+    "so a smaller batch trades throughput for the latency under load"
+)
+
+
 def _register_fairness(bsub) -> None:
     f = bsub.add_parser(
         "fairness",
@@ -187,6 +193,7 @@ def _register_fairness(bsub) -> None:
     f.add_argument("--light", type=float, default=0.1, help="B's offered load as a multiple of C (default 0.1)")
     f.add_argument("--seconds", type=float, default=20.0, help="how long each run offers it (default 20)")
     f.add_argument("--deadline", type=int, default=10, help="LVM_JOB_TIMEOUT for the run, in s (default 10)")
+    f.add_argument("--max-batch", type=int, help=MAX_BATCH_HELP)
     f.add_argument("--json", action="store_true")
     f.set_defaults(func=cmd_fairness)
     p = bsub.add_parser(
@@ -201,6 +208,7 @@ def _register_fairness(bsub) -> None:
     p.add_argument("--backlog", type=int, default=10_000, help="batch jobs queued first (default 10000)")
     p.add_argument("--rate", type=float, default=2.0, help="interactive jobs per second (default 2)")
     p.add_argument("--seconds", type=float, default=20.0, help="how long interactive jobs arrive (default 20)")
+    p.add_argument("--max-batch", type=int, help=MAX_BATCH_HELP)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_priority)
 
@@ -209,7 +217,7 @@ def cmd_fairness(args: argparse.Namespace) -> int:
     from bench import fairness
     from config import load_settings
 
-    res = fairness.fairness(load_settings(), args.factor, args.light, args.seconds, args.deadline)
+    res = fairness.fairness(load_settings(), args.factor, args.light, args.seconds, args.deadline, args.max_batch)
     return _emit(res, args.json, fairness.format_fairness)
 
 
@@ -217,7 +225,7 @@ def cmd_priority(args: argparse.Namespace) -> int:
     from bench import fairness
     from config import load_settings
 
-    res = fairness.priority(load_settings(), args.backlog, args.rate, args.seconds)
+    res = fairness.priority(load_settings(), args.backlog, args.rate, args.seconds, max_batch=args.max_batch)
     return _emit(res, args.json, fairness.format_priority)
 
 

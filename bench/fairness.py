@@ -115,7 +115,7 @@ def _served_between(client: Any, ids: list[str], start: float, end: float) -> in
 class Stack:
     """A private redis-server and one real worker on the default LSTM artifacts."""
 
-    def __init__(self, settings: Any, job_timeout: int):
+    def __init__(self, settings: Any, job_timeout: int, max_batch: int | None = None):
         self.server = RedisServer()
         logdir = Path(tempfile.mkdtemp(prefix="lvmq-fairness-"))
         env = {
@@ -125,6 +125,7 @@ class Stack:
             "LVM_JOB_TIMEOUT": str(job_timeout),
             "LVM_MODELS__LSTM": str(settings.models["lstm"]),
             "LVM_BANK_PATH": str(settings.bank_path),
+            "LVM_MAX_BATCH": str(max_batch or settings.max_batch),
         }
         self.settings = settings.model_copy(update={"redis_url": self.server.url, "job_timeout": job_timeout})
         self.queue = self.settings.queue_name("lstm")
@@ -190,12 +191,12 @@ def _phase(stack: Stack, offers: list[Offer], pool: list[str], seconds: float, *
 
 
 def fairness(settings: Any, factor: float = 10.0, light: float = 0.1, seconds: float = 20.0,
-             job_timeout: int = 10) -> dict[str, Any]:  # fmt: skip
+             job_timeout: int = 10, max_batch: int | None = None) -> dict[str, Any]:  # fmt: skip
     from bench.load import user_messages
     from producer.protocol import Share
 
     pool = user_messages(settings.bank_path)
-    stack = Stack(settings, job_timeout)
+    stack = Stack(settings, job_timeout, max_batch)
     share = settings.gateway_key_queue_share
     try:
         c = stack.capacity(pool)
@@ -246,12 +247,12 @@ def format_fairness(res: dict[str, Any]) -> str:
 
 
 def priority(settings: Any, backlog: int = 10_000, rate: float = 2.0, seconds: float = 20.0,
-             job_timeout: int = 300) -> dict[str, Any]:  # fmt: skip
+             job_timeout: int = 300, max_batch: int | None = None) -> dict[str, Any]:  # fmt: skip
     from bench.load import user_messages
     from producer.protocol import Share
 
     pool = user_messages(settings.bank_path)
-    stack = Stack(settings, job_timeout)
+    stack = Stack(settings, job_timeout, max_batch)
     try:
         stack.capacity(pool, 200)  # warm-up, and a measured rate in the worker's heartbeat
         out: dict[str, Any] = {"worker": stack.worker, "backlog": backlog, "rate_per_s": rate, "seconds": seconds}
