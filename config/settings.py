@@ -274,6 +274,13 @@ class Settings(BaseSettings):
         "", description="Comma-separated origins allowed to call the API from a browser (CORS); none by default."
     )
     gateway_max_wait_s: float = Field(60.0, gt=0, le=600, description="Upper bound on GET ?wait=N.")
+    gateway_keepalive_s: float = Field(
+        15.0,
+        gt=0,
+        le=60,
+        description="How often a streamed completion that is still waiting for its job sends an SSE comment line "
+        "(`: keep-alive`, which SSE parsers skip): proxies cut streams idle for 30-100 s.",
+    )
     gateway_secret: str = Field(
         "",
         description="Required with API keys: the server secret the gateway keys each API key's owner id with "

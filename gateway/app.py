@@ -40,6 +40,7 @@ from gateway.limits import Waits
 from gateway.metrics import Metrics, MetricsMiddleware
 from gateway.policy import Limits
 from gateway.requestid import RequestIdMiddleware
+from gateway.slashes import SlashesMiddleware
 from producer import protocol
 from wire import lua
 
@@ -102,6 +103,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.waits = Waits()  # each key's cap is its policy's max_streams
     app.state.bounds = protocol.Bounds(settings)  # the admission bound per queue, kept by jobs.refresh_bounds
     app.add_middleware(MetricsMiddleware, metrics_getter=lambda: app.state.metrics)
+    app.add_middleware(SlashesMiddleware)  # /v1//models and /v1/models/ are /v1/models
     app.add_middleware(RequestIdMiddleware)  # outermost: every response carries X-Request-ID, errors included
     origins = comma_list(settings.gateway_cors_origins)
     if origins:

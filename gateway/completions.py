@@ -1,51 +1,43 @@
-"""OpenAI-compatible routes: ``POST /v1/chat/completions`` and ``GET /v1/models``.
+"""OpenAI-compatible routes: ``POST /v1/chat/completions``, the legacy ``POST /v1/completions``
+and ``GET /v1/models``.
 
 Chat frontends built on the official ``openai`` SDKs (Open WebUI, LibreChat, …) plug in as they
-are: same keys (``Authorization: Bearer``), ownership and rate limits as the rest of the gateway,
-errors in OpenAI's shape ``{"error": {message, type, param, code}}``.
+are: same keys (``Authorization: Bearer``), ownership, rate limits and fair share as the rest of
+the gateway, errors in OpenAI's shape ``{"error": {message, type, param, code}}``. How a request
+body maps onto an LVM chat, and what is refused by name: gateway/openai_request.py.
 
-How an OpenAI request becomes an LVM chat (docs/gateway.md has the table):
-- ``messages``: the ``user`` and ``assistant`` turns, oldest first, are the conversation (a turn's
-  text parts joined by spaces). ``system``, ``developer`` and ``tool`` messages are instructions
-  and tool output, not sentences of the conversation: the LVM predicts the next sentence from the
-  last few, so they are left out. The last MAX_MESSAGES turns are sent.
-- ``model``: a model this gateway offers. ``n`` must be 1. ``stream`` and
-  ``stream_options.include_usage`` are honoured. ``max_tokens``, ``temperature``, ``top_p``,
-  ``stop``, ``seed``, penalties, ``tools``, ``response_format``, ``user`` and anything else are
-  accepted and ignored: the answer is the decoder's nearest sentences, deterministic, and its
-  length is ``response_sentences`` (an extension field, 1 by default), as are ``forward``,
-  ``decode_steps`` and ``conversation_id``. Without a ``conversation_id`` one is derived from the
-  first turn, so the worker's conversation cache serves the turns an OpenAI client resends.
 - ``usage`` counts words (the text split on whitespace): the LVM has no tokens of its own.
 - The answer carries the job id, confidence and per-stage latency under ``lvm``.
+- A stream sends a keep-alive comment while its job waits (LVM_GATEWAY_KEEPALIVE_S), and an error
+  that happens after it started arrives as OpenAI's error event, then the stream ends.
 
 A client that disconnects before its answer (a closed tab, a cancelled stream) cancels its job.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
+import secrets
 import time
 import weakref
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.routing import APIRoute
-from pydantic import ValidationError
 from redis.exceptions import RedisError
 from starlette.concurrency import run_in_threadpool
 
 from config.connections import unavailable
 from config.logs import get_logger
-from gateway import jobs
+from gateway import jobs, openai_request
 from gateway.auth import Caller, caller
 from gateway.errors import ApiError
 from gateway.limits import Slot, take
 from producer.health import check
-from wire.schema import MAX_MESSAGES, TERMINAL, ChatRequest, request_error
+from wire.schema import TERMINAL, ChatRequest
 
 # Our error codes as OpenAI's error types (what its SDKs turn into exception classes).
 TYPES = {
@@ -54,9 +46,6 @@ TYPES = {
     415: "invalid_request_error", 422: "invalid_request_error", 429: "rate_limit_error", 503: "server_error",
     504: "timeout",
 }  # fmt: skip
-ROLES = ("user", "assistant")
-IGNORED_ROLES = ("system", "developer", "tool", "function")
-EXTENSIONS = ("response_sentences", "forward", "decode_steps", "conversation_id")
 
 
 def openai_error(exc: ApiError) -> JSONResponse:
@@ -132,56 +121,6 @@ def _earliest(isotimes: list[Any]) -> int:
     return min(stamps) if stamps else 0
 
 
-def to_chat(body: Any, models: list[str]) -> tuple[ChatRequest, bool, bool]:
-    """OpenAI's request as a ChatRequest, plus (stream, include_usage); ApiError(400) when it cannot be."""
-    if not isinstance(body, dict):
-        raise ApiError(422, "invalid_request", "the body must be a JSON object")
-    if body.get("n", 1) != 1:
-        raise ApiError(422, "invalid_request", "n must be 1: the decoder gives one answer",
-                       fields=[{"field": "n", "reason": "must be 1"}])  # fmt: skip
-    turns: list[str] = []
-    raw = body.get("messages")
-    if not isinstance(raw, list) or not raw:
-        raise ApiError(422, "invalid_request", "messages must be a non-empty list",
-                       fields=[{"field": "messages", "reason": "must be a non-empty list"}])  # fmt: skip
-    for i, message in enumerate(raw):
-        role = message.get("role") if isinstance(message, dict) else None
-        if role in IGNORED_ROLES:
-            continue
-        if role not in ROLES:
-            why = f"messages[{i}].role must be one of user, assistant, system, developer, tool"
-            raise ApiError(422, "invalid_request", why, fields=[{"field": f"messages.{i}.role", "reason": "unknown"}])
-        turns.append(_text(message.get("content"), i))
-    turns = [t for t in turns if t.strip()][-MAX_MESSAGES:]
-    if not turns:
-        raise ApiError(422, "invalid_request", "no user or assistant message with text",
-                       fields=[{"field": "messages", "reason": "no user or assistant text"}])  # fmt: skip
-    fields: dict[str, Any] = {"messages": turns, "model": body.get("model")}
-    fields |= {k: body[k] for k in EXTENSIONS if body.get(k) is not None}
-    if "conversation_id" not in fields:
-        fields["conversation_id"] = "oa-" + hashlib.sha256(turns[0].encode()).hexdigest()[:32]
-    if fields["model"] not in models:
-        why = f"model {str(fields['model'])[:64]!r} is not served here; GET /v1/models lists {', '.join(models)}"
-        raise ApiError(404, "not_found", why, fields=[{"field": "model", "reason": "unknown"}])
-    try:
-        chat = ChatRequest.model_validate(fields)
-    except ValidationError as exc:
-        raise ApiError(422, **request_error(exc).model_dump(exclude={"job_id"})) from None
-    options = body.get("stream_options") if isinstance(body.get("stream_options"), dict) else {}
-    return chat, body.get("stream") is True, bool(options.get("include_usage"))
-
-
-def _text(content: Any, i: int) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):  # content parts: the text ones, joined
-        return " ".join(p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
-    if content is None:
-        return ""
-    raise ApiError(422, "invalid_request", f"messages[{i}].content must be a string or a list of parts",
-                   fields=[{"field": f"messages.{i}.content", "reason": "not text"}])  # fmt: skip
-
-
 def words(texts: list[str]) -> int:
     return sum(len(t.split()) for t in texts)
 
@@ -196,12 +135,48 @@ def extension(job_id: str, result: dict[str, Any]) -> dict[str, Any]:
     return {"job_id": job_id, **{k: result.get(k) for k in keep}}
 
 
+@dataclass(frozen=True)
+class Shape:
+    """The two answer shapes: chat's (``message``, ``delta``) and the legacy route's (``text``)."""
+
+    prefix: str  # of the answer's id
+    whole: str  # object of the answer
+    part: str  # object of a streamed chunk
+    chat: bool
+
+    def choice(self, text: str) -> dict[str, Any]:
+        if self.chat:
+            message = {"role": "assistant", "content": text, "refusal": None}
+            return {"index": 0, "message": message, "finish_reason": "stop", "logprobs": None}
+        return {"index": 0, "text": text, "finish_reason": "stop", "logprobs": None}
+
+    def delta(self, text: str | None, finish: str | None = None) -> dict[str, Any]:
+        """A streamed choice; ``text`` None is chat's opening role chunk."""
+        if self.chat:
+            delta = {"role": "assistant", "content": ""} if text is None else ({"content": text} if text else {})
+            return {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
+        return {"index": 0, "text": text or "", "finish_reason": finish, "logprobs": None}
+
+
+CHAT = Shape("chatcmpl-", "chat.completion", "chat.completion.chunk", chat=True)
+TEXT = Shape("cmpl-", "text_completion", "text_completion", chat=False)
+
+
 @router.post("/v1/chat/completions", summary="OpenAI chat completions (non-streaming and streaming)")
 async def completions(request: Request, who: Who) -> Response:
+    return await serve(request, who, openai_request.to_chat, CHAT)
+
+
+@router.post("/v1/completions", summary="OpenAI's legacy completions: the prompt is one user turn")
+async def legacy_completions(request: Request, who: Who) -> Response:
+    return await serve(request, who, openai_request.prompt_to_chat, TEXT)
+
+
+async def serve(request: Request, who: Caller, parse: Callable[..., Any], shape: Shape) -> Response:
     state = request.app.state
     try:
         body = await jobs.json_body(request)
-        chat, stream, include_usage = to_chat(body, state.models)
+        chat, stream, include_usage = parse(body, state.models)
     except ApiError:
         await take(request, who, "submit")  # a refused body costs a token, as on /v1/chat
         raise
@@ -215,13 +190,14 @@ async def completions(request: Request, who: Who) -> Response:
         raise
     created = int(time.time())
     if stream:
-        body = chunks(request, who, chat, job_id, created, include_usage, slot)
+        stream_body = chunks(request, who, chat, job_id, created, include_usage, slot, shape)
         # A response cancelled before its first chunk never enters the generator (its finally
         # never runs): the finalizer frees the slot when the generator is dropped.
-        weakref.finalize(body, slot.release)
+        weakref.finalize(stream_body, slot.release)
         return StreamingResponse(
-            body, media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-        )
+            stream_body, media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )  # fmt: skip
     max_wait = state.settings.gateway_max_wait_s
     try:
         view = await jobs.wait_outcome(request, job_id, who, max_wait, cancel_on_disconnect=True, held=True)
@@ -240,18 +216,11 @@ async def completions(request: Request, who: Who) -> Response:
     result = view["result"]
     return JSONResponse(
         {
-            "id": f"chatcmpl-{job_id}",
-            "object": "chat.completion",
+            "id": f"{shape.prefix}{job_id}",
+            "object": shape.whole,
             "created": created,
             "model": chat.model,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": result["response"], "refusal": None},
-                    "finish_reason": "stop",
-                    "logprobs": None,
-                }
-            ],
+            "choices": [shape.choice(result["response"])],
             "usage": usage(chat, result["response"]),
             "lvm": extension(job_id, result),
         }
@@ -273,48 +242,97 @@ def failed(view: dict[str, Any]) -> ApiError:
 
 
 async def chunks(
-    request: Request, who: Caller, chat: ChatRequest, job_id: str, created: int, include_usage: bool, slot: Slot
+    request: Request,
+    who: Caller,
+    chat: ChatRequest,
+    job_id: str,
+    created: int,
+    include_usage: bool,
+    slot: Slot,
+    shape: Shape = CHAT,
 ) -> AsyncIterator[bytes]:
-    """The role at once, then the answer sentence by sentence, the finish, usage if asked, [DONE].
-    A client that goes away before the outcome (the generator is closed), or any failure on the
-    way, cancels its job. ``slot``: the key's wait slot, taken before the submit, freed here."""
-    base = {"id": f"chatcmpl-{job_id}", "object": "chat.completion.chunk", "created": created, "model": chat.model}
+    """The role at once (chat), then the answer sentence by sentence, the finish, usage if asked,
+    [DONE]. A client that goes away before the outcome (the generator is closed), or any failure
+    on the way, cancels its job. ``slot``: the key's wait slot, taken before the submit, freed here."""
+    base = {"id": f"{shape.prefix}{job_id}", "object": shape.part, "created": created, "model": chat.model}
 
-    def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> bytes:
-        choice = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
+    def chunk(text: str | None, finish: str | None = None, **extra: Any) -> bytes:
+        choice = shape.delta(text, finish)
         return b"data: " + json.dumps({**base, "choices": [choice], **extra}, separators=(",", ":")).encode() + b"\n\n"
 
     ended = False
     try:
-        yield chunk({"role": "assistant", "content": ""})
-        state = request.app.state
-        deadline = time.monotonic() + state.settings.gateway_max_wait_s
-        view = None
-        while (left := deadline - time.monotonic()) > 0:
-            view = await jobs.wait_outcome(request, job_id, who, min(left, 15.0), held=True)
-            if view is None or view["status"] in TERMINAL:
-                break
-            yield b": keep-alive\n\n"
-        ended = view is not None and view["status"] in TERMINAL
-        if view is None or not ended:
-            error = {"message": "no answer in time (LVM_GATEWAY_MAX_WAIT_S); the job was canceled", "type": "timeout",
-                     "param": None, "code": "timeout"}  # fmt: skip
-            yield b"data: " + json.dumps({"error": error}).encode() + b"\n\n"
-            return
-        if view["status"] != "finished":
-            shaped = json.loads(openai_error(failed(view)).body)
-            yield b"data: " + json.dumps(shaped).encode() + b"\n\n"
-            return
-        result = view["result"]
-        sentences = result.get("sentences") or [result["response"]]
-        for i, sentence in enumerate(sentences):
-            yield chunk({"content": sentence if i == 0 else " " + sentence})
-        yield chunk({}, "stop", lvm=extension(job_id, result))
-        if include_usage:
-            yield b"data: " + json.dumps({**base, "choices": [], "usage": usage(chat, result["response"])}).encode()
-            yield b"\n\n"
-        yield b"data: [DONE]\n\n"
+        if shape.chat:
+            yield chunk(None)
+        async for part in _answer(request, who, chat, job_id, chunk, base, include_usage):
+            if part is None:
+                ended = True
+            else:
+                yield part
+    except Exception as exc:  # noqa: BLE001 - the stream has started: the error must arrive as an event
+        yield stream_error(request, exc)
     finally:
         slot.release()
         if not ended:  # closed by the client, timed out or failed before the outcome: cancel the job
             await jobs.cancel_quietly(request, job_id, who)
+
+
+def stream_error(request: Request, exc: Exception) -> bytes:
+    """An error after the stream started, as OpenAI's error event (the SDKs raise it as APIError)
+    followed by nothing: the stream ends after it."""
+    if isinstance(exc, ApiError):
+        shaped = json.loads(openai_error(exc).body)
+    elif isinstance(exc, RedisError) and unavailable(exc):
+        log.warning("gateway_redis_unreachable", error=str(exc)[:300], path=request.url.path)
+        shaped = {"error": {"message": "Redis became unreachable while waiting; retry shortly", "type": "server_error",
+                            "param": None, "code": "unavailable"}}  # fmt: skip
+    else:
+        reference = secrets.token_hex(6)
+        log.error("gateway_internal_error", reference=reference, path=request.url.path, exc_info=exc)
+        shaped = {"error": {"message": f"internal error (reference {reference}); the gateway log has details",
+                            "type": "server_error", "param": None, "code": "internal"}}  # fmt: skip
+    return b"data: " + json.dumps(shaped).encode() + b"\n\n"
+
+
+async def _answer(
+    request: Request,
+    who: Caller,
+    chat: ChatRequest,
+    job_id: str,
+    chunk: Callable[..., bytes],
+    base: dict[str, Any],
+    include_usage: bool,
+) -> AsyncIterator[bytes | None]:
+    """The stream after its first chunk: keep-alive comments while the job waits (every
+    LVM_GATEWAY_KEEPALIVE_S; proxies cut streams idle for 30-100 s, and SSE parsers skip comment
+    lines), then the answer, or the error event. ``None`` marks the job's outcome as read."""
+    state = request.app.state
+    deadline = time.monotonic() + state.settings.gateway_max_wait_s
+    every = state.settings.gateway_keepalive_s
+    view = None
+    while (left := deadline - time.monotonic()) > 0:
+        view = await jobs.wait_outcome(request, job_id, who, min(left, every), held=True)
+        if view is None or view["status"] in TERMINAL:
+            break
+        yield b": keep-alive\n\n"
+    ended = view is not None and view["status"] in TERMINAL
+    if ended:
+        yield None
+    if view is None or not ended:
+        error = {"message": "no answer in time (LVM_GATEWAY_MAX_WAIT_S); the job was canceled", "type": "timeout",
+                 "param": None, "code": "timeout"}  # fmt: skip
+        yield b"data: " + json.dumps({"error": error}).encode() + b"\n\n"
+        return
+    if view["status"] != "finished":
+        shaped = json.loads(openai_error(failed(view)).body)
+        yield b"data: " + json.dumps(shaped).encode() + b"\n\n"
+        return
+    result = view["result"]
+    sentences = result.get("sentences") or [result["response"]]
+    for i, sentence in enumerate(sentences):
+        yield chunk(sentence if i == 0 else " " + sentence)
+    yield chunk("", "stop", lvm=extension(job_id, result))
+    if include_usage:
+        yield b"data: " + json.dumps({**base, "choices": [], "usage": usage(chat, result["response"])}).encode()
+        yield b"\n\n"
+    yield b"data: [DONE]\n\n"

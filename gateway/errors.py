@@ -19,6 +19,7 @@ from redis.exceptions import RedisError
 from config.connections import unavailable
 from config.logs import get_logger
 from producer.errors import LVMQueueError, NotReplicated, Overloaded, RateLimited
+from wire.schema import fields_message
 
 log = get_logger("lvmq.gateway")
 
@@ -90,7 +91,7 @@ async def invalid_query(request: Request, exc: RequestValidationError) -> JSONRe
     fields = [
         {"field": ".".join(str(p) for p in e["loc"][1:]) or "(request)", "reason": e["msg"]} for e in exc.errors()
     ]
-    body = {"error": "invalid_request", "message": f"{len(fields)} invalid field(s)", "fields": fields}
+    body = {"error": "invalid_request", "message": fields_message(fields), "fields": fields}
     return JSONResponse(body, status_code=422)
 
 

@@ -159,7 +159,9 @@ async def _enqueue(
     fair: protocol.Share,
 ) -> str:
     state, settings = request.app.state, request.app.state.settings
-    call = protocol.call(settings, state.sync, chat, f"{who.owner}:{idem}" if idem else None, who.owner, trace, fair)
+    rid = getattr(request.state, "request_id", None)
+    call = protocol.call(settings, state.sync, chat, f"{who.owner}:{idem}" if idem else None, who.owner, trace, fair,
+                         rid)  # fmt: skip
     limit = protocol.Limit(keys.rate(who.owner), who.policy.limits.rate_per_s, who.policy.limits.burst)
     submit = protocol.Submit(settings, [call], state.bounds, due, limit)
     try:

@@ -8,12 +8,13 @@ Pure ASGI, so a streamed response is not buffered.
 
 from __future__ import annotations
 
-import re
 import uuid
+
+from wire import keys
 
 HEADER = "x-request-id"
 RAW = HEADER.encode()  # as ASGI carries header names
-VALID = re.compile(r"[A-Za-z0-9._:+/=-]{1,128}")  # what a log line or a header may carry as it is
+VALID = keys.REQUEST_ID  # what a log line or a header may carry as it is
 
 
 def request_id(headers: list[tuple[bytes, bytes]]) -> str | None:
@@ -21,7 +22,7 @@ def request_id(headers: list[tuple[bytes, bytes]]) -> str | None:
     for name, value in headers:
         if name.lower() == RAW:
             text = value.decode("latin-1")
-            return text if VALID.fullmatch(text) else None
+            return text if VALID.match(text) else None
     return None
 
 

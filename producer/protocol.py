@@ -109,10 +109,12 @@ def call(
     owner: str | None = None,
     trace: Mapping[str, str] | None = None,
     share: Share | None = None,
+    request_id: str | None = None,
 ) -> Call:
     """One request as submit.lua's KEYS and ARGV: RQ's own job hash, with its id fixed here (see
     the race above). ``owner`` (the gateway's API-key hash) is stored as the job's lvm_owner,
-    ``trace`` (the submitting span's W3C headers, config.tracing) as its lvm_trace; ``share``
+    ``trace`` (the submitting span's W3C headers, config.tracing) as its lvm_trace,
+    ``request_id`` (the gateway's X-Request-ID) as its lvm_request_id; ``share``
     (default: LVM_PRODUCER_TENANT and LVM_PRODUCER_PRIORITY) says whose share it is taken from.
     ``connection`` is only handed to RQ's Job, which does no I/O while it is built."""
     req = request if isinstance(request, ChatRequest) else ChatRequest.model_validate(request)
@@ -140,6 +142,8 @@ def call(
     fields = [part for name, value in record.items() if value != "" for part in (name, value)]
     if owner is not None:
         fields += ["lvm_owner", owner]
+    if request_id is not None and keys.REQUEST_ID.match(request_id):
+        fields += [keys.REQUEST_ID_FIELD, request_id]
     carried = tracecontext.encode(trace) if trace else None
     if carried is not None:
         fields += [tracecontext.FIELD, carried]

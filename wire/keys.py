@@ -97,6 +97,13 @@ def rate(owner: str) -> str:
     return RATE_PREFIX + owner
 
 
+# --- request ids --------------------------------------------------------------------------
+# A caller's X-Request-ID (or one the gateway made), carried on the job as lvm_request_id so one id
+# follows a chat from the frontend to the worker's log line; what a log line or header may carry.
+REQUEST_ID = re.compile(r"^[A-Za-z0-9._:+/=-]{1,128}$")
+REQUEST_ID_FIELD = "lvm_request_id"
+
+
 # --- fair share ------------------------------------------------------------------------------
 TENANT_MAX = 64
 TENANT = re.compile(rf"^[A-Za-z0-9._-]{{1,{TENANT_MAX}}}$")  # admit.lua checks the same

@@ -163,7 +163,13 @@ def request_error(exc: ValidationError) -> ChatError:
     """The invalid_request error for a ChatRequest that failed validation: what a worker stores in
     the failed job and what the gateway answers with its 422, so both read the same."""
     fields = validation_fields(exc)
-    return ChatError(error="invalid_request", message=f"{len(fields)} invalid field(s)", fields=fields)
+    return ChatError(error="invalid_request", message=fields_message(fields), fields=fields)
+
+
+def fields_message(fields: list[dict[str, str]]) -> str:
+    """Which fields are wrong and why, in one line: ``messages.0: ...; model: ...`` (at most three)."""
+    said = "; ".join(f"{f['field']}: {f['reason']}" for f in fields[:3])
+    return said + (f"; and {len(fields) - 3} more" if len(fields) > 3 else "")
 
 
 def validation_fields(exc: ValidationError) -> list[dict[str, str]]:

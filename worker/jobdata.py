@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from wire import tracecontext
+from wire import keys, tracecontext
 from wire.jsontext import strict_json
 from wire.schema import JOB_FUNCTION, MAX_META_BYTES, ChatError
 from worker.lifecycle import ACTED_ON_FIELDS, MAX_FIELDS, OVERSIZE_MARK, Claimed
@@ -29,7 +29,7 @@ KNOWN_FIELDS = frozenset(
         "data", "status", "origin", "description", "created_at", "enqueued_at", "started_at", "ended_at",
         "last_heartbeat", "worker_name", "timeout", "result_ttl", "failure_ttl", "ttl", "meta", "group_id",
         "lvm_token", "lvm_reruns", "lvm_history", "number_of_retries", "lvm_owner", "lvm_deadline",
-        "lvm_tenant", "lvm_class", "lvm_cost", tracecontext.FIELD,
+        "lvm_tenant", "lvm_class", "lvm_cost", keys.REQUEST_ID_FIELD, tracecontext.FIELD,
     }
 )  # fmt: skip
 MAX_TTL_S = 30 * 86400
@@ -73,6 +73,7 @@ class ChatJob:
     started_at: datetime
     owner: str = ""  # lvm_owner: '' for producers that write none (ChatClient, raw producers)
     trace: dict[str, str] | None = None  # lvm_trace: the submitter's W3C context, when it traced
+    request_id: str | None = None  # lvm_request_id: the gateway's X-Request-ID, for the log
 
     @classmethod
     def local(cls, request: Any, timeout: int = 60) -> ChatJob:
@@ -134,7 +135,17 @@ def parse(claimed: Claimed, queue: str, job_timeout: int, result_ttl: int, failu
         enqueued_at=_date(fields, "enqueued_at"),
         started_at=datetime.now(UTC),
         trace=tracecontext.decode(fields.get(tracecontext.FIELD)),
+        request_id=request_id(fields.get(keys.REQUEST_ID_FIELD)),
     )
+
+
+def request_id(raw: bytes | None) -> str | None:
+    """A job's lvm_request_id when it is a plain token (it goes into log lines as it is), else None:
+    a hostile one is ignored, never a reason to fail the job."""
+    if raw is None:
+        return None
+    text = raw.decode("ascii", "replace")
+    return text if keys.REQUEST_ID.match(text) else None
 
 
 def _text(fields: dict[str, bytes], name: str) -> str | None:

@@ -33,7 +33,7 @@ from wire.schema import ChatError
 from worker import faults
 from worker.deadline import Alarm, Interrupted
 from worker.heartbeat import Heartbeat
-from worker.jobdata import ChatJob, JobExpired, JobRejected, parse
+from worker.jobdata import ChatJob, JobExpired, JobRejected, parse, request_id
 from worker.leases import LeaseBook
 from worker.lifecycle import Claim, Lifecycle, Outcome
 from worker.runtime import RequestRejected, Runtime
@@ -50,6 +50,7 @@ class Batch:
     claim: Claim
     chat_jobs: list[ChatJob] = field(default_factory=list)
     requests: dict[str, Any] = field(default_factory=dict)  # job id -> its request, for the log
+    request_ids: dict[str, str] = field(default_factory=dict)  # job id -> its lvm_request_id, for the log
     outcomes: dict[str, Outcome] = field(default_factory=dict)
     spans: dict[str, Any] | None = None  # job id -> its open trace span, when tracing is on
 
@@ -178,6 +179,9 @@ class BatchLoop:
         s = self.settings
         batch = Batch(claim)
         for claimed in claim.jobs:
+            rid = request_id(claimed.fields.get(keys.REQUEST_ID_FIELD.encode()))
+            if rid is not None:
+                batch.request_ids[claimed.id] = rid
             try:
                 job = parse(claimed, claim.queue, s.job_timeout, s.result_ttl, s.failure_ttl, s.max_job_bytes)
             except (JobRejected, JobExpired) as exc:
@@ -213,7 +217,8 @@ class BatchLoop:
         self.pending = None
         ordered, states = batch.ordered(), written.result()
         for outcome, state in zip(ordered, states, strict=True):
-            self._record(outcome, state, batch.requests.get(outcome.id), len(batch.chat_jobs))
+            self._record(outcome, state, batch.requests.get(outcome.id), len(batch.chat_jobs),
+                         batch.request_ids.get(outcome.id))  # fmt: skip
         if batch.chat_jobs:
             done = sum(o.ok for o in ordered)
             log.info("batch", queue=batch.claim.queue, jobs=len(batch.chat_jobs), finished=done,
@@ -260,7 +265,8 @@ class BatchLoop:
             elif isinstance(answer, BaseException):
                 # The exception's text stays in the worker's log: it can hold paths, shapes and
                 # other internals that a client has no use for.
-                log.error("job failed inside the worker", job_id=job.id, error=f"{type(answer).__name__}: {answer}")
+                log.error("job failed inside the worker", job_id=job.id, request_id=job.request_id,
+                          error=f"{type(answer).__name__}: {answer}")  # fmt: skip
                 answer = ChatError(
                     error="internal",
                     message=f"the worker failed on this request "
@@ -279,28 +285,29 @@ class BatchLoop:
             outputs, times = self.runtime.last_outputs, (int(started * 1e9), int(ended * 1e9))
             batch.spans = self.tracer.computed(batch.claim.queue, jobs, final, outputs, *times)
 
-    def _record(self, outcome: Outcome, state: str, request: Any, batch_size: int) -> None:
-        """Counters, metrics, and a log event for a failed job (a finished one at DEBUG).
-        ``state`` is what finish did."""
+    def _record(self, outcome: Outcome, state: str, request: Any, batch_size: int, rid: str | None = None) -> None:
+        """Counters, metrics, and a log event for a failed job (a finished one at DEBUG), with the
+        job's request id when it has one. ``state`` is what finish did."""
+        ids = {"job_id": outcome.id} if rid is None else {"job_id": outcome.id, "request_id": rid}
         if state == "stale":
-            log.warning("discarded a result: the job was recovered while this worker was cut off", job_id=outcome.id)
+            log.warning("discarded a result: the job was recovered while this worker was cut off", **ids)
             return
         if state == "canceled":
-            log.info("discarded a result: its submitter canceled the job while it ran", job_id=outcome.id)
+            log.info("discarded a result: its submitter canceled the job while it ran", **ids)
             return
         conversation = request.get("conversation_id") if isinstance(request, dict) else None
         if outcome.ok:
             self.jobs_done += 1
             result = outcome.value
             if self.debug:
-                log.debug("job", job_id=outcome.id, conversation_id=result["conversation_id"], model=result["model"],
+                log.debug("job", **ids, conversation_id=result["conversation_id"], model=result["model"],
                           outcome="finished", batch_size=result["batch_size"], cache_hits=result["cache_hits"],
                           **result["latency_breakdown"])  # fmt: skip
         else:
             self.jobs_failed += 1
             error = (outcome.meta or {}).get("error", {})
             conversation = conversation if isinstance(conversation, str) else None
-            log.info("job", job_id=outcome.id, conversation_id=conversation, model=self.runtime.model_name,
+            log.info("job", **ids, conversation_id=conversation, model=self.runtime.model_name,
                      outcome="failed", error=error.get("error"), reason=error.get("message"))  # fmt: skip
         if self.metrics is not None:
             self.metrics.observe(outcome.value if outcome.ok else None, batch_size)

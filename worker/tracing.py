@@ -55,6 +55,8 @@ class BatchTracer:
                     "lvmq.queue_wait", context=self.trace.set_span_in_context(span), start_time=_ns(job.enqueued_at)
                 )
                 wait.end(end_time=max(_ns(job.enqueued_at), _ns(job.started_at)))
+            if job.request_id is not None:
+                span.set_attribute("lvmq.request_id", job.request_id)
             spans[job.id] = span
         links = [Link(s.get_span_context(), {"messaging.message.id": job_id}) for job_id, s in spans.items()]
         batch = self.tracer.start_span(
