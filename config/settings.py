@@ -211,6 +211,21 @@ class Settings(BaseSettings):
         0, ge=0, le=20, description="Times a producer retries (with backoff) when Redis is unreachable."
     )
 
+    embedding_model: str = Field(
+        "all-MiniLM-L6-v2",
+        min_length=1,
+        max_length=200,
+        description="The embedding model embed jobs ask for (the gateway's /v1/embeddings model id, ChatClient.embed's "
+        "default): a worker answers only if its encoder has this name (all-MiniLM-L6-v2 for LVM_ENCODER=minilm; the "
+        "int8 one is all-MiniLM-L6-v2-int8), so vectors of another encoder are never handed out as these.",
+    )
+    embedding_via: str = Field(
+        "lstm",
+        min_length=1,
+        max_length=64,
+        description="The chat model whose queue and workers answer embed jobs (every worker of a deployment loads the "
+        "same encoder): lstm, the model `make demo` serves, unless set.",
+    )
     producer_tenant: str = Field(
         "default",
         pattern=r"^[A-Za-z0-9._-]{1,64}$",

@@ -7,11 +7,14 @@ the outcome, view, cancel):
   worker's own field errors, 429 with Retry-After past the key's rate),
   ``GET /v1/chat/{id}[?wait=N]`` -> ``{status, position_in_queue?, result?, error?}`` and
   ``DELETE /v1/chat/{id}``;
-- gateway/completions.py: OpenAI's ``POST /v1/chat/completions`` and ``GET /v1/models``;
+- gateway/completions.py: OpenAI's ``POST /v1/chat/completions``, the legacy ``/v1/completions``
+  and ``GET /v1/models`` (gateway/openai_request.py maps the bodies, gateway/openai_api.py holds
+  the error shape and the wait they share); gateway/embeddings.py: ``POST /v1/embeddings``;
 - gateway/events.py: ``GET /v1/chat/{id}/events``, server-sent events;
 - gateway/service.py: ``/healthz``, ``/readyz``, ``/metrics`` and the chat page;
 - gateway/auth.py (who calls), limits.py (what a key may use), errors.py (every non-success
-  answer), views.py (a job as shown), hub.py (one event reader per process), metrics.py.
+  answer), views.py (a job as shown), hub.py (one event reader per process), metrics.py,
+  requestid.py and slashes.py (middleware: X-Request-ID, repeated slashes).
 
 Shared state lives on ``app.state``: settings, key ring, models, and from start-up on the Redis
 connections, the event hub, the submit script and the metrics. Nothing here imports torch: the
@@ -33,7 +36,7 @@ from config import Settings, load_settings, tracing
 from config.connections import connect as open_redis
 from config.logs import get_logger
 from config.settings import comma_list
-from gateway import chat, completions, errors, events, jobs, service
+from gateway import chat, completions, embeddings, errors, events, jobs, service
 from gateway.auth import KeyRing
 from gateway.hub import BLOCK_MS, EventHub
 from gateway.limits import Waits
@@ -121,7 +124,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         hosts = ["localhost", "127.0.0.1", "::1", "[::1]", *comma_list(settings.gateway_trusted_hosts)]
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=hosts)
     errors.install(app)
-    for module in (chat, completions, events, service):
+    for module in (chat, completions, embeddings, events, service):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=service.STATIC), name="static")
     return app

@@ -26,7 +26,6 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from fastapi.routing import APIRoute
 from redis.exceptions import RedisError
 from starlette.concurrency import run_in_threadpool
 
@@ -36,52 +35,9 @@ from gateway import jobs, openai_request
 from gateway.auth import Caller, caller
 from gateway.errors import ApiError
 from gateway.limits import Slot, take
+from gateway.openai_api import OpenAIRoute, answer, failed, openai_error
 from producer.health import check
 from wire.schema import TERMINAL, ChatRequest
-
-# Our error codes as OpenAI's error types (what its SDKs turn into exception classes).
-TYPES = {
-    400: "invalid_request_error", 401: "authentication_error", 403: "permission_error", 404: "not_found_error",
-    409: "invalid_request_error", 410: "invalid_request_error", 413: "invalid_request_error",
-    415: "invalid_request_error", 422: "invalid_request_error", 429: "rate_limit_error", 503: "server_error",
-    504: "timeout",
-}  # fmt: skip
-
-
-def openai_error(exc: ApiError) -> JSONResponse:
-    body = exc.body
-    fields = body.get("fields") or [{}]
-    status = 400 if exc.status == 422 else exc.status  # OpenAI says 400 for a request it cannot take
-    error = {
-        "message": body.get("message", ""),
-        "type": TYPES.get(exc.status, "server_error"),
-        "param": fields[0].get("field"),
-        "code": body.get("error"),
-    }
-    return JSONResponse({"error": error}, status_code=status, headers=exc.headers)
-
-
-class OpenAIRoute(APIRoute):
-    """Routes whose errors (auth and rate limits from dependencies included) take OpenAI's shape."""
-
-    def get_route_handler(self) -> Callable:
-        handler = super().get_route_handler()
-
-        async def shaped(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except ApiError as exc:
-                return openai_error(exc)
-            except RedisError as exc:
-                if not unavailable(exc):
-                    raise
-                log.warning("gateway_redis_unreachable", error=str(exc)[:300], path=request.url.path)
-                return openai_error(
-                    ApiError(503, "unavailable", "Redis is unreachable; retry shortly", headers={"Retry-After": "1"})
-                )
-
-        return shaped
-
 
 router = APIRouter(route_class=OpenAIRoute)
 log = get_logger("lvmq.gateway")
@@ -106,7 +62,21 @@ async def list_models(request: Request, who: Who) -> JSONResponse:
                 "queue": queue.queue,
             }
         )
+    data.append(embedding_model(state, report))
     return JSONResponse({"object": "list", "data": data})
+
+
+def embedding_model(state: Any, report: Any) -> dict[str, Any]:
+    """The embedding model, in the same list: what it is, how wide, and whether a worker serves it."""
+    settings = state.settings
+    queue = settings.queue_name(settings.embedding_via)
+    serving = [w for w in report.workers if queue in w.get("queues", [])]
+    ready = any(q.ok for q in report.queues if q.queue == queue)
+    dims = {w.get("encoder_dim") for w in serving if w.get("encoder") == settings.embedding_model}
+    created = _earliest([w.get("started_at") for w in serving])
+    return {"id": settings.embedding_model, "object": "model", "created": created,
+            "owned_by": "lvm-queue", "ready": ready, "queue": queue, "kind": "embedding",
+            "dimensions": dims.pop() if len(dims) == 1 else None}  # fmt: skip
 
 
 def _earliest(isotimes: list[Any]) -> int:
@@ -198,22 +168,7 @@ async def serve(request: Request, who: Caller, parse: Callable[..., Any], shape:
             stream_body, media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )  # fmt: skip
-    max_wait = state.settings.gateway_max_wait_s
-    try:
-        view = await jobs.wait_outcome(request, job_id, who, max_wait, cancel_on_disconnect=True, held=True)
-    except BaseException:
-        await jobs.cancel_quietly(request, job_id, who)  # nobody will read it: a Redis blip, a bug, a cancel
-        raise
-    finally:
-        slot.release()
-    if view is None or view["status"] not in TERMINAL:
-        await jobs.cancel(request, job_id, who)
-        raise ApiError(
-            504, "timeout", f"no answer within {max_wait:g} s (LVM_GATEWAY_MAX_WAIT_S); the job was canceled"
-        )
-    if view["status"] != "finished":
-        raise failed(view)
-    result = view["result"]
+    result = await answer(request, who, job_id, slot)
     return JSONResponse(
         {
             "id": f"{shape.prefix}{job_id}",
@@ -225,20 +180,6 @@ async def serve(request: Request, who: Caller, parse: Callable[..., Any], shape:
             "lvm": extension(job_id, result),
         }
     )
-
-
-# A failed job's code as the status its answer gets. Those a retry cannot fix are 4xx that the
-# SDKs do not retry (they retry 408, 409, 429 and 5xx) and say ``x-should-retry: false`` too:
-# resubmitting a canceled, expired or invalid request only adds load, most of all under overload.
-FINAL = {"invalid_request": 422, "bad_payload": 422, "wrong_model": 422, "canceled": 410, "expired": 410}
-
-
-def failed(view: dict[str, Any]) -> ApiError:
-    error = view.get("error") or {}
-    code = error.get("error", "internal")
-    headers = {"x-should-retry": "false"} if code in FINAL else None
-    return ApiError(FINAL.get(code, 500), code, error.get("message", "the job failed"), headers=headers,
-                    fields=error.get("fields"))  # fmt: skip
 
 
 async def chunks(

@@ -35,6 +35,7 @@ from producer import protocol
 from producer.errors import NotReplicated, Overloaded, RateLimited
 from producer.health import read_workers
 from wire import keys
+from wire.embed import EmbedRequest
 from wire.jsontext import strict_json
 from wire.schema import TERMINAL, ChatRequest, request_error
 
@@ -152,7 +153,7 @@ async def enqueue(request: Request, who: Caller, chat: ChatRequest, idem: str | 
 async def _enqueue(
     request: Request,
     who: Caller,
-    chat: ChatRequest,
+    chat: ChatRequest | EmbedRequest,
     idem: str | None,
     due: float,
     trace: dict[str, str] | None,

@@ -14,6 +14,7 @@ from redis.asyncio import Redis
 
 from gateway.auth import Caller
 from wire import keys
+from wire.embed import EmbedResult
 from wire.results import decode_failure, decode_result, error_from
 from wire.schema import TERMINAL, ChatError, ChatResult, JobStatus
 
@@ -27,7 +28,7 @@ class JobView(BaseModel):
     status: JobStatus
     queue: str | None = None
     position_in_queue: int | None = None  # null while more than POSITION_SCAN jobs are ahead
-    result: ChatResult | None = None
+    result: ChatResult | EmbedResult | None = None
     error: ChatError | None = None
 
 

@@ -29,6 +29,7 @@ from producer.errors import ChatFailed, ChatTimeout, JobNotFound, RedisUnavailab
 from producer.health import read_workers
 from producer.protocol import RequestLike
 from wire import keys, lua
+from wire.embed import EmbedRequest, EmbedResult
 from wire.results import error_from
 from wire.schema import ChatError, ChatRequest, ChatResult
 
@@ -120,7 +121,7 @@ class ChatClient:
         atomic admit + submit.lua call: a retry after an ambiguous failure never enqueues twice."""
         if share is None:
             share = protocol.Share(self.settings.producer_tenant, priority or self.settings.producer_priority)
-        requests = [r if isinstance(r, ChatRequest) else ChatRequest.model_validate(r) for r in requests]
+        requests = [r if isinstance(r, ChatRequest | EmbedRequest) else ChatRequest.model_validate(r) for r in requests]
         keys = list(idempotency_keys) if idempotency_keys is not None else [None] * len(requests)
         if len(keys) != len(requests):
             raise ValueError("give one idempotency key per request")
@@ -215,6 +216,22 @@ class ChatClient:
             messages = [messages]
         return self.wait(self.submit({"messages": list(messages), **fields}), timeout=timeout)
 
+    def embed_request(self, texts: str | Sequence[str], dimensions: int | None = None) -> EmbedRequest:
+        """An embed job's request: ``texts`` for LVM_EMBEDDING_MODEL, through LVM_EMBEDDING_VIA's queue."""
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        s = self.settings
+        return EmbedRequest(input=texts, model=s.embedding_via, encoder=s.embedding_model,
+                            dimensions=dimensions)  # fmt: skip
+
+    def embed(self, texts: str | Sequence[str], timeout: float = 30.0, **submit: Any) -> list[list[float]]:
+        """Sentence vectors for ``texts`` (unit rows, float32 values), computed by a worker's encoder
+        through the queue: admission, fair share, deadlines and cancel as for a chat. ``submit``:
+        ``submit``'s keywords (idempotency_key, deadline_s, priority, share)."""
+        result = self.wait(self.submit(self.embed_request(texts), **submit), timeout=timeout)
+        if not isinstance(result, EmbedResult):
+            raise ChatFailed(ChatError(error="internal", message="an embed job answered with a chat result"))
+        return result.floats()
+
     @reaching_redis
     def error(self, job_id: str) -> ChatError | None:
         job = self._job(job_id)
@@ -228,7 +245,10 @@ class ChatClient:
         if res is None:
             return None
         if res.type == res.Type.SUCCESSFUL:
-            return ChatResult.model_validate(res.return_value)
+            value = res.return_value
+            if isinstance(value, dict) and value.get("kind") == "embedding":
+                return EmbedResult.model_validate(value)  # type: ignore[return-value]
+            return ChatResult.model_validate(value)
         raise ChatFailed(self._error(job, res.exc_string))
 
     def _error(self, job: Job, exc_string: str | None = None) -> ChatError:

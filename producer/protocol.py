@@ -36,9 +36,10 @@ from config import Settings
 from producer.errors import NotReplicated, Overloaded, RateLimited
 from producer.health import admission
 from wire import fairness, keys, lua, tracecontext
+from wire.embed import EMBED_FUNCTION, EmbedRequest
 from wire.schema import JOB_FUNCTION, ChatRequest, rq_time
 
-RequestLike = ChatRequest | dict[str, Any]
+RequestLike = ChatRequest | EmbedRequest | dict[str, Any]  # a dict is a chat's
 
 
 def script(limited: bool) -> str:
@@ -117,11 +118,12 @@ def call(
     ``request_id`` (the gateway's X-Request-ID) as its lvm_request_id; ``share``
     (default: LVM_PRODUCER_TENANT and LVM_PRODUCER_PRIORITY) says whose share it is taken from.
     ``connection`` is only handed to RQ's Job, which does no I/O while it is built."""
-    req = request if isinstance(request, ChatRequest) else ChatRequest.model_validate(request)
+    req = request if isinstance(request, ChatRequest | EmbedRequest) else ChatRequest.model_validate(request)
     queue = settings.queue_name(req.model)
     s = settings
+    embed = isinstance(req, EmbedRequest)
     job = Job.create(
-        JOB_FUNCTION,
+        EMBED_FUNCTION if embed else JOB_FUNCTION,
         args=[req.model_dump(mode="json")],
         connection=connection,
         serializer=JSONSerializer,
@@ -129,7 +131,9 @@ def call(
         result_ttl=s.result_ttl,
         failure_ttl=s.failure_ttl,
         ttl=s.queue_ttl,
-        description=f"chat model={req.model} conversation={req.conversation_id or '-'}",
+        description=f"embed model={req.model} texts={len(req.input)}"
+        if embed
+        else f"chat model={req.model} conversation={req.conversation_id or '-'}",
         origin=queue,
         status=JobStatus.QUEUED,
     )
@@ -154,7 +158,7 @@ def call(
         idem_key, idem_ttl = keys.idempotency(queue, digest), s.queue_ttl + max(s.result_ttl, s.failure_ttl)
     script_keys = [job.key, keys.queue(queue), keys.QUEUES, idem_key]
     share = share or Share(s.producer_tenant, s.producer_priority)
-    cost = fairness.cost(req.decode_steps, req.response_sentences)
+    cost = fairness.embed_cost(len(req.input)) if embed else fairness.cost(req.decode_steps, req.response_sentences)
     return Call(script_keys, [job.id, s.queue_ttl, idem_ttl, *fields], queue, req.model, share, cost)
 
 

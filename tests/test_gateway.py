@@ -311,6 +311,7 @@ def test_health_readiness_metrics_and_docs(api, stack):
     assert [(m["id"], m["object"], m["owned_by"], m["ready"]) for m in listed["data"]] == [
         ("lstm", "model", "lvm-queue", True),
         ("gru", "model", "lvm-queue", False),
+        ("all-MiniLM-L6-v2", "model", "lvm-queue", True),  # the embedding model, through lstm's workers
     ]
     assert listed["data"][0]["created"] > 1_700_000_000 and listed["data"][1]["created"] == 0
     metrics = api.get("/metrics").text

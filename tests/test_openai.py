@@ -59,7 +59,7 @@ CONVERSATION = [
 
 def test_the_official_client_lists_models_and_gets_an_answer(client):
     models = {m.id: m for m in client.models.list()}
-    assert set(models) == {"lstm", "gru"} and models["lstm"].owned_by == "lvm-queue"
+    assert set(models) == {"lstm", "gru", "all-MiniLM-L6-v2"} and models["lstm"].owned_by == "lvm-queue"
     assert models["lstm"].model_extra["ready"] is True and models["gru"].model_extra["ready"] is False
 
     completion = client.chat.completions.create(model="lstm", messages=CONVERSATION, temperature=0.7, max_tokens=50)
@@ -263,7 +263,7 @@ def test_a_canceled_job_answers_410_that_sdks_do_not_retry(stack):
 
 
 def test_failed_jobs_a_retry_cannot_fix_are_final_and_others_are_not():
-    from gateway.completions import failed
+    from gateway.openai_api import failed
 
     for code, status in (("canceled", 410), ("expired", 410), ("invalid_request", 422), ("bad_payload", 422)):
         error = failed({"status": "failed", "error": {"error": code, "message": "m"}})

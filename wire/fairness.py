@@ -20,3 +20,11 @@ def cost(decode_steps: int, response_sentences: int) -> int:
     """The cost of one request: sentences x (1 + decode steps / STEPS_PER_UNIT), at least 1."""
     per_sentence = 1 + decode_steps // STEPS_PER_UNIT
     return max(1, min(MAX_COST, response_sentences * per_sentence))
+
+
+EMBED_TEXTS_PER_UNIT = 16  # texts an embed job encodes for the cost of one chat sentence (encode only)
+
+
+def embed_cost(texts: int) -> int:
+    """The cost of one embed job: 1 per EMBED_TEXTS_PER_UNIT texts, at least 1."""
+    return max(1, min(MAX_COST, -(-texts // EMBED_TEXTS_PER_UNIT)))

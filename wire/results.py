@@ -18,6 +18,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from wire.embed import EmbedResult
 from wire.schema import MAX_META_BYTES, ChatError, ChatResult
 
 MAX_FAILURE_TEXT = 16384  # bytes of exc_string decompressed for an error message
@@ -32,9 +33,12 @@ def encode_failure(text: str) -> str:
 
 
 def decode_result(encoded: bytes | str) -> dict[str, Any] | None:
-    """A success's return value, checked against the wire schema; None when it does not parse."""
+    """A success's return value, checked against the wire schema (a chat's, or an embed job's:
+    wire/embed.py); None when it does not parse."""
     try:
-        return ChatResult.model_validate(json.loads(base64.b64decode(encoded))).model_dump(mode="json")
+        value = json.loads(base64.b64decode(encoded))
+        schema = EmbedResult if isinstance(value, dict) and value.get("kind") == "embedding" else ChatResult
+        return schema.model_validate(value).model_dump(mode="json")
     except (ValueError, binascii.Error, ValidationError):
         return None
 

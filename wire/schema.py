@@ -209,6 +209,8 @@ class Heartbeat(BaseModel):
     checkpoint: str | None = None
     device: str | None = None
     encoder_dtype: str | None = None
+    encoder: str | None = None  # the encoder's name: what embed jobs must ask for (wire/embed.py)
+    encoder_dim: int | None = None
     bank_search: dict[str, str] | None = None
     forward: float | None = None
     queues: list[str] = Field(default_factory=list)

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from wire import keys, tracecontext
+from wire.embed import EMBED_FUNCTION
 from wire.jsontext import strict_json
 from wire.schema import JOB_FUNCTION, MAX_META_BYTES, ChatError
 from worker.lifecycle import ACTED_ON_FIELDS, MAX_FIELDS, OVERSIZE_MARK, Claimed
@@ -32,6 +33,7 @@ KNOWN_FIELDS = frozenset(
         "lvm_tenant", "lvm_class", "lvm_cost", keys.REQUEST_ID_FIELD, tracecontext.FIELD,
     }
 )  # fmt: skip
+FUNCTIONS = (JOB_FUNCTION, EMBED_FUNCTION)
 MAX_TTL_S = 30 * 86400
 INTEGER = re.compile(rb"^-?[0-9]{1,12}$")
 
@@ -74,6 +76,7 @@ class ChatJob:
     owner: str = ""  # lvm_owner: '' for producers that write none (ChatClient, raw producers)
     trace: dict[str, str] | None = None  # lvm_trace: the submitter's W3C context, when it traced
     request_id: str | None = None  # lvm_request_id: the gateway's X-Request-ID, for the log
+    kind: str = "chat"  # or "embed": worker.jobs.embed (wire/embed.py), answered by the encoder alone
 
     @classmethod
     def local(cls, request: Any, timeout: int = 60) -> ChatJob:
@@ -124,10 +127,12 @@ def parse(claimed: Claimed, queue: str, job_timeout: int, result_ttl: int, failu
     owner = _text(fields, "lvm_owner") or ""
     if not OWNER.match(owner):
         raise JobRejected("lvm_owner", "must be at most 128 letters, digits, '-' or '_'")
+    function, request = _request(fields.get("data"), cap)
     return ChatJob(
         owner=owner,
         id=claimed.id,
-        request=_request(fields.get("data"), cap),
+        request=request,
+        kind="embed" if function == EMBED_FUNCTION else "chat",
         timeout=timeout,
         result_ttl=_int(fields, "result_ttl", result_ttl, 1, MAX_TTL_S),
         failure_ttl=_int(fields, "failure_ttl", failure_ttl, 1, MAX_TTL_S),
@@ -195,8 +200,9 @@ def _meta(value: bytes | None) -> dict:
     return meta
 
 
-def _request(data: bytes | None, cap: int) -> Any:
-    """RQ's ``data``: JSON ``[function, instance, args, kwargs]``, raw or zlib-compressed.
+def _request(data: bytes | None, cap: int) -> tuple[str, Any]:
+    """RQ's ``data``: JSON ``[function, instance, args, kwargs]``, raw or zlib-compressed; the
+    function (a chat or an embed job) and its one argument.
 
     Decompression is bounded (a zlib bomb stops at ``cap`` bytes) and nothing is unpickled.
     """
@@ -219,12 +225,13 @@ def _request(data: bytes | None, cap: int) -> Any:
     if not isinstance(job, list) or len(job) != 4:
         raise JobRejected("data", "must be the JSON array [function, instance, args, kwargs]")
     function, instance, args, kwargs = job
-    if function != JOB_FUNCTION:
-        raise JobRejected("data.function", f"this worker runs only {JOB_FUNCTION}, not {str(function)[:80]!r}")
+    if function not in FUNCTIONS:
+        raise JobRejected("data.function", f"this worker runs only {' and '.join(FUNCTIONS)}, not "
+                          f"{str(function)[:80]!r}")  # fmt: skip
     if instance is not None:
         raise JobRejected("data.instance", "must be null")
     if kwargs not in ({}, None):
-        raise JobRejected("data.kwargs", f"{JOB_FUNCTION} takes no keyword arguments")
+        raise JobRejected("data.kwargs", f"{function} takes no keyword arguments")
     if not isinstance(args, list) or len(args) != 1:
-        raise JobRejected("data.args", f"{JOB_FUNCTION} takes exactly one argument, the request object")
-    return args[0]
+        raise JobRejected("data.args", f"{function} takes exactly one argument, the request object")
+    return function, args[0]

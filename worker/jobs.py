@@ -1,4 +1,4 @@
-"""The function name producers enqueue: ``worker.jobs.chat``.
+"""The function names producers enqueue: ``worker.jobs.chat`` and ``worker.jobs.embed``.
 
 ``worker.LVMWorker`` never calls it: it claims chat jobs in batches through
 ``worker.lifecycle`` and answers them with its loaded runtime. This body runs only when some
@@ -23,3 +23,8 @@ def chat(request: Any) -> dict:
         job.meta["error"] = ChatError(error="internal", message=WRONG_WORKER).model_dump(mode="json")
         job.save_meta()
     raise RuntimeError(WRONG_WORKER)
+
+
+def embed(request: Any) -> dict:
+    """``worker.jobs.embed``: like ``chat``, answered only inside worker.LVMWorker."""
+    return chat(request)

@@ -300,9 +300,9 @@ class BatchLoop:
             self.jobs_done += 1
             result = outcome.value
             if self.debug:
-                log.debug("job", **ids, conversation_id=result["conversation_id"], model=result["model"],
-                          outcome="finished", batch_size=result["batch_size"], cache_hits=result["cache_hits"],
-                          **result["latency_breakdown"])  # fmt: skip
+                log.debug("job", **ids, conversation_id=result.get("conversation_id"), model=result["model"],
+                          outcome="finished", kind=result.get("kind", "chat"), batch_size=result["batch_size"],
+                          cache_hits=result.get("cache_hits"), **result["latency_breakdown"])  # fmt: skip
         else:
             self.jobs_failed += 1
             error = (outcome.meta or {}).get("error", {})

@@ -73,4 +73,5 @@ class WorkerMetrics:
         self.jobs.labels(**self.labels, outcome="finished").inc()
         lat = result["latency_breakdown"]
         for stage in STAGES:
-            self.latency.labels(**self.labels, stage=stage).observe(lat[f"{stage}_ms"] / 1000.0)
+            if f"{stage}_ms" in lat:  # an embed job has no LVM or decoding stage
+                self.latency.labels(**self.labels, stage=stage).observe(lat[f"{stage}_ms"] / 1000.0)

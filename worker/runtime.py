@@ -11,12 +11,16 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
 from pydantic import ValidationError
 
 from config import Settings
+from wire.embed import EmbedLatency, EmbedRequest, EmbedResult, pack
 from wire.jsontext import strict_json
 from wire.schema import ChatError, ChatRequest, ChatResult, LatencyBreakdown, request_error
 from worker.jobdata import ChatJob
+
+NULL_DIM = 384  # the null pipeline's embed jobs: zero vectors of MiniLM's width
 
 
 class RequestRejected(Exception):
@@ -54,13 +58,29 @@ def build_decoder(settings: Settings, encoder: Any, bank: Any) -> Any:
 
 class NullPipeline:
     """``lvmq bench overhead``'s pipeline: a fixed answer, no encoder, model or decoder, so the
-    benchmark measures the worker's queue layer and nothing else."""
+    benchmark measures the worker's queue layer and nothing else (embed jobs get zero vectors)."""
+
+    encoder = None
 
     def run(self, inputs: list[Any]) -> list[Any]:
         from lvm.pipeline import ChatOutput
 
         text = "(null pipeline)"
         return [ChatOutput(text, [text], 0.0, "null", 0, len(inputs), len(i.messages)) for i in inputs]
+
+
+def _json_object(payload: Any) -> Any:
+    """A job's argument as a JSON object: RequestRejected(bad_payload) when it is not one."""
+    if isinstance(payload, (bytes, str)):
+        try:
+            payload = strict_json(payload.decode("utf-8") if isinstance(payload, bytes) else payload)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise RequestRejected(ChatError(error="bad_payload", message=f"request is not valid JSON: {exc}")) from None
+    if not isinstance(payload, dict):
+        raise RequestRejected(
+            ChatError(error="bad_payload", message=f"request must be a JSON object, got {type(payload).__name__}")
+        )
+    return payload
 
 
 def scoped(owner: str, conversation_id: str | None) -> str | None:
@@ -86,6 +106,8 @@ class Runtime:
     encoder_dtype: str = "float32"
     bank_search: dict[str, str] | None = None  # the precision measured fastest for one query and a batch
     forward: float = 0.0  # the default step away from the last sentence (LVM_FORWARD, else the checkpoint's)
+    encoder_name: str = "(none)"  # what embed jobs must name (wire/embed.py); "(none)" for the null pipeline
+    encoder_dim: int = NULL_DIM
     latencies_ms: list[float] = field(default_factory=list)
     last_outputs: list[Any] = field(default_factory=list)
 
@@ -139,34 +161,115 @@ class Runtime:
             encoder_dtype=getattr(encoder, "dtype", "float32"),
             bank_search=bank.search_dtypes if bank is not None else None,
             forward=serving_forward(settings.forward, model.metadata),
+            encoder_name=encoder.name,
+            encoder_dim=encoder.dim,
         )
 
     def parse(self, payload: Any) -> ChatRequest:
-        if isinstance(payload, (bytes, str)):
-            try:
-                payload = strict_json(payload.decode("utf-8") if isinstance(payload, bytes) else payload)
-            except (ValueError, UnicodeDecodeError) as exc:
-                raise RequestRejected(
-                    ChatError(error="bad_payload", message=f"request is not valid JSON: {exc}")
-                ) from None
-        if not isinstance(payload, dict):
-            raise RequestRejected(
-                ChatError(error="bad_payload", message=f"request must be a JSON object, got {type(payload).__name__}")
-            )
+        payload = _json_object(payload)
         try:
             request = ChatRequest.model_validate(payload)
         except ValidationError as exc:
             raise RequestRejected(request_error(exc)) from None
-        if request.model != self.model_name:
+        self._served_here(request.model)
+        return request
+
+    def _served_here(self, model: str) -> None:
+        if model != self.model_name:
             raise RequestRejected(
                 ChatError(
                     error="wrong_model",
-                    message=f"this worker serves model {self.model_name!r}, the request names {request.model!r}; "
-                    f"submit it to queue {self.settings.queue_name(request.model)}",
+                    message=f"this worker serves model {self.model_name!r}, the request names {model!r}; "
+                    f"submit it to queue {self.settings.queue_name(model)}",
                     fields=[{"field": "model", "reason": f"not served here (serves {self.model_name})"}],
                 )
             )
+
+    def parse_embed(self, payload: Any) -> EmbedRequest:
+        """An embed job's request, checked against this worker: its model's queue, its encoder (the
+        vectors of another encoder would be answered as if they were the ones asked for), its width."""
+        payload = _json_object(payload)
+        try:
+            request = EmbedRequest.model_validate(payload)
+        except ValidationError as exc:
+            raise RequestRejected(request_error(exc)) from None
+        self._served_here(request.model)
+        if self.pipeline.encoder is not None and request.encoder != self.encoder_name:
+            raise RequestRejected(
+                ChatError(
+                    error="wrong_model",
+                    message=f"this worker's encoder is {self.encoder_name!r}, the request asks for "
+                    f"{request.encoder!r}; ask for {self.encoder_name!r} (the gateway: LVM_EMBEDDING_MODEL)",
+                    fields=[{"field": "encoder", "reason": f"not this worker's ({self.encoder_name})"}],
+                )
+            )
+        if request.dimensions is not None and request.dimensions != self.encoder_dim:
+            why = f"this encoder gives {self.encoder_dim}-d vectors and does not shorten them"
+            raise RequestRejected(
+                ChatError(
+                    error="invalid_request",
+                    message=f"dimensions: {why}",
+                    fields=[{"field": "dimensions", "reason": why}],
+                )  # fmt: skip
+            )
         return request
+
+    def _embeds(self, jobs: list[ChatJob]) -> list[dict | BaseException]:
+        """Answer embed jobs with one encoder call for all their texts; each bad one fails alone."""
+        from lvm.embedding import embed
+
+        outcomes: list[dict | BaseException | None] = [None] * len(jobs)
+        valid: list[tuple[int, EmbedRequest]] = []
+        for i, job in enumerate(jobs):
+            try:
+                valid.append((i, self.parse_embed(job.request)))
+            except RequestRejected as exc:
+                outcomes[i] = exc
+            except Exception as exc:  # noqa: BLE001 - one hostile request fails alone
+                outcomes[i] = RequestRejected(ChatError(error="bad_payload", message=f"request could not be read: "
+                                                        f"{type(exc).__name__}"))  # fmt: skip
+        texts = [t for _, r in valid for t in r.input]
+        encoder = self.pipeline.encoder
+        try:
+            if encoder is None:
+                vectors, ms = np.zeros((len(texts), self.encoder_dim), dtype=np.float32), 0.0
+            else:
+                vectors, ms = embed(encoder, texts) if texts else (np.zeros((0, self.encoder_dim), np.float32), 0.0)
+        except Exception as exc:  # noqa: BLE001 - the encoder failed on this batch: each job fails alone
+            for i, _ in valid:
+                outcomes[i] = exc
+            return outcomes  # type: ignore[return-value]
+        at = 0
+        for i, request in valid:
+            rows = vectors[at : at + len(request.input)]
+            at += len(request.input)
+            try:
+                outcomes[i] = self.embedded(request, rows, ms, len(texts), jobs[i])
+            except Exception as exc:  # noqa: BLE001 - fails this job alone
+                outcomes[i] = exc
+        return outcomes  # type: ignore[return-value]
+
+    def embedded(self, request: EmbedRequest, rows: Any, encoding_ms: float, batch_size: int, job: ChatJob) -> dict:
+        """Result dict for one embed job, with its latency measured end to end."""
+        now = datetime.now(UTC)
+        started_at = job.started_at or now
+        queue_wait_ms = max(0.0, (started_at - job.enqueued_at).total_seconds() * 1000) if job.enqueued_at else 0.0
+        worker_ms = max((now - started_at).total_seconds() * 1000, encoding_ms)
+        result = EmbedResult(
+            vectors=pack(np.ascontiguousarray(rows, dtype="<f4").tobytes()),
+            count=len(request.input),
+            dim=int(rows.shape[1]),
+            encoder=self.encoder_name,
+            model=self.model_name,
+            worker=self.worker_name,
+            device=self.device,
+            batch_size=batch_size,
+            words=sum(len(t.split()) for t in request.input),
+            latency_breakdown=EmbedLatency(
+                queue_wait_ms=queue_wait_ms, encoding_ms=encoding_ms, total_latency_ms=queue_wait_ms + worker_ms
+            ),  # fmt: skip
+        )
+        return result.model_dump(mode="json")
 
     def answer(
         self, request: ChatRequest, output: Any, enqueued_at: datetime | None, started_at: datetime | None
@@ -205,7 +308,19 @@ class Runtime:
         return result.model_dump(mode="json")
 
     def handle_batch(self, jobs: list[ChatJob]) -> list[dict | BaseException]:
-        """Answer many jobs with one pipeline run; each bad one fails alone.
+        """Answer a claimed batch: its chats with one pipeline run, its embed jobs with one encoder
+        call; each bad job fails alone. The outcomes in the jobs' order."""
+        outcomes: list[dict | BaseException | None] = [None] * len(jobs)
+        self.last_outputs = []  # the chats' pipeline outputs, set by _chats (a batch may have none)
+        for kind, answer in (("chat", self._chats), ("embed", self._embeds)):
+            picked = [i for i, job in enumerate(jobs) if job.kind == kind]
+            if picked:
+                for i, outcome in zip(picked, answer([jobs[i] for i in picked]), strict=True):
+                    outcomes[i] = outcome
+        return outcomes  # type: ignore[return-value]
+
+    def _chats(self, jobs: list[ChatJob]) -> list[dict | BaseException]:
+        """Answer many chats with one pipeline run; each bad one fails alone.
 
         A request that fails validation is rejected before the batch runs, whatever the
         validation raises (a request nested past the parser's depth raises RecursionError, not a

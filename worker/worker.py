@@ -162,6 +162,8 @@ class LVMWorker(SimpleWorker):
             checkpoint=str(self.settings.models.get(self.model_name, "")),
             device=rt.device if rt else self.settings.device,
             encoder_dtype=rt.encoder_dtype if rt else None,
+            encoder=rt.encoder_name if rt else None,
+            encoder_dim=rt.encoder_dim if rt else None,
             bank_search=rt.bank_search if rt else None,
             forward=rt.forward if rt else None,
             queues=self.queue_names(),
@@ -340,6 +342,12 @@ class LVMWorker(SimpleWorker):
         heartbeat so the worker leaves `lvmq health`."""
         if self.loop is not None and self.loop.stop_signals:
             log.info("stopped on request", worker=self.name, signals=self.loop.stop_signals)
+            # Race named here: a further SIGTERM while the process exits. Python's finalization
+            # puts the default action back for signals it handled, so a second SIGTERM landing
+            # then killed a worker that was stopping cleanly (exit -15, not 0: make test caught
+            # it). A stop is under way: further ones are ignored (SIGKILL still ends it).
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
         self.pulse.stop(delete=False)
         if self.loop is not None:
             self.loop.close()
