@@ -11,7 +11,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     bench = sub.add_parser(
         "bench",
         help="benchmarks (model, pipeline, queue, load, overhead, encoder, gateway, crowd, overload, fairness, "
-        "priority, host)",
+        "priority, embed, host)",
     )
     bsub = bench.add_subparsers(dest="bench_cmd", required=True)
 
@@ -44,6 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     _register_crowd(bsub)
     _register_overload(bsub)
     _register_fairness(bsub)
+    _register_embed(bsub)
     _register_host(bsub)
 
 
@@ -227,6 +228,30 @@ def cmd_priority(args: argparse.Namespace) -> int:
 
     res = fairness.priority(load_settings(), args.backlog, args.rate, args.seconds, max_batch=args.max_batch)
     return _emit(res, args.json, fairness.format_priority)
+
+
+def _register_embed(bsub) -> None:
+    e = bsub.add_parser(
+        "embed",
+        help="sentences/s through the queue (embed jobs, one real worker) against the encoder alone, same run",
+        description="Starts a private redis-server and one worker (the default LSTM artifacts; embed jobs use its "
+        "encoder), then embeds the same sentences in process and as embed jobs drained by the worker, in alternating "
+        "rounds, at --sizes texts per request. Reports sentences/s each way and their ratio.",
+    )
+    e.add_argument("--sizes", default="1,64", help="texts per request, comma-separated (default 1,64)")
+    e.add_argument("--sentences", type=int, default=1024, help="sentences per round (default 1024)")
+    e.add_argument("--rounds", type=int, default=3, help="alternating rounds (default 3)")
+    e.add_argument("--json", action="store_true")
+    e.set_defaults(func=cmd_embed)
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    from bench import embed
+    from config import load_settings
+
+    sizes = tuple(int(x) for x in args.sizes.split(","))
+    res = embed.run(load_settings(), sizes, args.sentences, args.rounds)
+    return _emit(res, args.json, embed.format_result)
 
 
 def _register_crowd(bsub) -> None:

@@ -74,12 +74,14 @@ def chat_request(i: int, sentences: int = 2) -> dict:
 
 
 TENANTS = 3  # the scenarios' jobs belong to several tenants, every 4th one batch: claims go across owners
+EMBED_EVERY = 5  # and every 5th is an embed job (wire/embed.py), in the same queue and batches as the chats
 
 
 def submit(redis: Redis, url: str, requests: list[dict]) -> list[str]:
     """Submit ``requests`` (one round trip per tenant and class); their ids, in order. Request i
     belongs to tenant ``t<i mod TENANTS>``, and is batch when i mod 4 is 3, so fair share's claim
-    interleaves owners and takes ids from the middle of the queue list."""
+    interleaves owners and takes ids from the middle of the queue list; every EMBED_EVERY-th is
+    sent as an embed job of its messages."""
     from config import load_settings
     from producer.client import ChatClient
     from producer.protocol import Share
@@ -87,6 +89,9 @@ def submit(redis: Redis, url: str, requests: list[dict]) -> list[str]:
     # No admission bound: the scenarios measure faults, and queue hundreds of jobs before any worker
     # has measured its rate (past LVM_ADMISSION_FLOOR); `lvmq bench overload` measures admission.
     client = ChatClient(url, load_settings(max_queued=0))
+    # every EMBED_EVERY-th request is an embed job of the same texts: the two kinds share batches
+    requests = [client.embed_request(r["messages"]) if i % EMBED_EVERY == EMBED_EVERY - 1 and "messages" in r else r
+                for i, r in enumerate(requests)]  # fmt: skip
     groups: dict[tuple[str, str], list[int]] = {}
     for i in range(len(requests)):
         groups.setdefault((f"t{i % TENANTS}", "batch" if i % 4 == 3 else "interactive"), []).append(i)
@@ -121,9 +126,11 @@ def wait_terminal(redis: Redis, ids: list[str], timeout: float) -> float:
 def tally(redis: Redis, scenario: str, ids: list[str], started: float, job_exits: int = 0, notes: str = "") -> Tally:
     t = Tally(scenario, submitted=len(ids), job_exits=job_exits, notes=notes)
     last = started
+    embeds = 0
     for job_id in ids:
         h = redis.hgetall(keys.job(job_id))
         status = h.get(b"status")
+        embeds += h.get(b"description", b"").startswith(b"embed ")
         if redis.xlen(keys.results(job_id)) > 1:
             t.twice += 1
         if h.get(b"lvm_reruns"):
@@ -144,6 +151,9 @@ def tally(redis: Redis, scenario: str, ids: list[str], started: float, job_exits
             last = max(last, _ended(h, started))
     t.seconds = round(last - started, 2)
     t.counts["indexed_left"] = indexed_left(redis)
+    t.counts["embed_jobs"] = embeds
+    if embeds:
+        t.notes = (t.notes + "; " if t.notes else "") + f"{embeds} of them embed jobs"
     return t
 
 
