@@ -15,6 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from redis.exceptions import RedisError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from config.connections import unavailable
 from config.logs import get_logger
@@ -111,7 +112,23 @@ async def internal(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(body, status_code=500)
 
 
+async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """A path or method no route serves, in an error shape a client can read: OpenAI's under /v1/
+    (its SDKs raise NotFoundError with the message), ours elsewhere."""
+    code = "not_found" if exc.status_code == 404 else "method_not_allowed" if exc.status_code == 405 else "http_error"
+    message = (f"no route {request.method} {request.url.path[:200]} here; the OpenAI-compatible routes are "
+               "/v1/models, /v1/chat/completions, /v1/completions and /v1/embeddings (docs/gateway.md)")  # fmt: skip
+    if exc.status_code not in (404, 405):
+        message = str(exc.detail)[:300]
+    if request.url.path.startswith("/v1/"):
+        error = {"message": message, "type": "invalid_request_error", "param": None, "code": code}
+        return JSONResponse({"error": error}, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+    body = {"error": code, "message": message}
+    return JSONResponse(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+
 def install(app: FastAPI) -> None:
+    app.add_exception_handler(StarletteHTTPException, http_error)  # type: ignore[arg-type]
     app.add_exception_handler(ApiError, api_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, invalid_query)  # type: ignore[arg-type]
     app.add_exception_handler(RedisError, redis_error)  # type: ignore[arg-type]

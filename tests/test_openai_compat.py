@@ -93,13 +93,17 @@ def test_the_legacy_completions_route_answers_the_prompt_as_one_turn(client):  #
     assert info.value.body["param"] == "prompt" and "send the text" in info.value.body["message"]
 
 
-def test_repeated_and_trailing_slashes_reach_the_route(stack):  # noqa: F811
+def test_slashes_are_folded_and_an_unknown_route_answers_in_our_shape(stack):  # noqa: F811
     headers = {"Authorization": f"Bearer {KEY}"}
     for path in ("/v1//models", "/v1/models/", "//v1/models"):
         r = httpx.get(stack["base"] + path, headers=headers, timeout=30)
         assert r.status_code == 200 and r.json()["object"] == "list", path
     slashed = openai.OpenAI(base_url=stack["base"] + "/v1//", api_key=KEY, max_retries=0, timeout=60)
     assert {m.id for m in slashed.models.list()} == {"lstm", "gru", "all-MiniLM-L6-v2"}
+    with pytest.raises(openai.NotFoundError, match="no route POST /v1/images/generations"):
+        slashed.images.generate(prompt="a cat")  # a route this gateway does not have: OpenAI's shape, still
+    r = httpx.get(stack["base"] + "/nowhere", timeout=30)
+    assert r.status_code == 404 and r.json()["error"] == "not_found"
 
 
 def _burst_worker(url: str, artifacts: dict, model: str) -> subprocess.CompletedProcess:
