@@ -164,3 +164,19 @@ def test_a_waiting_stream_sends_keep_alives_the_sdk_skips(stack, tmp_path, servi
         assert text
     finally:
         stop(gateway)
+
+
+def test_the_async_client_chats_plain_and_streamed(stack):  # noqa: F811
+    import asyncio
+
+    async def run():
+        async with openai.AsyncOpenAI(base_url=stack["base"] + "/v1", api_key=KEY, max_retries=0) as api:
+            plain = await api.chat.completions.create(model="lstm", messages=HI)
+            stream = await api.chat.completions.create(model="lstm", messages=HI, stream=True,
+                                                       stream_options={"include_usage": True})  # fmt: skip
+            chunks = [c async for c in stream]
+            return plain, chunks
+
+    plain, chunks = asyncio.run(run())
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == plain.choices[0].message.content and chunks[-1].usage.completion_tokens == len(text.split())

@@ -163,7 +163,8 @@ async function loadModels() {
   try {
     const resp = await fetch("/v1/models", { headers: headers() });
     if (!resp.ok) return;
-    const models = (await resp.json()).data;  // OpenAI's list shape: [{id, object, created, owned_by, ready}]
+    // OpenAI's list shape: [{id, object, created, owned_by, ready}]; the embedding model is not a chat model
+    const models = (await resp.json()).data.filter((m) => m.kind !== "embedding");
     const select = $("model");
     const chosen = select.value;
     select.replaceChildren(...models.map((m) => {
