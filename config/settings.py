@@ -252,6 +252,18 @@ class Settings(BaseSettings):
 
     # --- HTTP gateway (lvmq gateway) ---------------------------------------------------------
     gateway_host: str = Field("127.0.0.1", description="Address `lvmq gateway` listens on.")
+    gateway_proxy_headers: bool = Field(
+        False,
+        description="Trust X-Forwarded-For and X-Forwarded-Proto from LVM_GATEWAY_FORWARDED_ALLOW_IPS (a reverse "
+        "proxy in front of the gateway). Off by default: uvicorn's own default trusts them from 127.0.0.1, so a "
+        "same-host proxy or tunnel could make any client look local. Off and without API keys, a forwarded request "
+        "is refused (403).",
+    )
+    gateway_forwarded_allow_ips: str = Field(
+        "127.0.0.1",
+        description="With LVM_GATEWAY_PROXY_HEADERS: the proxies' addresses, comma-separated (uvicorn's "
+        "forwarded_allow_ips).",
+    )
     gateway_port: int = Field(8000, ge=1, le=65535, description="Port `lvmq gateway` listens on.")
     gateway_api_keys: str = Field(
         "",

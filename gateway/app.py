@@ -54,7 +54,12 @@ log = get_logger("lvmq.gateway")
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     state = app.state
     settings: Settings = state.settings
-    state.redis = open_redis(settings.redis_url, asyncio=True, pool_size=settings.gateway_redis_connections)
+    state.redis = open_redis(
+        settings.redis_url,
+        asyncio=True,
+        pool_size=settings.gateway_redis_connections,
+        socket_timeout=protocol.socket_timeout(settings),
+    )  # a submit's WAIT fits in it
     blocking = open_redis(settings.redis_url, socket_timeout=BLOCK_MS / 1000 + 5, asyncio=True)
     state.hub = EventHub(blocking, state.redis)
     state.sync = open_redis(settings.redis_url)

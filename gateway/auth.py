@@ -20,6 +20,7 @@ import ipaddress
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from fastapi import Request
 
@@ -136,6 +137,14 @@ class KeyRing:
         return Caller(owners[0], owners, self.known[matched[0]])
 
 
+FORWARDING = ("forwarded", "x-forwarded-for", "x-real-ip", "x-forwarded-host")
+
+
+def forwarded(headers: Any) -> bool:
+    """Whether a proxy says it forwarded this request."""
+    return any(name in headers for name in FORWARDING)
+
+
 def presented_key(authorization: str | None, x_api_key: str | None) -> str | None:
     if authorization:
         scheme, _, value = authorization.partition(" ")
@@ -148,6 +157,13 @@ def caller(request: Request) -> Caller:
     """The FastAPI dependency every route but the probes and the page takes: who is calling, or
     401 (unknown or missing key) / 403 (local-only mode, a client from elsewhere)."""
     keys: KeyRing = request.app.state.keys
+    if keys.open and not request.app.state.settings.gateway_proxy_headers and forwarded(request.headers):
+        # Local-only mode trusts the peer's address. A request a proxy forwarded (it says so in
+        # these headers) came from somewhere else, whatever address it arrives from: a same-host
+        # proxy would otherwise turn every remote client into a local one.
+        raise ApiError(403, "forbidden", "no API keys are configured, so only direct local clients are served, and "
+                       "this request came through a proxy (it carries Forwarded or X-Forwarded-For): set "
+                       "LVM_GATEWAY_API_KEYS to serve through a proxy")  # fmt: skip
     who = keys.identify(
         presented_key(request.headers.get("authorization"), request.headers.get("x-api-key")),
         request.client.host if request.client else None,

@@ -124,6 +124,30 @@ def cmd_keys(args: argparse.Namespace) -> int:
     return 0
 
 
+def exposure(host: str, settings) -> str | None:
+    """Why the gateway must not listen on ``host`` with these settings, or None. Without API keys
+    it serves LVM_GATEWAY_LOCAL_NETWORKS only; listening beyond loopback then is either pointless
+    (only loopback is local) or a choice the operator made by naming wider networks (a container
+    reached over its bridge, docker/compose.yml). Listening wide with loopback-only networks and no
+    keys is refused: it is usually a key forgotten, not a plan."""
+    import ipaddress
+
+    from config.settings import comma_list
+
+    if settings.gateway_api_keys or settings.gateway_keys_file:
+        return None
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        loopback = False
+    networks = [ipaddress.ip_network(n, strict=False) for n in comma_list(settings.gateway_local_networks)]
+    if loopback or any(not n.is_loopback for n in networks):
+        return None
+    return (f"no API keys are configured (LVM_GATEWAY_API_KEYS, LVM_GATEWAY_KEYS_FILE), so only local clients "
+            f"are served, yet --host {host} listens beyond this machine: set keys, listen on 127.0.0.1, or name "
+            "the networks to serve in LVM_GATEWAY_LOCAL_NETWORKS")  # fmt: skip
+
+
 def probe(port: int) -> int:
     import urllib.request
 
@@ -170,6 +194,10 @@ def cmd_gateway(args: argparse.Namespace) -> int:
         return 1
     host = args.host or settings.gateway_host
     port = args.port or settings.gateway_port
+    refusal = exposure(host, settings)
+    if refusal:
+        print(f"error: {refusal}", file=sys.stderr)
+        return 2
     shown = f"[{host}]" if ":" in host else host
     print(f"lvmq gateway: chat page http://{shown}:{port}/ · API docs http://{shown}:{port}/docs", file=sys.stderr)
     uvicorn.run(
@@ -184,5 +212,7 @@ def cmd_gateway(args: argparse.Namespace) -> int:
         h11_max_incomplete_event_size=16 * 1024,  # request line and headers: 16 KB, not uvicorn's 64 KB
         log_level="warning",
         timeout_graceful_shutdown=5,
+        proxy_headers=settings.gateway_proxy_headers,  # uvicorn's default (on, from 127.0.0.1) is not ours
+        forwarded_allow_ips=settings.gateway_forwarded_allow_ips,
     )
     return 0

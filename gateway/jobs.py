@@ -238,7 +238,7 @@ async def cancel(request: Request, job_id: str, who: Caller) -> tuple[str, str]:
     if not keys.JOB_ID.match(job_id):
         return "absent", ""
     state = request.app.state
-    args = protocol.cancel_args(state.settings, job_id, who.owner)
+    args = protocol.cancel_args(state.settings, job_id, ",".join(who.owners or (who.owner,)))  # every id it signs with
     reply = await state.cancel(keys=[keys.job(job_id), keys.EVENTS], args=args)
     return tuple(x.decode() if isinstance(x, bytes) else x for x in reply)  # type: ignore[return-value]
 

@@ -74,7 +74,7 @@ class ChatClient:
     def __init__(self, redis_url: str | None = None, settings: Settings | None = None):
         self.settings = settings or load_settings()
         self.url = redis_url or self.settings.redis_url
-        self.redis = connect(self.url)
+        self.redis = connect(self.url, socket_timeout=protocol.socket_timeout(self.settings))
         self._blocking: Redis | None = None
         self._blocking_timeout = 0.0
         self._submit = self.redis.register_script(protocol.script(limited=False))

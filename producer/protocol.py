@@ -162,6 +162,19 @@ def call(
     return Call(script_keys, [job.id, s.queue_ttl, idem_ttl, *fields], queue, req.model, share, cost)
 
 
+SOCKET_TIMEOUT_S = 5.0  # a submit connection's socket timeout, unless its WAIT needs longer
+
+
+def socket_timeout(settings: Settings) -> float:
+    """The socket timeout of a connection that submits: 5 s, or the WAIT that follows a submit
+    (LVM_PRODUCER_WAIT_MS) plus 2 s. Race named here: a WAIT longer than the socket timeout. The
+    socket gave up first and the caller heard "Redis is unreachable" (the gateway: 503 without a
+    job id) about a job that was queued, and resubmitted it."""
+    if not settings.producer_wait_replicas:
+        return SOCKET_TIMEOUT_S
+    return max(SOCKET_TIMEOUT_S, settings.producer_wait_ms / 1000 + 2.0)
+
+
 def deadline(settings: Settings, seconds: float | None) -> float:
     """Seconds from the submit the answer is due: LVM_JOB_TIMEOUT, or less. A job still queued
     then fails ``expired`` uncomputed (admit.lua stamps it on Redis's clock)."""
@@ -311,7 +324,8 @@ class Submit:
 
 
 def cancel_args(settings: Settings, job_id: str, owner: str = "") -> list[Any]:
-    """ARGV of cancel.lua (KEYS: the job hash, the event stream)."""
+    """ARGV of cancel.lua (KEYS: the job hash, the event stream). ``owner``: the caller's owner ids,
+    comma-separated (all of them: during a secret rotation its jobs carry any), '' for any job."""
     from rq.registry import CanceledJobRegistry
 
     return [job_id, owner, rq_time(), settings.failure_ttl, keys.RESULTS_PREFIX, keys.QUEUE_PREFIX,

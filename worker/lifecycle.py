@@ -106,6 +106,7 @@ class Claimed:
     stripped: list[str]  # acted-on fields the hash carried (removed before anything read them)
     status: str  # the status it had while queued
     left_ms: int | None = None  # until its deadline at the claim, on Redis's clock; None = no deadline
+    claimed_at: float = field(default_factory=time.monotonic)  # when the claim's reply came: left_ms counts from here
 
 
 @dataclass

@@ -4,7 +4,7 @@
 -- at most one outcome, as for a recovered job.
 --
 -- KEYS: 1 the job hash, 2 event stream
--- ARGV: 1 job id, 2 owner ('' = any: ChatClient and raw producers, who can write Redis anyway),
+-- ARGV: 1 job id, 2 owner ids, comma-separated ('' = any: ChatClient and raw producers, who can write Redis anyway),
 --       3 ended_at (RQ time), 4 ttl (s), 5 result prefix, then the prefixes of 6 queues, 7 lease zsets,
 --       8 RQ started registries, 9 RQ canceled registries, 10 fair share's (lvm:fair:); a queued
 --       job leaves its tenant's list too
@@ -15,7 +15,8 @@ local key = KEYS[1]
 if kind(key) ~= 'hash' then return {'absent', ''} end
 local f = redis.call('HMGET', key, 'status', 'lvm_owner', 'origin', 'lvm_token', 'meta')
 local status, owner, origin, token, meta = f[1], f[2] or '', f[3] or '', f[4], f[5]
-if ARGV[2] ~= '' and owner ~= ARGV[2] then return {'absent', ''} end
+-- any of the caller's owner ids: during a secret rotation its jobs carry the old one or the new one
+if ARGV[2] ~= '' and not string.find(',' .. ARGV[2] .. ',', ',' .. owner .. ',', 1, true) then return {'absent', ''} end
 if status == 'canceled' then return {'already', status} end
 if status ~= 'queued' and status ~= 'started' then return {'ended', status or ''} end
 if not string.match(origin, '^[A-Za-z0-9_.:-]+$') then return {'ended', 'unknown origin'} end
