@@ -365,6 +365,12 @@ class Settings(BaseSettings):
     log_format: Literal["auto", "json", "console"] = Field(
         "auto", description="auto: console on a TTY, JSON lines otherwise."
     )
+    tracing_trust_inbound: bool = Field(
+        True,
+        description="The gateway continues a caller's trace (its traceparent, tracestate and baggage headers): a "
+        "traced frontend sees one trace from its click to the worker. false: every request starts a trace of its "
+        "own, and callers cannot choose the trace ids of the gateway's spans (a public gateway).",
+    )
     tracing: Literal["off", "otlp", "console"] = Field(
         "off",
         description="OpenTelemetry traces of every chat, gateway -> job -> batch -> stages (the otel extra): otlp "

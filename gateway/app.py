@@ -86,6 +86,22 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state.sync.close()
 
 
+INBOUND_CONTEXT = (b"traceparent", b"tracestate", b"baggage")
+
+
+class Gateway(FastAPI):
+    """FastAPI, less a caller's trace context when LVM_TRACING_TRUST_INBOUND is false. FastAPI's
+    own server span reads it before any middleware runs, so it is dropped here, first."""
+
+    trust_inbound = True
+
+    async def __call__(self, scope, receive, send) -> None:
+        if not self.trust_inbound and scope["type"] == "http":
+            headers = [(k, v) for k, v in scope.get("headers", []) if k.lower() not in INBOUND_CONTEXT]
+            scope = {**scope, "headers": headers}
+        await super().__call__(scope, receive, send)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or load_settings()
     # Tracing: FastAPI's own server span (a caller's traceparent honoured) is the parent of the
@@ -93,7 +109,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # does for LVM_TRACING=otlp|console: off, FastAPI's check finds none and adds nothing. Its
     # metrics and logs stay off: /metrics is Prometheus', and its logs would carry exception texts.
     tracer = tracing.tracer(settings.tracing, "lvmq-gateway")
-    app = FastAPI(
+    app = Gateway(
         telemetry={"metrics": False, "logs": False},
         title="lvm-queue gateway",
         version="1",
@@ -101,6 +117,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         "Send `Authorization: Bearer <key>` when the gateway has API keys.",
         lifespan=lifespan,
     )
+    app.trust_inbound = settings.tracing_trust_inbound
     app.state.settings = settings
     app.state.tracer = tracer  # None: tracing off
     app.state.keys = KeyRing(settings.gateway_api_keys, settings.gateway_local_networks, settings.gateway_secret,

@@ -184,3 +184,25 @@ def test_one_chat_is_one_trace_gateway_job_batch_stages(exporter, redis_url, ser
     garbage = [s.name for s in spans if s.attributes.get("messaging.message.id") == garbage_job]
     assert garbage == ["send lvm-lstm"]  # submitted traced, its field then overwritten: processed untraced
     assert len(batch.links) == 2
+
+
+def test_a_gateway_that_does_not_trust_inbound_context_starts_its_own_trace(exporter, redis_url):
+    """LVM_TRACING_TRUST_INBOUND=false: a caller's traceparent no longer chooses the trace ids of
+    the gateway's spans (it always did)."""
+    from fastapi.testclient import TestClient
+    from opentelemetry import trace
+    from opentelemetry.propagate import inject
+
+    from config import Settings
+    from gateway.app import create_app
+
+    exporter.clear()
+    settings = Settings(redis_url=redis_url, tracing="console", gateway_models="lstm", gateway_api_keys="k",
+                        gateway_secret="s", tracing_trust_inbound=False)  # fmt: skip
+    with TestClient(create_app(settings)) as http:
+        with trace.get_tracer("test-frontend").start_as_current_span("frontend click") as click:
+            headers = {"Authorization": "Bearer k"}
+            inject(headers)
+            assert http.post("/v1/chat", json={"messages": ["Hello."]}, headers=headers).status_code == 202
+    sends = [s for s in exporter.get_finished_spans() if s.name == "send lvm-lstm"]
+    assert len(sends) == 1 and sends[0].context.trace_id != click.get_span_context().trace_id
