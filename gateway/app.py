@@ -66,6 +66,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     state.submit = state.redis.register_script(protocol.script(limited=True))
     state.token = state.redis.register_script(lua.rate_limited("token"))
     state.cancel = state.redis.register_script(lua.source("cancel"))
+    state.waits.bind(state.redis)
     state.metrics = Metrics(state.hub)
     if state.keys.open:
         log.warning(
@@ -75,11 +76,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         )
     await state.hub.start()
     bounds_task = asyncio.create_task(jobs.refresh_bounds(state))
+    renew_task = asyncio.create_task(state.waits.renew())
     log.info("gateway_started", models=state.models, keys=len(state.keys.hashes))
     try:
         yield
     finally:
         bounds_task.cancel()
+        renew_task.cancel()
+        await state.waits.flush()
         await state.hub.stop()
         await state.redis.aclose()
         await blocking.aclose()

@@ -46,7 +46,7 @@ LIMIT_FLAGS = {  # flag -> the limit it sets (gateway/policy.py Limits)
     "burst": ("burst", int, "submits at once"),
     "read_rate": ("read_rate_per_s", float, "reads (status, events, /v1/models) per second"),
     "read_burst": ("read_burst", int, "reads at once"),
-    "max_streams": ("max_streams", int, "open streams and waiting reads per gateway process"),
+    "max_streams": ("max_streams", int, "open streams and waiting reads, across gateway processes"),
     "max_queued": (
         "max_queued",
         int,

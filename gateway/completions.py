@@ -152,7 +152,7 @@ async def serve(request: Request, who: Caller, parse: Callable[..., Any], shape:
         raise
     # The key's wait slot first: a 429 for too many open waits must leave no job behind (computed,
     # never read, and resubmitted by the SDK's retry).
-    slot = state.waits.acquire(who)
+    slot = await state.waits.acquire(who)
     try:
         job_id = await jobs.enqueue(request, who, chat, jobs.idempotency_key(request), body.get("service_tier"))
     except BaseException:

@@ -82,7 +82,7 @@ async def embeddings(request: Request, who: Who) -> JSONResponse:
     except ApiError:
         await take(request, who, "submit")  # a refused body costs a token, as on the other routes
         raise
-    slot = state.waits.acquire(who)  # before the submit: a 429 here leaves no job behind
+    slot = await state.waits.acquire(who)  # before the submit: a 429 here leaves no job behind
     try:
         job_id = await jobs.enqueue(request, who, embed, jobs.idempotency_key(request))
     except BaseException:

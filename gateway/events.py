@@ -52,7 +52,7 @@ async def events(
 ) -> StreamingResponse:
     hub: EventHub = request.app.state.hub
     await take(request, who, "read")
-    slot = request.app.state.waits.acquire(who)  # 429 past LVM_GATEWAY_MAX_STREAMS_PER_KEY
+    slot = await request.app.state.waits.acquire(who)  # 429 past LVM_GATEWAY_MAX_STREAMS_PER_KEY
     sub = hub.add(job_id)  # before the first read: see the race above
     try:
         first = await jobs.view(request, job_id, who)  # a 404 is an HTTP answer, before the stream starts

@@ -217,7 +217,14 @@ async def wait_outcome(
     until = time.monotonic() + timeout
     step = 0.5 if cancel_on_disconnect else RESYNC_S
     slot = contextlib.nullcontext() if held else request.app.state.waits.hold(who)
-    with slot, request.app.state.hub.subscribe(job_id) as sub:
+    async with slot:
+        return await _wait(request, job_id, who, until, step, cancel_on_disconnect)
+
+
+async def _wait(
+    request: Request, job_id: str, who: Caller, until: float, step: float, cancel_on_disconnect: bool
+) -> dict[str, Any] | None:
+    with request.app.state.hub.subscribe(job_id) as sub:
         seen = await view(request, job_id, who)  # subscribed first: no change is missed
         while seen["status"] not in TERMINAL and (left := until - time.monotonic()) > 0:
             woken = await sub.next(min(left, step))

@@ -49,7 +49,7 @@ class Limits:
     burst: int  # submits at once
     read_rate_per_s: float  # status GETs, event streams, /v1/models per second
     read_burst: int
-    max_streams: int  # open event streams, streamed completions and waiting reads, per gateway process
+    max_streams: int  # open event streams, streamed completions and waiting reads, across gateway processes
     # Fair share (docs/gateway.md): the key's name is its tenant in every model queue.
     max_queued: int = 0  # its queued jobs per model queue; 0: LVM_GATEWAY_KEY_QUEUE_SHARE of the queue's bound
     weight: int = 1  # its share of a busy queue relative to other keys' (1-1000)

@@ -106,3 +106,35 @@ def test_a_batch_claimed_ahead_counts_its_wait_against_the_deadline():
     waited = Claimed("j2", fields, [], "queued", left_ms=1500, claimed_at=time.monotonic() - 2.0)
     with pytest.raises(JobExpired, match="past its deadline"):
         parse(waited, "lvm-lstm", 60, 600, 600, 1 << 20)
+
+
+def test_a_keys_open_waits_are_counted_across_gateway_processes(redis_url, tmp_path):
+    """Waits and streams per key were counted per gateway process: each process granted every key
+    another allowance. Two processes, a key with max_streams 1: the second stream is refused by the
+    other process too, and the slot is free again once the first stream closes."""
+    env = {"LVM_GATEWAY_API_KEYS": KEY, "LVM_GATEWAY_SECRET": "s", "LVM_GATEWAY_MAX_STREAMS_PER_KEY": "1"}
+    first, base_a = _gateway(redis_url, tmp_path, **env)
+    second, base_b = _gateway(redis_url, tmp_path, **env)
+    headers = {"Authorization": f"Bearer {KEY}"}
+    try:
+        job = httpx.post(base_a + "/v1/chat", json={"messages": ["Hello."]}, headers=headers, timeout=30).json()
+        with httpx.stream("GET", base_a + job["events_url"], headers=headers, timeout=30) as held:
+            assert held.status_code == 200
+            lines = held.iter_lines()  # kept: an abandoned line iterator closes the response
+            next(lines)  # the stream is open and holds the key's one slot
+            over = httpx.get(base_b + job["events_url"], headers=headers, timeout=30)
+            assert over.status_code == 429 and "across every gateway process" in over.json()["message"]
+        deadline = time.monotonic() + 10
+        while Redis.from_url(redis_url).zcard("lvm:gateway:waits:" + _owner(KEY, "s")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with httpx.stream("GET", base_b + job["events_url"], headers=headers, timeout=30) as again:
+            assert again.status_code == 200
+    finally:
+        stop(first)
+        stop(second)
+
+
+def _owner(key: str, secret: str) -> str:
+    from gateway.auth import hash_key, owner_ids
+
+    return owner_ids(hash_key(key), [secret])[0]

@@ -97,6 +97,13 @@ def rate(owner: str) -> str:
     return RATE_PREFIX + owner
 
 
+WAITS_PREFIX = "lvm:gateway:waits:"  # zset per API-key owner: its open waits, shared by every gateway process
+
+
+def waits(owner: str) -> str:
+    return WAITS_PREFIX + owner
+
+
 # --- request ids --------------------------------------------------------------------------
 # A caller's X-Request-ID (or one the gateway made), carried on the job as lvm_request_id so one id
 # follows a chat from the frontend to the worker's log line; what a log line or header may carry.

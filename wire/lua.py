@@ -16,7 +16,7 @@ from pathlib import Path
 from wire import keys
 
 SCRIPTS = Path(__file__).with_name("scripts")
-NAMES = ("submit", "claim", "renew", "finish", "release", "recover", "beat", "cancel", "token")
+NAMES = ("submit", "claim", "renew", "finish", "release", "recover", "beat", "cancel", "token", "slots")
 GUARDS = ("rate_limit", "admit")
 
 # Python-owned values a script needs, as Lua locals (an ARGV slot each would shift every index).
