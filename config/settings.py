@@ -245,6 +245,13 @@ class Settings(BaseSettings):
         "(retry it with the same idempotency key).",
     )
     producer_wait_ms: int = Field(500, ge=1, le=60000, description="How long a submit's WAIT may take.")
+    producer_wait_aof: bool = Field(
+        False,
+        description="Confirmed means fsynced: each submit's WAIT becomes WAITAOF 1 <LVM_PRODUCER_WAIT_REPLICAS>, so "
+        "the job is in the master's append-only file on disk and in that many replicas' (0: the master's alone) "
+        "before the submit answers. Needs Redis 7.2+ with appendonly yes: against an older server, or one without "
+        "an AOF, ChatClient and the gateway refuse to submit, naming what is missing (never a silent WAIT).",
+    )
 
     metrics_port: int | None = Field(
         None, ge=1, le=65535, description="Serve Prometheus metrics on this port (off when unset)."

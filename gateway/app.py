@@ -67,6 +67,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     state.token = state.redis.register_script(lua.rate_limited("token"))
     state.cancel = state.redis.register_script(lua.source("cancel"))
     state.waits.bind(state.redis)
+    if settings.producer_wait_aof:  # refuse to start rather than confirm less than asked
+        protocol.check_server(settings, await state.redis.info("everything"))
     state.metrics = Metrics(state.hub)
     if state.keys.open:
         log.warning(

@@ -173,7 +173,7 @@ async def _enqueue(
             async with state.redis.pipeline(transaction=False) as pipe:
                 for script_keys, args in submit.script_calls():
                     await state.submit(keys=script_keys, args=args, client=pipe)
-                pipe.wait(*submit.wait)  # same connection, same round trip
+                pipe.execute_command(*submit.wait_command())  # same connection, same round trip
                 [job_id] = submit.ids(await pipe.execute())
     except RateLimited as exc:
         state.metrics.rate_limited.inc()

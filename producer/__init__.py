@@ -10,7 +10,9 @@ from producer.errors import (
     Overloaded,
     RateLimited,
     RedisUnavailable,
+    ServerUnsuitable,
 )
+from wire.embed import EmbedRequest, EmbedResult
 from wire.schema import ChatError, ChatRequest, ChatResult, LatencyBreakdown
 
 __all__ = [
@@ -20,6 +22,8 @@ __all__ = [
     "ChatRequest",
     "ChatResult",
     "ChatTimeout",
+    "EmbedRequest",
+    "EmbedResult",
     "JobNotFound",
     "LVMQueueError",
     "LatencyBreakdown",
@@ -27,4 +31,5 @@ __all__ = [
     "Overloaded",
     "RateLimited",
     "RedisUnavailable",
+    "ServerUnsuitable",
 ]

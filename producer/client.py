@@ -79,6 +79,7 @@ class ChatClient:
         self._blocking_timeout = 0.0
         self._submit = self.redis.register_script(protocol.script(limited=False))
         self.bounds = protocol.Bounds(self.settings)
+        self._server_checked = False  # LVM_PRODUCER_WAIT_AOF: the server checked once, at the first submit
         self._cancel = self.redis.register_script(lua.source("cancel"))
         self.tracer = tracer(self.settings.tracing, "lvmq-producer")  # None: tracing off
 
@@ -140,6 +141,9 @@ class ChatClient:
 
     @reaching_redis
     def _enqueue(self, calls: list[protocol.Call], deadline_s: float) -> list[str]:
+        if self.settings.producer_wait_aof and not self._server_checked:
+            protocol.check_server(self.settings, self.redis.info("everything"))
+            self._server_checked = True
         stale = self.bounds.stale([c.queue for c in calls])
         if stale:
             self.bounds.update(read_workers(self.redis), stale)
@@ -151,7 +155,7 @@ class ChatClient:
             for script_keys, args in submit.script_calls():
                 self._submit(keys=script_keys, args=args, client=pipe)
             if submit.wait is not None:
-                pipe.wait(*submit.wait)  # same connection, same round trip
+                pipe.execute_command(*submit.wait_command())  # same connection, same round trip
             return submit.ids(pipe.execute())
 
     @reaching_redis

@@ -49,6 +49,11 @@ class Overloaded(LVMQueueError):
         super().__init__(message)
 
 
+class ServerUnsuitable(LVMQueueError):
+    """The Redis server cannot do what the settings ask (LVM_PRODUCER_WAIT_AOF on a server older than
+    7.2, or without an AOF): nothing was submitted; the message says what to change."""
+
+
 class RateLimited(LVMQueueError):
     """The caller's token bucket is empty (the gateway's per-key rate): nothing was enqueued.
     Retry after ``retry_after_s``."""

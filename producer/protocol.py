@@ -33,7 +33,7 @@ from rq.serializers import JSONSerializer
 from rq.utils import now
 
 from config import Settings
-from producer.errors import NotReplicated, Overloaded, RateLimited
+from producer.errors import NotReplicated, Overloaded, RateLimited, ServerUnsuitable
 from producer.health import admission
 from wire import fairness, keys, lua, tracecontext
 from wire.embed import EMBED_FUNCTION, EmbedRequest
@@ -238,6 +238,24 @@ class Bounds:
             self._read[queue] = (read_at, bound, rate)
 
 
+def check_server(settings: Settings, info: Mapping[str, Any]) -> None:
+    """Refuse LVM_PRODUCER_WAIT_AOF on a server that cannot honour it (``info``: INFO server and
+    persistence): WAITAOF is Redis 7.2's, and counts an AOF that must be on."""
+    if not settings.producer_wait_aof:
+        return
+    version = str(info.get("redis_version", "0"))
+    parts = tuple(int(x) for x in version.split(".")[:2] if x.isdigit())
+    if parts < (7, 2):
+        raise ServerUnsuitable(
+            f"LVM_PRODUCER_WAIT_AOF needs Redis 7.2 or newer (WAITAOF), and this server is {version}: upgrade it, "
+            "or turn the setting off (LVM_PRODUCER_WAIT_REPLICAS alone confirms with WAIT, in replicas' memory)"
+        )
+    if str(info.get("aof_enabled", "0")) != "1":
+        raise ServerUnsuitable(
+            "LVM_PRODUCER_WAIT_AOF needs the server's append-only file: set appendonly yes on every node"
+        )
+
+
 @dataclass
 class Submit:
     """One round trip of submits: ``script_calls()`` says what to run, ``wait`` whether a WAIT
@@ -257,9 +275,15 @@ class Submit:
 
     @property
     def wait(self) -> tuple[int, int] | None:
-        """WAIT's (numreplicas, timeout ms), or None: LVM_PRODUCER_WAIT_REPLICAS is 0."""
+        """WAIT's (numreplicas, timeout ms), or None: LVM_PRODUCER_WAIT_REPLICAS is 0 (and no WAITAOF)."""
         wanted = self.settings.producer_wait_replicas
-        return (wanted, self.settings.producer_wait_ms) if wanted else None
+        return (wanted, self.settings.producer_wait_ms) if wanted or self.settings.producer_wait_aof else None
+
+    def wait_command(self) -> tuple[Any, ...]:
+        """The confirmation that follows the submits on the same connection: WAIT, or WAITAOF 1 N
+        with LVM_PRODUCER_WAIT_AOF (check_server says first whether the server can)."""
+        wanted, timeout = self.wait  # type: ignore[misc]
+        return ("WAITAOF", 1, wanted, timeout) if self.settings.producer_wait_aof else ("WAIT", wanted, timeout)
 
     @property
     def pipelined(self) -> bool:
@@ -313,13 +337,20 @@ class Submit:
                 retry,
                 ids,
             )
-        if self.wait is not None and int(replies[-1]) < self.wait[0]:
-            raise NotReplicated(
-                f"{int(replies[-1])} of {self.wait[0]} replicas confirmed the submit within {self.wait[1]} ms "
-                "(LVM_PRODUCER_WAIT_REPLICAS): it is queued on the master but a failover could lose it; retry "
-                "with the same idempotency key",
-                ids,  # type: ignore[arg-type]
-            )
+        if self.wait is not None:
+            confirmed = replies[-1]
+            # WAITAOF answers [numlocal, numreplicas], WAIT numreplicas
+            aof = isinstance(confirmed, list)
+            local, replicas = (int(confirmed[0]), int(confirmed[1])) if aof else (1, int(confirmed))
+            if local < 1 or replicas < self.wait[0]:
+                what = "fsynced it" if self.settings.producer_wait_aof else "confirmed the submit"
+                disk = "" if local else "; the master's own AOF had not fsynced it"
+                raise NotReplicated(
+                    f"{replicas} of {self.wait[0]} replicas {what} within {self.wait[1]} ms "
+                    f"(LVM_PRODUCER_WAIT_REPLICAS){disk}: it is queued on the master but a failover could lose it; "
+                    "retry with the same idempotency key",
+                    ids,  # type: ignore[arg-type]
+                )
         return ids  # type: ignore[return-value]
 
 

@@ -138,3 +138,58 @@ def _owner(key: str, secret: str) -> str:
     from gateway.auth import hash_key, owner_ids
 
     return owner_ids(hash_key(key), [secret])[0]
+
+
+def _server_version() -> tuple[int, ...]:
+    import shutil
+
+    out = subprocess.run([shutil.which("redis-server") or "redis-server", "--version"], capture_output=True, text=True)
+    version = out.stdout.split("v=")[1].split()[0]
+    return tuple(int(x) for x in version.split(".")[:2])
+
+
+def test_waitaof_is_refused_by_name_where_the_server_cannot_do_it(redis_url, tmp_path):
+    """LVM_PRODUCER_WAIT_AOF on a server older than 7.2 (or without an AOF): ChatClient refuses to
+    submit and the gateway to start, each saying what is missing; never a silent WAIT."""
+    from producer.errors import ServerUnsuitable
+
+    client = ChatClient(redis_url, load_settings(producer_wait_aof=True))
+    why = "needs Redis 7.2 or newer" if _server_version() < (7, 2) else "append-only file"
+    with pytest.raises(ServerUnsuitable, match=why):
+        client.submit({"messages": ["Hello."]})
+    assert Redis.from_url(redis_url).llen("rq:queue:lvm-lstm") == 0  # nothing was submitted
+    port = free_port()
+    proc = start_gateway({"LVM_REDIS_URL": redis_url, "LVM_PRODUCER_WAIT_AOF": "true"}, port, tmp_path / "gw.log")
+    assert proc.wait(timeout=60) != 0
+    assert why in (tmp_path / "gw.log").read_text()
+
+
+@pytest.mark.skipif(_server_version() < (7, 2), reason="WAITAOF needs redis-server 7.2+; this host's (Debian's) is "
+                    "older and no package registry reachable here ships a newer one")  # fmt: skip
+def test_waitaof_confirms_a_submit_fsynced_on_the_master(tmp_path):
+    from harness.redis_server import RedisServer
+
+    server = RedisServer(appendonly=True, fsync="always")
+    try:
+        client = ChatClient(server.url, load_settings(producer_wait_aof=True))
+        job_id = client.submit({"messages": ["Hello."]})
+        assert server.client().hget(f"rq:job:{job_id}", "status") == b"queued"
+    finally:
+        server.stop()
+
+
+def test_a_waitaof_reply_confirms_only_when_both_the_master_and_the_replicas_fsynced():
+    import fakeredis
+
+    from producer import protocol
+
+    settings = load_settings(producer_wait_aof=True, producer_wait_replicas=1, max_queued=0)
+    call = protocol.call(settings, fakeredis.FakeRedis(), {"messages": ["Hello."]})
+    submit = protocol.Submit(settings, [call], protocol.Bounds(settings), 60)
+    assert submit.wait_command() == ("WAITAOF", 1, 1, settings.producer_wait_ms)
+    admitted = [1, call.args[0]]
+    assert submit.ids([admitted, [1, 1]]) == [call.args[0]]
+    with pytest.raises(NotReplicated, match="0 of 1 replicas fsynced it"):
+        submit.ids([admitted, [1, 0]])
+    with pytest.raises(NotReplicated, match="the master's own AOF had not fsynced it"):
+        submit.ids([admitted, [0, 1]])
