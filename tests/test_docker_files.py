@@ -63,6 +63,8 @@ def check_command(cmd: list[str]) -> None:
         assert f"LVM_MODELS__{queue[4:].upper()}" in dockerfile_env(), f"no checkpoint configured for {queue}"
     elif cmd[0] in ("redis-server", "redis-cli"):
         pass
+    elif cmd[:2] == ["sh", "-c"] and cmd[2].endswith("exec redis-sentinel /tmp/sentinel.conf"):
+        pass  # the ha profile's Sentinels write their config, then run
     else:
         pytest.fail(f"unknown command {cmd}")
 
@@ -158,3 +160,25 @@ def test_compose_can_start_jaeger_for_traces_on_request():
         env = services[name]["environment"]
         assert env["LVM_TRACING"] == "${LVM_TRACING:-off}"
         assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://jaeger:4318"
+
+
+def test_compose_ha_profile_is_a_deployment_that_does_not_lose_confirmed_jobs():
+    """What docs/operations.md promises of the ha profile, as the file says it: every node keeps an
+    AOF on its own volume (no empty restarts), refuses writes without a replica, and Sentinels wait
+    5 s before they call a master down (1 s failed over twice on a loaded host)."""
+    services = COMPOSE["services"]
+    nodes = [services[f"redis-ha-{i}"] for i in (1, 2, 3)]
+    for i, node in enumerate(nodes, 1):
+        command = node["command"]
+        assert node["profiles"] == ["ha"] and f"redis-ha-{i}:/data" in node["volumes"]
+        for flag, value in (("--appendonly", "yes"), ("--min-replicas-to-write", "1")):
+            assert command[command.index(flag) + 1] == value, (i, flag)
+        assert "--requirepass" in command and "--masterauth" in command
+    assert [n["command"][n["command"].index("--replicaof") + 1] for n in nodes[1:]] == ["redis-ha-1", "redis-ha-1"]
+    sentinels = [services[f"sentinel-{i}"] for i in (1, 2, 3)]
+    for sentinel in sentinels:
+        script = sentinel["command"][2]
+        assert sentinel["profiles"] == ["ha"]
+        assert "sentinel monitor lvm redis-ha-1 6379 2" in script and "down-after-milliseconds lvm 5000" in script
+    assert "${LVM_REDIS_URL:-" in (ROOT / "docker" / "compose.yml").read_text()  # the stack can point at them
+    assert {"redis-ha-1", "redis-ha-2", "redis-ha-3"} <= set(COMPOSE["volumes"])
