@@ -83,6 +83,15 @@ def _json_object(payload: Any) -> Any:
     return payload
 
 
+def _waited(enqueued_at: datetime | None, started_at: datetime | None, computed_ms: float) -> tuple[float, float]:
+    """(queue wait, worker time) in ms of a job answered now, from its own timestamps: enqueued ->
+    picked up, picked up -> now (at least what its computation measured)."""
+    now = datetime.now(UTC)
+    started_at = started_at or now
+    queue_wait_ms = max(0.0, (started_at - enqueued_at).total_seconds() * 1000) if enqueued_at else 0.0
+    return queue_wait_ms, max((now - started_at).total_seconds() * 1000, computed_ms)
+
+
 def scoped(owner: str, conversation_id: str | None) -> str | None:
     """The conversation cache's id for a conversation: the owner's namespace, then the client's id.
     Keyed by ``conversation_id`` alone, another key holder using the same id (``"c-1"`` is in the
@@ -215,27 +224,20 @@ class Runtime:
         return request
 
     def _embeds(self, jobs: list[ChatJob]) -> list[dict | BaseException]:
-        """Answer embed jobs with one encoder call for all their texts; each bad one fails alone."""
+        """Answer embed jobs with one encoder call for all their texts; a job whose request is bad
+        fails alone."""
         from lvm.embedding import embed
 
-        outcomes: list[dict | BaseException | None] = [None] * len(jobs)
-        valid: list[tuple[int, EmbedRequest]] = []
-        for i, job in enumerate(jobs):
-            try:
-                valid.append((i, self.parse_embed(job.request)))
-            except RequestRejected as exc:
-                outcomes[i] = exc
-            except Exception as exc:  # noqa: BLE001 - one hostile request fails alone
-                outcomes[i] = RequestRejected(ChatError(error="bad_payload", message=f"request could not be read: "
-                                                        f"{type(exc).__name__}"))  # fmt: skip
+        outcomes, valid = self._validated(jobs, self.parse_embed)
         texts = [t for _, r in valid for t in r.input]
         encoder = self.pipeline.encoder
         try:
-            if encoder is None:
+            if encoder is None or not texts:  # the null pipeline's zero vectors, or no valid job
                 vectors, ms = np.zeros((len(texts), self.encoder_dim), dtype=np.float32), 0.0
             else:
-                vectors, ms = embed(encoder, texts) if texts else (np.zeros((0, self.encoder_dim), np.float32), 0.0)
-        except Exception as exc:  # noqa: BLE001 - the encoder failed on this batch: each job fails alone
+                vectors, ms = embed(encoder, texts)
+        # The encoder failed: every embed job of the batch fails with it (no halving, as chats have).
+        except Exception as exc:  # noqa: BLE001
             for i, _ in valid:
                 outcomes[i] = exc
             return outcomes  # type: ignore[return-value]
@@ -251,10 +253,7 @@ class Runtime:
 
     def embedded(self, request: EmbedRequest, rows: Any, encoding_ms: float, batch_size: int, job: ChatJob) -> dict:
         """Result dict for one embed job, with its latency measured end to end."""
-        now = datetime.now(UTC)
-        started_at = job.started_at or now
-        queue_wait_ms = max(0.0, (started_at - job.enqueued_at).total_seconds() * 1000) if job.enqueued_at else 0.0
-        worker_ms = max((now - started_at).total_seconds() * 1000, encoding_ms)
+        queue_wait_ms, worker_ms = _waited(job.enqueued_at, job.started_at, encoding_ms)
         result = EmbedResult(
             vectors=pack(np.ascontiguousarray(rows, dtype="<f4").tobytes()),
             count=len(request.input),
@@ -275,10 +274,7 @@ class Runtime:
         self, request: ChatRequest, output: Any, enqueued_at: datetime | None, started_at: datetime | None
     ) -> dict:
         """Result dict for one pipeline output, with the latency breakdown measured end to end."""
-        now = datetime.now(UTC)
-        started_at = started_at or now
-        queue_wait_ms = max(0.0, (started_at - enqueued_at).total_seconds() * 1000) if enqueued_at else 0.0
-        worker_ms = max((now - started_at).total_seconds() * 1000, output.timings.total_ms)
+        queue_wait_ms, worker_ms = _waited(enqueued_at, started_at, output.timings.total_ms)
         t = output.timings
         result = ChatResult(
             response=output.response,
@@ -330,16 +326,7 @@ class Runtime:
         """
         from lvm.pipeline import ChatInput
 
-        outcomes: list[dict | BaseException | None] = [None] * len(jobs)
-        valid: list[tuple[int, ChatRequest]] = []
-        for i, job in enumerate(jobs):
-            try:
-                valid.append((i, self.parse(job.request)))
-            except RequestRejected as exc:
-                outcomes[i] = exc
-            except Exception as exc:  # noqa: BLE001 - one hostile request fails alone
-                message = f"request could not be read: {type(exc).__name__}"
-                outcomes[i] = RequestRejected(ChatError(error="bad_payload", message=message))
+        outcomes, valid = self._validated(jobs, self.parse)
         inputs = [
             ChatInput(
                 r.messages,
@@ -361,6 +348,23 @@ class Runtime:
             except Exception as exc:  # noqa: BLE001 - fails this job alone (the loop reports it as internal)
                 outcomes[i] = exc
         return outcomes  # type: ignore[return-value]
+
+    @staticmethod
+    def _validated(jobs: list[ChatJob], parse: Any) -> tuple[list[Any], list[tuple[int, Any]]]:
+        """Each job's request through ``parse`` (a chat's or an embed job's): the outcomes list with
+        the rejected ones in place, and (index, request) of the valid ones. A request that fails
+        validation is rejected whatever the validation raises; one hostile request fails alone."""
+        outcomes: list[Any] = [None] * len(jobs)
+        valid: list[tuple[int, Any]] = []
+        for i, job in enumerate(jobs):
+            try:
+                valid.append((i, parse(job.request)))
+            except RequestRejected as exc:
+                outcomes[i] = exc
+            except Exception as exc:  # noqa: BLE001 - one hostile request fails alone
+                message = f"request could not be read: {type(exc).__name__}"
+                outcomes[i] = RequestRejected(ChatError(error="bad_payload", message=message))
+        return outcomes, valid
 
     def _run_isolating(self, inputs: list[Any]) -> list[Any]:
         try:
