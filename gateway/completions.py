@@ -17,7 +17,6 @@ A client that disconnects before its answer (a closed tab, a cancelled stream) c
 from __future__ import annotations
 
 import json
-import secrets
 import time
 import weakref
 from collections.abc import AsyncIterator, Callable
@@ -26,21 +25,17 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from redis.exceptions import RedisError
 from starlette.concurrency import run_in_threadpool
 
-from config.connections import unavailable
-from config.logs import get_logger
 from gateway import jobs, openai_request
 from gateway.auth import Caller, caller
-from gateway.errors import ApiError
+from gateway.errors import ApiError, internal_message
 from gateway.limits import Slot, take
-from gateway.openai_api import OpenAIRoute, answer, failed, openai_error
+from gateway.openai_api import OpenAIRoute, answer, as_api_error, failed, openai_error
 from producer.health import check
 from wire.schema import TERMINAL, ChatRequest
 
 router = APIRouter(route_class=OpenAIRoute)
-log = get_logger("lvmq.gateway")
 Who = Annotated[Caller, Depends(caller)]
 
 
@@ -220,19 +215,12 @@ async def chunks(
 
 def stream_error(request: Request, exc: Exception) -> bytes:
     """An error after the stream started, as OpenAI's error event (the SDKs raise it as APIError)
-    followed by nothing: the stream ends after it."""
-    if isinstance(exc, ApiError):
-        shaped = json.loads(openai_error(exc).body)
-    elif isinstance(exc, RedisError) and unavailable(exc):
-        log.warning("gateway_redis_unreachable", error=str(exc)[:300], path=request.url.path)
-        shaped = {"error": {"message": "Redis became unreachable while waiting; retry shortly", "type": "server_error",
-                            "param": None, "code": "unavailable"}}  # fmt: skip
-    else:
-        reference = secrets.token_hex(6)
-        log.error("gateway_internal_error", reference=reference, path=request.url.path, exc_info=exc)
-        shaped = {"error": {"message": f"internal error (reference {reference}); the gateway log has details",
-                            "type": "server_error", "param": None, "code": "internal"}}  # fmt: skip
-    return b"data: " + json.dumps(shaped).encode() + b"\n\n"
+    followed by nothing: the stream ends after it. The same answer a route's error would get."""
+    return error_event(as_api_error(request, exc) or ApiError(500, "internal", internal_message(request, exc)))
+
+
+def error_event(error: ApiError) -> bytes:
+    return b"data: " + openai_error(error).body + b"\n\n"
 
 
 async def _answer(
@@ -260,13 +248,10 @@ async def _answer(
     if ended:
         yield None
     if view is None or not ended:
-        error = {"message": "no answer in time (LVM_GATEWAY_MAX_WAIT_S); the job was canceled", "type": "timeout",
-                 "param": None, "code": "timeout"}  # fmt: skip
-        yield b"data: " + json.dumps({"error": error}).encode() + b"\n\n"
+        yield error_event(ApiError(504, "timeout", "no answer in time (LVM_GATEWAY_MAX_WAIT_S); the job was canceled"))
         return
     if view["status"] != "finished":
-        shaped = json.loads(openai_error(failed(view)).body)
-        yield b"data: " + json.dumps(shaped).encode() + b"\n\n"
+        yield error_event(failed(view))
         return
     result = view["result"]
     sentences = result.get("sentences") or [result["response"]]

@@ -28,16 +28,12 @@ from gateway.auth import Caller, caller
 from gateway.errors import ApiError
 from gateway.limits import take
 from gateway.openai_api import OpenAIRoute, answer
+from gateway.openai_request import invalid
 from wire.embed import MAX_INPUTS, EmbedRequest, EmbedResult, unpack
 from wire.schema import request_error
 
 router = APIRouter(route_class=OpenAIRoute)
 Who = Annotated[Caller, Depends(caller)]
-
-
-def _invalid(param: str, why: str) -> ApiError:
-    return ApiError(422, "invalid_request", f"{param}: {why}", fields=[{"field": param, "reason": why}],
-                    headers={"x-should-retry": "false"})  # fmt: skip
 
 
 def to_embed(body: Any, state: Any) -> tuple[EmbedRequest, str]:
@@ -48,7 +44,7 @@ def to_embed(body: Any, state: Any) -> tuple[EmbedRequest, str]:
     settings = state.settings
     model = body.get("model")
     if model is None:
-        raise _invalid("model", f"is required: {settings.embedding_model} (GET /v1/models)")
+        raise invalid("model", f"is required: {settings.embedding_model} (GET /v1/models)")
     if model != settings.embedding_model:
         why = f"model {str(model)[:64]!r} is not an embedding model here; use {settings.embedding_model}"
         raise ApiError(404, "not_found", why, fields=[{"field": "model", "reason": "unknown"}])
@@ -56,12 +52,12 @@ def to_embed(body: Any, state: Any) -> tuple[EmbedRequest, str]:
     if isinstance(texts, str):
         texts = [texts]
     if isinstance(texts, list) and texts and all(isinstance(t, int) or isinstance(t, list) for t in texts):
-        raise _invalid("input", "token ids are not supported: send the text (this encoder has its own tokenizer)")
+        raise invalid("input", "token ids are not supported: send the text (this encoder has its own tokenizer)")
     if not isinstance(texts, list) or not texts:
-        raise _invalid("input", f"must be a string or a list of 1-{MAX_INPUTS} strings")
+        raise invalid("input", f"must be a string or a list of 1-{MAX_INPUTS} strings")
     fmt = body.get("encoding_format", "float")
     if fmt not in ("float", "base64"):
-        raise _invalid("encoding_format", "must be float or base64")
+        raise invalid("encoding_format", "must be float or base64")
     try:
         request = EmbedRequest(input=texts, model=settings.embedding_via, encoder=model,
                                dimensions=body.get("dimensions"))  # fmt: skip

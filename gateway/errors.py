@@ -105,11 +105,15 @@ async def redis_error(request: Request, exc: RedisError) -> JSONResponse:
     return JSONResponse(body, status_code=503, headers={"Retry-After": "1"})
 
 
-async def internal(request: Request, exc: Exception) -> JSONResponse:
+def internal_message(request: Request, exc: Exception) -> str:
+    """Log an unexpected exception under a fresh reference; the message a client gets instead of it."""
     reference = secrets.token_hex(6)
     log.error("gateway_internal_error", reference=reference, path=request.url.path, exc_info=exc)
-    body = {"error": "internal", "message": f"internal error (reference {reference}); the gateway log has details"}
-    return JSONResponse(body, status_code=500)
+    return f"internal error (reference {reference}); the gateway log has details"
+
+
+async def internal(request: Request, exc: Exception) -> JSONResponse:
+    return JSONResponse({"error": "internal", "message": internal_message(request, exc)}, status_code=500)
 
 
 async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -54,17 +54,24 @@ class OpenAIRoute(APIRoute):
         async def shaped(request: Request) -> Response:
             try:
                 return await handler(request)
-            except ApiError as exc:
-                return openai_error(exc)
-            except RedisError as exc:
-                if not unavailable(exc):
+            except (ApiError, RedisError) as exc:
+                answer = as_api_error(request, exc)
+                if answer is None:
                     raise
-                log.warning("gateway_redis_unreachable", error=str(exc)[:300], path=request.url.path)
-                return openai_error(
-                    ApiError(503, "unavailable", "Redis is unreachable; retry shortly", headers={"Retry-After": "1"})
-                )
+                return openai_error(answer)
 
         return shaped
+
+
+def as_api_error(request: Request, exc: BaseException) -> ApiError | None:
+    """What an exception answers: an ApiError itself, Redis being away 503 with Retry-After, any
+    other None (the app's handler for the unexpected takes it)."""
+    if isinstance(exc, ApiError):
+        return exc
+    if isinstance(exc, RedisError) and unavailable(exc):
+        log.warning("gateway_redis_unreachable", error=str(exc)[:300], path=request.url.path)
+        return ApiError(503, "unavailable", "Redis is unreachable; retry shortly", headers={"Retry-After": "1"})
+    return None
 
 
 # A failed job's code as the status its answer gets. Those a retry cannot fix are 4xx that the
