@@ -17,7 +17,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from wire.schema import MAX_MESSAGE_CHARS, SCHEMA_VERSION, _encodable
+from wire.schema import MAX_MESSAGE_CHARS, SCHEMA_VERSION, check_texts
 
 EMBED_FUNCTION = "worker.jobs.embed"
 MAX_INPUTS = 256  # texts per request; OpenAI takes 2048, a worker's batch is sized for far fewer
@@ -44,13 +44,7 @@ class EmbedRequest(BaseModel):
     @field_validator("input")
     @classmethod
     def _texts(cls, texts: list[str]) -> list[str]:
-        for i, text in enumerate(texts):
-            if not text.strip():
-                raise ValueError(f"input {i} is empty")
-            if len(text) > MAX_MESSAGE_CHARS:
-                raise ValueError(f"input {i} has {len(text)} characters; the limit is {MAX_MESSAGE_CHARS}")
-            _encodable(text, f"input {i}")
-        return texts
+        return check_texts(texts, "input")
 
 
 class EmbedLatency(BaseModel):

@@ -55,6 +55,18 @@ ERROR_CODES: tuple[str, ...] = get_args(ErrorCode)
 WorkerStatus = Literal["starting", "ready", "busy", "draining", "error"]
 
 
+def check_texts(texts: list[str], what: str) -> list[str]:
+    """Each text non-empty, at most MAX_MESSAGE_CHARS, valid Unicode; ValueError naming ``what i``
+    (a chat's messages, an embed job's inputs)."""
+    for i, text in enumerate(texts):
+        if not text.strip():
+            raise ValueError(f"{what} {i} is empty")
+        if len(text) > MAX_MESSAGE_CHARS:
+            raise ValueError(f"{what} {i} has {len(text)} characters; the limit is {MAX_MESSAGE_CHARS}")
+        _encodable(text, f"{what} {i}")
+    return texts
+
+
 def _encodable(text: str, what: str) -> str:
     """Lone surrogates survive JSON parsing but no tokenizer takes them: refuse them here."""
     try:
@@ -108,13 +120,7 @@ class ChatRequest(BaseModel):
     @field_validator("messages")
     @classmethod
     def _messages(cls, messages: list[str]) -> list[str]:
-        for i, message in enumerate(messages):
-            if not message.strip():
-                raise ValueError(f"message {i} is empty")
-            if len(message) > MAX_MESSAGE_CHARS:
-                raise ValueError(f"message {i} has {len(message)} characters; the limit is {MAX_MESSAGE_CHARS}")
-            _encodable(message, f"message {i}")
-        return messages
+        return check_texts(messages, "message")
 
     @field_validator("conversation_id")
     @classmethod

@@ -28,13 +28,15 @@ if bad then return bad end
 -- whatever the depth: it adds nothing to the queue, and nothing to the index.
 local fresh = redis.call('EXISTS', KEYS[1]) == 0
   and not (tonumber(ARGV[10]) > 0 and redis.call('EXISTS', KEYS[4]) == 1)
-local held = redis.call('LLEN', KEYS[5]) + redis.call('LLEN', KEYS[6])
 if fresh then
   if bound > 0 then
     local depth = redis.call('LLEN', KEYS[2])
     if depth >= bound then return {0, depth} end
   end
-  if cap > 0 and held >= cap then return {2, held} end
+  if cap > 0 then
+    local held = redis.call('LLEN', KEYS[5]) + redis.call('LLEN', KEYS[6])
+    if held >= cap then return {2, held} end
+  end
 end
 local args = {unpack(ARGV, 8)}
 args[#args + 1] = 'lvm_tenant'
