@@ -15,13 +15,10 @@ queue ...) so drift on a noisy host lands on both.
 from __future__ import annotations
 
 import statistics
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
-from harness.processes import serving, start_worker, stop, wait_ready
-from harness.redis_server import RedisServer
+from bench.stack import Stack
 
 
 def _encoder_rate(encoder: Any, requests: list[list[str]], group: int = 1) -> float:
@@ -47,28 +44,14 @@ def run(settings: Any, sizes: tuple[int, ...] = (1, 64), sentences: int = 1024, 
     from bench.load import user_messages
     from lvm.encoders import load_encoder
     from lvm.threads import set_threads
-    from producer.client import ChatClient
 
     set_threads(settings.torch_threads)
     pool = user_messages(settings.bank_path, n=sentences)
     encoder = load_encoder(settings.encoder, dtype=settings.encoder_dtype, quantize=settings.encoder_quantize)
-    server = RedisServer()
-    logdir = Path(tempfile.mkdtemp(prefix="lvmq-embed-"))
-    env = {
-        "LVM_REDIS_URL": server.url,
-        "LVM_LOG_LEVEL": "WARNING",
-        "LVM_MODELS__LSTM": str(settings.models["lstm"]),
-        "LVM_BANK_PATH": str(settings.bank_path),
-        "LVM_TORCH_THREADS": str(settings.torch_threads),
-    }
-    proc = None
+    stack = Stack(settings, LVM_TORCH_THREADS=str(settings.torch_threads))
     try:
-        proc, name = start_worker(settings.queue_name("lstm"), env, log_path=logdir / "worker.log")
-        worker = serving(wait_ready(server.client(), name, proc, timeout=180))
-        client = ChatClient(server.url, settings.model_copy(update={"redis_url": server.url, "max_queued": 0,
-                                                                    "embedding_via": "lstm",
-                                                                    "embedding_model": encoder.name}))  # fmt: skip
-        out: dict[str, Any] = {"worker": worker, "encoder": encoder.name, "threads": settings.torch_threads,
+        client = stack.client(max_queued=0, embedding_via="lstm", embedding_model=encoder.name)
+        out: dict[str, Any] = {"worker": stack.worker, "encoder": encoder.name, "threads": settings.torch_threads,
                                "sentences": len(pool), "rounds": rounds, "sizes": {}}  # fmt: skip
         for size in sizes:
             requests = [pool[i : i + size] for i in range(0, len(pool) - size + 1, size)]
@@ -86,9 +69,7 @@ def run(settings: Any, sizes: tuple[int, ...] = (1, 64), sentences: int = 1024, 
                                        "ratio": round(q / a, 3), "ratio_batched": round(q / b, 3)}  # fmt: skip
         return out
     finally:
-        if proc is not None:
-            stop(proc)
-        server.stop()
+        stack.close()
 
 
 def format_result(res: dict[str, Any]) -> str:

@@ -18,16 +18,13 @@ Latency is the worker's total_latency_ms: queued to answered, on the job's own t
 
 from __future__ import annotations
 
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
+from bench.stack import Stack
 from bench.stats import percentile
-from harness.processes import serving, start_worker, stop, wait_ready
-from harness.redis_server import RedisServer
 from wire.schema import TERMINAL
 
 
@@ -112,44 +109,6 @@ def _served_between(client: Any, ids: list[str], start: float, end: float) -> in
     return n
 
 
-class Stack:
-    """A private redis-server and one real worker on the default LSTM artifacts."""
-
-    def __init__(self, settings: Any, job_timeout: int, max_batch: int | None = None):
-        self.server = RedisServer()
-        logdir = Path(tempfile.mkdtemp(prefix="lvmq-fairness-"))
-        env = {
-            "LVM_REDIS_URL": self.server.url,
-            "LVM_LOG_LEVEL": "WARNING",
-            "LVM_HEARTBEAT_SECONDS": "1",
-            "LVM_JOB_TIMEOUT": str(job_timeout),
-            "LVM_MODELS__LSTM": str(settings.models["lstm"]),
-            "LVM_BANK_PATH": str(settings.bank_path),
-            "LVM_MAX_BATCH": str(max_batch or settings.max_batch),
-        }
-        self.settings = settings.model_copy(update={"redis_url": self.server.url, "job_timeout": job_timeout})
-        self.queue = self.settings.queue_name("lstm")
-        self.proc, name = start_worker(self.queue, env, log_path=logdir / "worker.log")
-        self.worker = serving(wait_ready(self.server.client(), name, self.proc, timeout=180))
-
-    def client(self, **update: Any) -> Any:
-        from producer.client import ChatClient
-
-        return ChatClient(self.server.url, self.settings.model_copy(update=update))
-
-    def capacity(self, pool: list[str], n: int = 400) -> float:
-        client = self.client(max_queued=0)
-        ids = client.submit_many([{"messages": [pool[i % len(pool)]]} for i in range(n)])
-        started = time.perf_counter()
-        for job_id in ids:
-            client.wait(job_id, timeout=120)
-        return n / (time.perf_counter() - started)
-
-    def close(self) -> None:
-        stop(self.proc)
-        self.server.stop()
-
-
 def _phase(stack: Stack, offers: list[Offer], pool: list[str], seconds: float, **update: Any) -> dict[str, Any]:
     """Run ``offers`` side by side for ``seconds``; sample the queue's depth and bound meanwhile."""
     clients = [stack.client(**update) for _ in offers]
@@ -196,7 +155,7 @@ def fairness(settings: Any, factor: float = 10.0, light: float = 0.1, seconds: f
     from producer.protocol import Share
 
     pool = user_messages(settings.bank_path)
-    stack = Stack(settings, job_timeout, max_batch)
+    stack = Stack(settings, job_timeout, LVM_MAX_BATCH=str(max_batch or settings.max_batch))
     share = settings.gateway_key_queue_share
     try:
         c = stack.capacity(pool)
@@ -252,7 +211,7 @@ def priority(settings: Any, backlog: int = 10_000, rate: float = 2.0, seconds: f
     from producer.protocol import Share
 
     pool = user_messages(settings.bank_path)
-    stack = Stack(settings, job_timeout, max_batch)
+    stack = Stack(settings, job_timeout, LVM_MAX_BATCH=str(max_batch or settings.max_batch))
     try:
         stack.capacity(pool, 200)  # warm-up, and a measured rate in the worker's heartbeat
         out: dict[str, Any] = {"worker": stack.worker, "backlog": backlog, "rate_per_s": rate, "seconds": seconds}
