@@ -25,9 +25,14 @@ def free_port() -> int:
 
 class RedisServer:
     def __init__(
-        self, port: int | None = None, appendonly: bool = False, fsync: str = "everysec", extra: tuple[str, ...] = ()
+        self,
+        port: int | None = None,
+        appendonly: bool = False,
+        fsync: str = "everysec",
+        extra: tuple[str, ...] = (),
+        binary: str | None = None,
     ):
-        binary = shutil.which("redis-server")
+        binary = binary or shutil.which("redis-server")
         if binary is None:
             raise FileNotFoundError(
                 "redis-server not found: install it (apt-get install redis-server, brew install redis) "
@@ -67,6 +72,12 @@ class RedisServer:
         if self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait(timeout=10)
+
+    def wipe(self) -> None:
+        """Lose the data directory, as a node whose volume is gone restarts: ``start()`` comes up empty."""
+        for path in self.dir.iterdir():
+            if path.name != "redis.log":
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
 
     def kill(self) -> None:
         """SIGKILL: no shutdown save; only what the appendonly file already holds survives."""

@@ -143,9 +143,18 @@ def _owner(key: str, secret: str) -> str:
 def _server_version() -> tuple[int, ...]:
     import shutil
 
-    out = subprocess.run([shutil.which("redis-server") or "redis-server", "--version"], capture_output=True, text=True)
-    version = out.stdout.split("v=")[1].split()[0]
-    return tuple(int(x) for x in version.split(".")[:2])
+    from harness.newer_redis import version
+
+    return version(shutil.which("redis-server") or "redis-server")
+
+
+def _newer_server() -> str:
+    from harness import newer_redis
+
+    binary = newer_redis.binary()
+    if binary is None:
+        pytest.skip(newer_redis.WHY_MISSING)
+    return binary
 
 
 def test_waitaof_is_refused_by_name_where_the_server_cannot_do_it(redis_url, tmp_path):
@@ -164,18 +173,42 @@ def test_waitaof_is_refused_by_name_where_the_server_cannot_do_it(redis_url, tmp
     assert why in (tmp_path / "gw.log").read_text()
 
 
-@pytest.mark.skipif(_server_version() < (7, 2), reason="WAITAOF needs redis-server 7.2+; this host's (Debian's) is "
-                    "older and no package registry reachable here ships a newer one")  # fmt: skip
-def test_waitaof_confirms_a_submit_fsynced_on_the_master(tmp_path):
+def test_waitaof_is_refused_on_a_newer_server_without_an_append_only_file():
+    from harness.redis_server import RedisServer
+    from producer.errors import ServerUnsuitable
+
+    with RedisServer(appendonly=False, binary=_newer_server()) as server:
+        with pytest.raises(ServerUnsuitable, match="append-only file"):
+            ChatClient(server.url, load_settings(producer_wait_aof=True)).submit({"messages": ["Hello."]})
+        assert server.client().llen("rq:queue:lvm-lstm") == 0
+
+
+def test_waitaof_confirms_a_submit_fsynced_on_the_master_and_a_replica():
+    """On a real 7.2+ server (Valkey 8 from Debian, harness.newer_redis), both nodes on appendfsync
+    everysec (the default): WAITAOF 1 0 alone, then WAITAOF 1 1 with a replica, within the 1.5 s
+    LVM_PRODUCER_WAIT_AOF's wait defaults to; with the replica stopped, the submit is refused as
+    unconfirmed (its caller is told; the job id is in the error), never reported as confirmed."""
     from harness.redis_server import RedisServer
 
-    server = RedisServer(appendonly=True, fsync="always")
-    try:
-        client = ChatClient(server.url, load_settings(producer_wait_aof=True))
+    binary = _newer_server()
+    with RedisServer(appendonly=True, binary=binary) as master:
+        client = ChatClient(master.url, load_settings(producer_wait_aof=True))
         job_id = client.submit({"messages": ["Hello."]})
-        assert server.client().hget(f"rq:job:{job_id}", "status") == b"queued"
-    finally:
-        server.stop()
+        assert master.client().hget(f"rq:job:{job_id}", "status") == b"queued"
+        follow = ("--replicaof", "127.0.0.1", str(master.port))
+        with RedisServer(appendonly=True, binary=binary, extra=follow) as replica:
+            deadline = time.monotonic() + 10
+            while replica.client().info("replication").get("master_link_status") != "up":
+                assert time.monotonic() < deadline, "the replica never synced"
+                time.sleep(0.05)
+            both = ChatClient(master.url, load_settings(producer_wait_aof=True, producer_wait_replicas=1))
+            assert master.client().hget(f"rq:job:{both.submit({'messages': ['Hi.']})}", "status") == b"queued"
+            replica.pause()
+            try:
+                with pytest.raises(NotReplicated, match="0 of 1 replicas fsynced it"):
+                    both.submit({"messages": ["Anyone?"]})
+            finally:
+                replica.resume()
 
 
 def test_a_waitaof_reply_confirms_only_when_both_the_master_and_the_replicas_fsynced():
