@@ -284,6 +284,17 @@ class Settings(BaseSettings):
         "(`lvmq gateway --hash-key -`); the gateway keeps only hashes. Unset: no keys, and only clients from "
         "LVM_GATEWAY_LOCAL_NETWORKS are served.",
     )
+    gateway_admin_keys: str = Field(
+        "",
+        description="Comma-separated operator keys for the ops page (/ops) and its API, each name=key or "
+        "name=sha256:<hex> (`lvmq gateway --hash-key -`); the name is what the audit log records. A set of its own, "
+        "apart from the chat keys, and needed even in local-only mode: unset, /ops answers 403 to everyone.",
+    )
+    gateway_metrics_key: str = Field(
+        "",
+        description="The bearer key Prometheus scrapes the gateway's /metrics with (the key or sha256:<hex>); admin "
+        "keys serve too. Unset: /metrics answers only clients from LVM_GATEWAY_LOCAL_NETWORKS.",
+    )
     gateway_local_networks: str = Field(
         "127.0.0.0/8,::1/128",
         description="Comma-separated networks served without an API key when LVM_GATEWAY_API_KEYS is unset.",

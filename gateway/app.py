@@ -12,6 +12,8 @@ the outcome, view, cancel):
   the error shape and the wait they share); gateway/embeddings.py: ``POST /v1/embeddings``;
 - gateway/events.py: ``GET /v1/chat/{id}/events``, server-sent events;
 - gateway/service.py: ``/healthz``, ``/readyz``, ``/metrics`` and the chat page;
+- gateway/ops.py: the operations page ``/ops`` and its API, for admin keys only (producer/ops.py
+  holds its actions and views);
 - gateway/auth.py (who calls), limits.py (what a key may use), errors.py (every non-success
   answer), views.py (a job as shown), hub.py (one event reader per process), metrics.py,
   requestid.py and slashes.py (middleware: X-Request-ID, repeated slashes).
@@ -36,7 +38,7 @@ from config import Settings, load_settings, tracing
 from config.connections import connect as open_redis
 from config.logs import get_logger
 from config.settings import comma_list
-from gateway import chat, completions, embeddings, errors, events, jobs, service
+from gateway import chat, completions, embeddings, errors, events, jobs, ops, service
 from gateway.auth import KeyRing
 from gateway.hub import BLOCK_MS, EventHub
 from gateway.limits import Waits
@@ -128,6 +130,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.tracer = tracer  # None: tracing off
     app.state.keys = KeyRing(settings.gateway_api_keys, settings.gateway_local_networks, settings.gateway_secret,
                              settings.gateway_keys_file, Limits.defaults(settings))  # fmt: skip
+    app.state.admins = ops.AdminKeys(settings.gateway_admin_keys, settings.gateway_metrics_key)
     app.state.models = settings.gateway_model_names()
     app.state.queues = [settings.queue_name(m) for m in app.state.models]
     app.state.metrics = None  # set at start-up; the middleware counts nothing before
@@ -152,7 +155,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         hosts = ["localhost", "127.0.0.1", "::1", "[::1]", *comma_list(settings.gateway_trusted_hosts)]
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=hosts)
     errors.install(app)
-    for module in (chat, completions, embeddings, events, service):
+    for module in (chat, completions, embeddings, events, service, ops):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=service.STATIC), name="static")
     return app

@@ -115,14 +115,18 @@ class KeyRing:
             self._file_seen = (time.monotonic(), seen)
             log.error("gateway_keys_file_unreadable", error=str(exc)[:300])
 
+    def local_client(self, client_host: str | None) -> bool:
+        """Whether the peer address is in LVM_GATEWAY_LOCAL_NETWORKS."""
+        try:
+            address = ipaddress.ip_address(client_host or "")
+        except ValueError:
+            return False
+        return any(address in net for net in self.local)
+
     def identify(self, presented: str | None, client_host: str | None) -> Caller | str:
         """The caller, or the reason (a string) it is refused."""
         if self.open:
-            try:
-                address = ipaddress.ip_address(client_host or "")
-            except ValueError:
-                return "no API keys are configured, so only local clients are served"
-            if any(address in net for net in self.local):
+            if self.local_client(client_host):
                 return Caller(LOCAL_OWNER, policy=Policy("local", self.defaults))
             return "no API keys are configured, so only clients from LVM_GATEWAY_LOCAL_NETWORKS are served"
         if not presented:

@@ -19,7 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from config.connections import unavailable
 from config.logs import get_logger
-from producer.errors import LVMQueueError, NotReplicated, Overloaded, RateLimited
+from producer.errors import LVMQueueError, NotReplicated, Overloaded, Paused, RateLimited
 from wire.schema import fields_message
 
 log = get_logger("lvmq.gateway")
@@ -27,7 +27,7 @@ log = get_logger("lvmq.gateway")
 # The gateway's own codes; a job's failure codes are wire.schema.ErrorCode.
 ApiErrorCode = Literal[
     "unauthorized", "forbidden", "not_found", "too_large", "unsupported_media_type", "invalid_request",
-    "bad_payload", "rate_limited", "unavailable", "internal", "conflict", "timeout", "overloaded",
+    "bad_payload", "rate_limited", "unavailable", "internal", "conflict", "timeout", "overloaded", "paused",
 ]  # fmt: skip
 
 
@@ -57,9 +57,10 @@ def refusal(exc: LVMQueueError) -> ApiError:
     if isinstance(exc, RateLimited):
         retry = exc.retry_after_s
         return ApiError(429, "rate_limited", str(exc), headers={"Retry-After": str(retry)}, retry_after_s=retry)
-    if isinstance(exc, Overloaded):
+    if isinstance(exc, Overloaded):  # Paused too: an operator's pause, its reason in the message
         retry = exc.retry_after_s
-        return ApiError(503, "overloaded", str(exc), headers={"Retry-After": str(retry)}, retry_after_s=retry)
+        code = "paused" if isinstance(exc, Paused) else "overloaded"
+        return ApiError(503, code, str(exc), headers={"Retry-After": str(retry)}, retry_after_s=retry)
     if isinstance(exc, NotReplicated):
         return ApiError(503, "unavailable", str(exc), headers={"Retry-After": "1"}, retry_after_s=1,
                         job_id=exc.job_ids[0])  # fmt: skip

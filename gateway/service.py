@@ -35,8 +35,16 @@ async def readyz(request: Request) -> JSONResponse:
     return JSONResponse({"ok": True})
 
 
-@router.get("/metrics", summary="Prometheus metrics")
+@router.get("/metrics", summary="Prometheus metrics (LVM_GATEWAY_METRICS_KEY or an admin key; else local clients)")
 async def metrics(request: Request) -> Response:
+    from gateway.ops import metrics_allowed
+
+    if not metrics_allowed(request):
+        return JSONResponse(
+            {"error": "unauthorized", "message": "/metrics needs 'Authorization: Bearer <LVM_GATEWAY_METRICS_KEY or "
+             "an admin key>'; with neither configured, only clients from LVM_GATEWAY_LOCAL_NETWORKS"},
+            status_code=401,
+        )  # fmt: skip
     return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 

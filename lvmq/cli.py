@@ -72,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     from gateway.cli import register as register_gateway
     from lvm.cli import register as register_lvm
     from lvmq.demo import register as register_demo
+    from lvmq.ops import register as register_ops
     from training.cli import register as register_training
     from worker.cli import register as register_worker
 
@@ -81,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_training(sub)
     register_lvm(sub)
     register_bench(sub)
+    register_ops(sub)
     return parser
 
 

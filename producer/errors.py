@@ -49,6 +49,11 @@ class Overloaded(LVMQueueError):
         super().__init__(message)
 
 
+class Paused(Overloaded):
+    """An operator paused the model's queue (``lvmq ops pause``, the ops page): nothing was
+    enqueued; the message carries their reason. A 503 with Retry-After at the gateway."""
+
+
 class ServerUnsuitable(LVMQueueError):
     """The Redis server cannot do what the settings ask (LVM_PRODUCER_WAIT_AOF on a server older than
     7.2, or without an AOF): nothing was submitted; the message says what to change."""

@@ -33,7 +33,7 @@ from rq.serializers import JSONSerializer
 from rq.utils import now
 
 from config import Settings
-from producer.errors import NotReplicated, Overloaded, RateLimited, ServerUnsuitable
+from producer.errors import NotReplicated, Overloaded, Paused, RateLimited, ServerUnsuitable
 from producer.health import admission
 from wire import fairness, keys, lua, tracecontext
 from wire.embed import EMBED_FUNCTION, EmbedRequest
@@ -162,6 +162,7 @@ def call(
     return Call(script_keys, [job.id, s.queue_ttl, idem_ttl, *fields], queue, req.model, share, cost)
 
 
+PAUSED_RETRY_S = 30  # Retry-After for a submit to a paused queue: pauses are for minutes, not ms
 SOCKET_TIMEOUT_S = 5.0  # a submit connection's socket timeout, unless its WAIT needs longer
 
 
@@ -297,7 +298,7 @@ class Submit:
         for c, (bound, _) in zip(self.calls, self.used, strict=True):
             sh = c.share
             index = [keys.fair_list(c.queue, sh.tenant, "interactive"), keys.fair_list(c.queue, sh.tenant, "batch"),
-                     keys.fair_ring(c.queue), keys.fair_state(c.queue)]  # fmt: skip
+                     keys.fair_ring(c.queue), keys.fair_state(c.queue), keys.paused(c.queue)]  # fmt: skip
             script_keys = [*c.keys, *index]
             args = [bound, deadline_ms, sh.tenant, keys.CLASSES[sh.priority], sh.weight, sh.cap(bound), c.cost, *c.args]
             if self.limit is not None:
@@ -316,6 +317,14 @@ class Submit:
             answers = [r[1] for r in answers]
         admitted = [int(r[0]) == 1 for r in answers]
         ids = [_text(r[1]) if ok else None for r, ok in zip(answers, admitted, strict=True)]
+        paused = next((i for i, r in enumerate(answers) if int(r[0]) == 3), None)
+        if paused is not None:
+            raise Paused(
+                f"model {self.calls[paused].model}'s queue is paused by an operator "
+                f"({_text(answers[paused][1])[:200]}): not enqueued; retry in {PAUSED_RETRY_S} s",
+                PAUSED_RETRY_S,
+                ids,  # type: ignore[arg-type]
+            )
         capped = next((i for i, r in enumerate(answers) if int(r[0]) == 2), None)
         if capped is not None:
             held, c, (bound, rate) = int(answers[capped][1]), self.calls[capped], self.used[capped]

@@ -18,7 +18,7 @@ from wire.keys import QUEUE_PREFIX
 WINDOWS_MIN = (1, 5, 15)
 
 
-def _queue_names(redis: Redis, prefix: str) -> list[str]:
+def queue_names(redis: Redis, prefix: str) -> list[str]:
     names = {m.decode("utf-8", "replace").removeprefix(QUEUE_PREFIX) for m in redis.smembers(keys.QUEUES)}
     return sorted(n for n in names if n.startswith(prefix))
 
@@ -26,7 +26,7 @@ def _queue_names(redis: Redis, prefix: str) -> list[str]:
 def collect(redis: Redis, prefix: str = "lvm-") -> dict[str, Any]:
     now_min = int(time.time() // 60)
     queues = []
-    for name in _queue_names(redis, prefix):
+    for name in queue_names(redis, prefix):
         wanted = [
             keys.stats(name, m, o)
             for m in range(now_min - max(WINDOWS_MIN) + 1, now_min + 1)

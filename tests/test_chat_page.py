@@ -7,8 +7,6 @@ a real worker with the real MiniLM encoder and a tiny LSTM, and real Redis.
 
 from __future__ import annotations
 
-import os
-import shutil
 import time
 
 import pytest
@@ -19,27 +17,6 @@ from helpers import worker_env
 from producer.client import connect
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
-
-
-@pytest.fixture
-def browser(tmp_path):
-    if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
-        pytest.skip("chromium and chromedriver not installed (apt-get install chromium chromium-driver; .ci/run does)")
-    webdriver = pytest.importorskip("selenium.webdriver")
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1000,900"):
-        options.add_argument(arg)
-    os.environ.setdefault("SE_OFFLINE", "true")  # Selenium Manager must never fetch a driver
-    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(30)
-    yield driver
-    driver.quit()
 
 
 @pytest.fixture

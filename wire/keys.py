@@ -109,6 +109,7 @@ def waits(owner: str) -> str:
 # follows a chat from the frontend to the worker's log line; what a log line or header may carry.
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:+/=-]{1,128}$")
 REQUEST_ID_FIELD = "lvm_request_id"
+REPLAY_OF_FIELD = "lvm_replay_of"  # a replayed job's link to the failed job it was replayed from (producer/ops.py)
 
 
 # --- fair share ------------------------------------------------------------------------------
@@ -135,3 +136,20 @@ def fair_state(queue_name: str) -> str:
     """hash: ``d:<tenant>`` deficit, ``w:<tenant>`` weight, ``s:<tenant>`` interactive picks since
     its last batch pick, ``turn`` the tenant whose turn has had its quantum."""
     return f"{FAIR_PREFIX}{queue_name}:state"
+
+
+# --- Operations (the ops page and `lvmq ops`) -------------------------------------------------
+AUDIT = "lvm:audit"  # stream: every operator action, who took it and what it did (wire/scripts/audit.lua)
+AUDIT_MAXLEN = 100_000
+DRAIN_TTL_S = 3600  # a drain request no worker picked up (its worker gone) lapses
+
+
+def paused(queue_name: str) -> str:
+    """hash ``reason``, ``by``, ``at``: while it exists, workers claim nothing from the queue and
+    submits are refused with the reason (claim.lua, admit.lua)."""
+    return f"lvm:paused:{queue_name}"
+
+
+def drain(worker: str) -> str:
+    """string: the operator who asked ``worker`` to drain (finish its batch, stop claiming, exit)."""
+    return f"lvm:drain:{worker}"

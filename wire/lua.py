@@ -16,8 +16,21 @@ from pathlib import Path
 from wire import keys
 
 SCRIPTS = Path(__file__).with_name("scripts")
-NAMES = ("submit", "claim", "renew", "finish", "release", "recover", "beat", "cancel", "token", "slots")
-GUARDS = ("rate_limit", "admit")
+NAMES = (
+    "submit",
+    "claim",
+    "renew",
+    "finish",
+    "release",
+    "recover",
+    "beat",
+    "cancel",
+    "token",
+    "slots",
+    "pause",
+    "drain",
+)
+GUARDS = ("rate_limit", "admit", "audit")
 
 # Python-owned values a script needs, as Lua locals (an ARGV slot each would shift every index).
 CONSTANTS: dict[str, int | str] = {
@@ -26,6 +39,7 @@ CONSTANTS: dict[str, int | str] = {
     "JOB_ID_MAX": keys.JOB_ID_MAX,
     "JOB_ID_CLASS": keys.JOB_ID_LUA_CLASS,
     "TENANT_MAX": keys.TENANT_MAX,
+    "AUDIT_MAXLEN": keys.AUDIT_MAXLEN,
 }
 
 
@@ -81,3 +95,10 @@ def rate_limited(name: str) -> str:
     """``name`` behind the token bucket of ``rate_limit.lua``: KEYS gain the bucket last, ARGV gain
     rate and burst first; the reply is ``{1, reply}`` or ``{0, ms until a token}``."""
     return guarded(name, "rate_limit")
+
+
+def audited(name: str, *guards: str) -> str:
+    """``name`` (behind ``guards``) as an operator's action: the audit stream's record is written in
+    the same step (audit.lua: KEYS gain the stream last, ARGV gain operator, action, target and
+    detail first)."""
+    return guarded(name, "audit", *guards)

@@ -21,7 +21,7 @@ from redis.exceptions import RedisError
 
 from config.logs import get_logger
 from wire import lua
-from wire.keys import HEARTBEAT_PREFIX, WORKERS
+from wire.keys import HEARTBEAT_PREFIX, WORKERS, drain
 from wire.schema import Heartbeat as HeartbeatMessage
 from wire.schema import WorkerStatus
 
@@ -42,6 +42,7 @@ class Heartbeat:
         period: float,
         info: Callable[[], dict[str, Any]],
         on_beat: Callable[[Redis], None] | None = None,
+        on_drain: Callable[[str], None] | None = None,
     ):
         self.connection = connection
         self.key = HEARTBEAT_PREFIX + worker_name
@@ -51,6 +52,9 @@ class Heartbeat:
         self.ttl_ms = int(period * 3 * 1000)
         self.info = info
         self.on_beat = on_beat  # extra periodic work on this thread (orphaned-job recovery)
+        self.on_drain = on_drain  # an operator asked for a drain (`lvmq ops drain`): called once
+        self.drain_key = drain(worker_name)
+        self.drain_asked = False
         self.status = "starting"
         self.error: str | None = None
         self.started_at = time.time()
@@ -77,10 +81,16 @@ class Heartbeat:
     def beat(self) -> None:
         try:
             message = HeartbeatMessage.model_validate(self.payload())  # the wire contract, checked as written
-            self._beat(keys=[self.key, WORKERS], args=[self.worker_name, message.model_dump_json(), self.ttl_ms, "1"])
+            asked = self._beat(
+                keys=[self.key, WORKERS, self.drain_key],
+                args=[self.worker_name, message.model_dump_json(), self.ttl_ms, "1"],
+            )
             self.last_written = time.time()
         except RedisError:
-            pass  # Redis away: the key expires and health says so; the next beat retries
+            return  # Redis away: the key expires and health says so; the next beat retries
+        if asked == 1 and not self.drain_asked and self.on_drain is not None:
+            self.drain_asked = True
+            self.on_drain(self.drain_key)
 
     def set(self, status: str, error: str | None = None, now: bool = True) -> None:
         """Change status; ``now`` writes it at once (start-up, errors, draining), otherwise the
@@ -110,6 +120,6 @@ class Heartbeat:
             self._thread.join(timeout=self.period + 1)
         if delete:
             try:
-                self._beat(keys=[self.key, WORKERS], args=[self.worker_name, "", 0, "0"])
+                self._beat(keys=[self.key, WORKERS, self.drain_key], args=[self.worker_name, "", 0, "0"])
             except RedisError:
                 pass

@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import re
 import time
-import zlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from wire import keys, tracecontext
+from wire import jobrequest, keys, tracecontext
 from wire.embed import EMBED_FUNCTION
 from wire.jsontext import strict_json
-from wire.schema import JOB_FUNCTION, MAX_META_BYTES, ChatError
+from wire.schema import MAX_META_BYTES, ChatError
 from worker.lifecycle import ACTED_ON_FIELDS, MAX_FIELDS, OVERSIZE_MARK, Claimed
 
 # What RQ's enqueue (and the documented raw protocol, and a re-queued job) writes on a chat job.
@@ -31,10 +30,9 @@ KNOWN_FIELDS = frozenset(
         "data", "status", "origin", "description", "created_at", "enqueued_at", "started_at", "ended_at",
         "last_heartbeat", "worker_name", "timeout", "result_ttl", "failure_ttl", "ttl", "meta", "group_id",
         "lvm_token", "lvm_reruns", "lvm_history", "number_of_retries", "lvm_owner", "lvm_deadline",
-        "lvm_tenant", "lvm_class", "lvm_cost", keys.REQUEST_ID_FIELD, tracecontext.FIELD,
+        "lvm_tenant", "lvm_class", "lvm_cost", keys.REQUEST_ID_FIELD, keys.REPLAY_OF_FIELD, tracecontext.FIELD,
     }
 )  # fmt: skip
-FUNCTIONS = (JOB_FUNCTION, EMBED_FUNCTION)
 MAX_TTL_S = 30 * 86400
 INTEGER = re.compile(rb"^-?[0-9]{1,12}$")
 
@@ -205,37 +203,7 @@ def _meta(value: bytes | None) -> dict:
 
 
 def _request(data: bytes | None, cap: int) -> tuple[str, Any]:
-    """RQ's ``data``: JSON ``[function, instance, args, kwargs]``, raw or zlib-compressed; the
-    function (a chat or an embed job) and its one argument.
-
-    Decompression is bounded (a zlib bomb stops at ``cap`` bytes) and nothing is unpickled.
-    """
-    if not data:
-        raise JobRejected("data", "is missing")
-    raw = data
     try:
-        inflater = zlib.decompressobj()
-        raw = inflater.decompress(data, cap + 1)
-        if len(raw) > cap or inflater.unconsumed_tail:
-            raise JobRejected("data", f"decompresses past the cap of {cap} bytes (LVM_MAX_JOB_BYTES)")
-    except zlib.error:
-        raw = data  # RQ accepts uncompressed data too
-    try:
-        job = strict_json(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise JobRejected(
-            "data", f"is not a JSON job ({str(exc)[:120]}); enqueue with RQ's JSONSerializer (never pickle)"
-        ) from None
-    if not isinstance(job, list) or len(job) != 4:
-        raise JobRejected("data", "must be the JSON array [function, instance, args, kwargs]")
-    function, instance, args, kwargs = job
-    if function not in FUNCTIONS:
-        raise JobRejected("data.function", f"this worker runs only {' and '.join(FUNCTIONS)}, not "
-                          f"{str(function)[:80]!r}")  # fmt: skip
-    if instance is not None:
-        raise JobRejected("data.instance", "must be null")
-    if kwargs not in ({}, None):
-        raise JobRejected("data.kwargs", f"{function} takes no keyword arguments")
-    if not isinstance(args, list) or len(args) != 1:
-        raise JobRejected("data.args", f"{function} takes exactly one argument, the request object")
-    return function, args[0]
+        return jobrequest.decode(data, cap)
+    except jobrequest.Unreadable as exc:
+        raise JobRejected(exc.field, exc.reason) from None

@@ -115,6 +115,7 @@ class Claim:
     token: str
     jobs: list[Claimed] = field(default_factory=list)
     dropped: list[tuple[str, str]] = field(default_factory=list)  # (entry, why) for entries with no job
+    paused: bool = False  # an operator paused the queue (pause.lua): nothing was claimed
 
 
 @dataclass
@@ -161,14 +162,16 @@ class Lifecycle:
     def claim(self, queue: str, limit: int, token: str) -> Claim:
         reply = self._claim(
             keys=[keys.queue(queue), keys.leases(queue), keys.started(queue), keys.EVENTS, keys.fair_ring(queue),
-                  keys.fair_state(queue)],
+                  keys.fair_state(queue), keys.paused(queue)],
             args=[limit, self.worker_name, token, self.lease_ms, self.value_cap, rq_time(), keys.JOB_PREFIX,
                   self.max_fields, keys.fair_lists(queue), self.batch_every, fairness.QUANTUM, *ACTED_ON_FIELDS],
         )  # fmt: skip
         claim = Claim(queue, token)
         for entry in reply:
             kind = _text(entry[0])
-            if kind == "dropped":
+            if kind == "paused":
+                claim.paused = True
+            elif kind == "dropped":
                 claim.dropped.append((_text(entry[1]), _text(entry[2])))
             else:
                 raw = entry[2]

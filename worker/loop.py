@@ -93,6 +93,7 @@ class BatchLoop:
         self.alarm = Alarm()
         self.io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lvm-io")
         self.pending: tuple[Batch, Future[list[str]]] | None = None  # the batch whose finish is in flight
+        self.all_paused = False  # every queue's last claim found it paused by an operator
         self.stop_signals = 0  # SIGTERM/SIGINT count, set by the adapter's handler; everything else reads it
         self.jobs_done = 0
         self.jobs_failed = 0
@@ -105,14 +106,18 @@ class BatchLoop:
         )
 
     def take(self, limit: int) -> Claim | None:
-        """Claim a batch from the first queue with work, or None if all are empty."""
+        """Claim a batch from the first queue with work, or None if all are empty (or paused)."""
+        paused = 0
         for queue in self.queue_names:
             while not self.stop_signals:
                 claim = self._claim(queue, limit)
                 if claim.jobs:
+                    self.all_paused = False
                     return claim
+                paused += claim.paused
                 if not claim.dropped:
                     break  # empty; a claim of dropped entries only goes on to the next entries
+        self.all_paused = paused == len(self.queue_names)
         return None
 
     def _claim(self, queue: str, limit: int) -> Claim:
@@ -138,6 +143,9 @@ class BatchLoop:
         """Block until a queue has an entry, without taking it: BLMOVE of a list onto itself,
         tail to tail, leaves it as it was, so a kill here can lose nothing."""
         queue_keys = [keys.queue(q) for q in self.queue_names]
+        if self.all_paused:  # its queue holds jobs no claim may take: BLMOVE would answer at once
+            time.sleep(IDLE_BLOCK_S)
+            return
         try:
             if len(queue_keys) == 1:
                 self.connection.blmove(queue_keys[0], queue_keys[0], IDLE_BLOCK_S, "RIGHT", "RIGHT")

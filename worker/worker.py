@@ -88,6 +88,7 @@ class LVMWorker(SimpleWorker):
             settings.heartbeat_seconds,
             self._heartbeat_info,
             on_beat=self._on_beat,
+            on_drain=self._on_drain,
         )
         self.pulse.start()
         log.info("worker starting", worker=self.name, model=self.model_name, queues=names, device=settings.device)
@@ -336,6 +337,19 @@ class LVMWorker(SimpleWorker):
         assert self.loop is not None
         self.loop.stop_signals += 1
         self.loop.alarm.stop_within(self.settings.drain_seconds if self.loop.stop_signals == 1 else 0.0)
+
+    def _on_drain(self, key: str) -> None:
+        """Heartbeat thread: an operator asked this worker to drain (drain.lua). The same as a
+        first SIGTERM: finish the batch within LVM_DRAIN_SECONDS, claim nothing more, exit 0."""
+        log.warning("drain requested by an operator", worker=self.name, key=key)
+        if self.loop is None:  # still loading: the loop will see the request at its first beat after
+            self.pulse.drain_asked = False
+            return
+        # Race named here: a drain request and a SIGTERM at once. Both only raise the count from
+        # 0 to at least 1 and set the alarm to the drain; a second SIGTERM still means "now".
+        if self.loop.stop_signals == 0:
+            self.loop.stop_signals = 1
+            self.loop.alarm.stop_within(self.settings.drain_seconds)
 
     def teardown(self) -> None:
         """On the way out: hand back any jobs still leased (a stop mid-batch), then drop the

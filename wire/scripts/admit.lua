@@ -3,13 +3,14 @@
 -- wire/lua.py puts the guarded submit above this as run(KEYS, ARGV).
 --
 -- KEYS: submit.lua's own (1 job hash, 2 queue list, 3 rq:queues, 4 idempotency key), then
---       5 the tenant's interactive list, 6 its batch list, 7 the queue's tenant ring, 8 its fair state
+--       5 the tenant's interactive list, 6 its batch list, 7 the queue's tenant ring, 8 its fair state,
+--       9 the queue's pause flag (pause.lua)
 -- ARGV: 1 max queued (0 = no bound), 2 deadline ms from now (0 = none), 3 tenant, 4 class ('i' or
 --       'b'), 5 weight (1-1000), 6 the tenant's queued cap (0 = none), 7 cost (1-1000), then
 --       submit.lua's own (so ARGV[8] is the job id, ARGV[10] the idempotency ttl)
 -- Returns {1, <job id>} when admitted (or answered by an earlier submit); {0, <queue depth>} when
--- the queue holds max queued jobs, {2, <tenant's queued>} when the tenant holds its cap: nothing is
--- written then.
+-- the queue holds max queued jobs, {2, <tenant's queued>} when the tenant holds its cap, {3, <reason>}
+-- when an operator paused the queue: nothing is written then.
 local bound, deadline_ms = tonumber(ARGV[1]), tonumber(ARGV[2])
 local tenant, class = ARGV[3], ARGV[4]
 local weight, cap, cost = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
@@ -21,7 +22,7 @@ if class ~= 'i' and class ~= 'b' then return redis.error_reply("LVMQ_BADARG clas
 if not (weight and weight >= 1 and weight <= 1000 and cap and cap >= 0 and cost and cost >= 1 and cost <= 1000) then
   return redis.error_reply('LVMQ_BADARG weight 1-1000, cap >= 0 and cost 1-1000 are numbers')
 end
-local bad = wrong_types({{KEYS[2], 'list'}, {KEYS[5], 'list'}, {KEYS[6], 'list'}, {KEYS[7], 'list'},
+local bad = wrong_types({{KEYS[2], 'list'}, {KEYS[5], 'list'}, {KEYS[6], 'list'}, {KEYS[7], 'list'}, {KEYS[9], 'hash'},
                          {KEYS[8], 'hash'}})
 if bad then return bad end
 -- A repeat (same idempotency key, or this very job id after an ambiguous reply) is answered
@@ -29,6 +30,9 @@ if bad then return bad end
 local fresh = redis.call('EXISTS', KEYS[1]) == 0
   and not (tonumber(ARGV[10]) > 0 and redis.call('EXISTS', KEYS[4]) == 1)
 if fresh then
+  if redis.call('EXISTS', KEYS[9]) == 1 then
+    return {3, redis.call('HGET', KEYS[9], 'reason') or 'paused by an operator'}
+  end
   if bound > 0 then
     local depth = redis.call('LLEN', KEYS[2])
     if depth >= bound then return {0, depth} end

@@ -3,13 +3,15 @@
 -- gateway.md, "Fair share"). Takes the ids and leases them in the same step, so a claimed job is
 -- never in neither the queue nor a registry.
 --
--- KEYS: 1 queue list, 2 lease zset, 3 RQ started registry, 4 event stream, 5 tenant ring, 6 fair state
+-- KEYS: 1 queue list, 2 lease zset, 3 RQ started registry, 4 event stream, 5 tenant ring, 6 fair state,
+--       7 the queue's pause flag (pause.lua)
 -- ARGV: 1 max jobs, 2 worker name, 3 token, 4 lease ms, 5 value cap (bytes), 6 started_at,
 --       7 job key prefix, 8 max fields, 9 tenant list prefix, 10 batch every (a tenant's batch job
 --       goes after at most this many of its interactive ones), 11 quantum (cost per turn and unit
 --       of weight), then the acted-on field names
 -- Returns per entry {'claimed', id, fields, stripped, status, left} or {'dropped', entry, why}; left
 -- is the ms until the job's lvm_deadline (Redis's clock, written by admit.lua; '' when it has none).
+-- A paused queue returns {{'paused'}}: nothing claimed (the worker waits, it does not spin).
 --
 -- Which ids: while the queue list's head is a job nobody indexed (RQ's own enqueue, a raw
 -- submit.lua, garbage), that head, in order; otherwise the next of the tenants' round robin,
@@ -21,6 +23,9 @@ local ACTED_FROM = 12
 local bad = wrong_types({{KEYS[1], 'list'}, {KEYS[2], 'zset'}, {KEYS[3], 'zset'}, {KEYS[5], 'list'},
                          {KEYS[6], 'hash'}})
 if bad then return bad end
+-- Race named here: a pause between two claims. The flag is read in the same step as the take, so
+-- once pause.lua has run no claim takes a job; a batch claimed before it runs to its end.
+if redis.call('EXISTS', KEYS[7]) == 1 then return {{'paused'}} end
 local now = now_ms()
 local lease_until = now + tonumber(ARGV[4])
 local wip_until = math.floor(lease_until / 1000) + WIP_GRACE_S
