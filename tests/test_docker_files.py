@@ -65,6 +65,8 @@ def check_command(cmd: list[str]) -> None:
         pass
     elif cmd[:2] == ["sh", "-c"] and cmd[2].endswith("exec redis-sentinel /tmp/sentinel.conf"):
         pass  # the ha profile's Sentinels write their config, then run
+    elif cmd[:2] == ["/bin/sh", "-c"] and re.search(r"exec (/bin/prometheus --config\.file=\S+|/run\.sh)", cmd[2]):
+        pass  # the monitoring profile's images, after a check that their secret is set
     else:
         pytest.fail(f"unknown command {cmd}")
 
@@ -102,7 +104,7 @@ def test_compose_commands_env_and_files():
     assert (ROOT / "docker" / build["context"] / build["dockerfile"]).resolve() == ROOT / "docker" / "Dockerfile"
     for svc in services.values():
         if "command" in svc:
-            check_command(svc["command"])
+            check_command([*svc.get("entrypoint", []), *svc["command"]])
         test = svc.get("healthcheck", {}).get("test")
         if test:
             check_command(test[1:] if test[0] == "CMD" else test)
@@ -182,3 +184,52 @@ def test_compose_ha_profile_is_a_deployment_that_does_not_lose_confirmed_jobs():
         assert "sentinel monitor lvm redis-ha-1 6379 2" in script and "down-after-milliseconds lvm 5000" in script
     assert "${LVM_REDIS_URL:-" in (ROOT / "docker" / "compose.yml").read_text()  # the stack can point at them
     assert {"redis-ha-1", "redis-ha-2", "redis-ha-3"} <= set(COMPOSE["volumes"])
+
+
+MONITORING = ROOT / "docker" / "monitoring"
+
+
+def _exported_metrics() -> set[str]:
+    """Every metric name the workers and the gateway register, with a histogram's series."""
+    names = set()
+    for module in ("worker/metrics.py", "gateway/metrics.py"):
+        for name in re.findall(r'"(lvm_[a-z_]+)"', (ROOT / module).read_text()):
+            names |= {name, f"{name}_bucket", f"{name}_sum", f"{name}_count"}
+    return names
+
+
+def test_the_monitoring_profile_scrapes_every_worker_and_the_gateway_behind_its_key():
+    services = COMPOSE["services"]
+    for name in ("prometheus", "grafana"):
+        assert services[name]["profiles"] == ["monitoring"]
+        assert all(p.startswith("127.0.0.1:") for p in services[name]["ports"])  # the host's loopback only
+    config = yaml.safe_load((MONITORING / "prometheus.yml").read_text())
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    port = int(COMPOSE["x-lvm-env"]["LVM_METRICS_PORT"])
+    [workers] = jobs["lvmq-worker"]["dns_sd_configs"]
+    worker_services = {n for n in services if n.startswith("worker-")}
+    assert set(workers["names"]) == worker_services and workers["port"] == port  # every replica of each
+    assert all("ports" not in services[n] for n in worker_services)  # worker metrics stay inside
+    gateway = jobs["lvmq-gateway"]
+    assert gateway["static_configs"][0]["targets"] == [f"gateway:{services['gateway']['command'][-1]}"]
+    assert gateway["authorization"]["credentials_file"] in services["prometheus"]["command"][0]
+    assert "LVM_GATEWAY_METRICS_KEY" in services["gateway"]["environment"]
+    # Grafana refuses its default password, and reads the provisioned files compose mounts
+    assert "GF_SECURITY_ADMIN_PASSWORD" in services["grafana"]["command"][0]
+    mounts = " ".join(services["grafana"]["volumes"])
+    assert "./monitoring/grafana/provisioning:" in mounts and "./monitoring/grafana/dashboards:" in mounts
+
+
+def test_the_grafana_dashboard_draws_the_ops_page_panels_from_metrics_that_exist():
+    dashboard = json.loads((MONITORING / "grafana" / "dashboards" / "lvmq.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    used = {name for e in exprs for name in re.findall(r"\b(lvm_[a-z_]+)", e)}
+    assert used and used <= _exported_metrics(), used - _exported_metrics()
+    joined = " ".join(exprs)
+    for wanted in ("lvm_queue_depth", "lvm_jobs_total", "lvm_gateway_overloaded_total", "histogram_quantile(0.5",
+                   "histogram_quantile(0.99", 'stage="total_latency"', "lvm_heartbeat_age_seconds"):  # fmt: skip
+        assert wanted in joined, wanted
+    provider = yaml.safe_load((MONITORING / "grafana" / "provisioning" / "dashboards" / "lvmq.yml").read_text())
+    assert provider["providers"][0]["options"]["path"] == "/var/lib/grafana/dashboards"
+    source = yaml.safe_load((MONITORING / "grafana" / "provisioning" / "datasources" / "prometheus.yml").read_text())
+    assert {p["datasource"]["uid"] for p in dashboard["panels"]} == {source["datasources"][0]["uid"]}
