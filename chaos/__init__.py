@@ -2,7 +2,7 @@
 chosen moments, Redis restarts, pauses and maxmemory, partitions through a loopback TCP proxy, a
 Sentinel failover, and a corpus of hostile job hashes.
 
-One module per fault family (kills, redis_faults, network, hostile, failover), each scenario a
+One module per fault family (kills, redis_faults, network, hostile, failover, operations), each scenario a
 function that returns a ``chaos.tally.Tally``: submitted, finished, failed with reason, lost,
 completed twice, worker exits caused by a job. They reach the system the way its users and
 operators do: ChatClient and the gateway's HTTP routes to submit and read, signals to the worker

@@ -103,6 +103,18 @@ def submit(redis: Redis, url: str, requests: list[dict]) -> list[str]:
     return ids
 
 
+def raw_submit(redis: Redis, requests: list[dict]) -> list[str]:
+    """Jobs written by submit.lua alone, past admit.lua (no bound, no pause, no fair-share index),
+    as RQ's own enqueue or any program that can write Redis may; their ids."""
+    from config import load_settings
+    from producer import protocol
+    from wire import lua
+
+    script = redis.register_script(lua.path("submit").read_text())
+    calls = [protocol.call(load_settings(), redis, r) for r in requests]
+    return [script(keys=c.keys, args=c.args).decode() for c in calls]
+
+
 def indexed_left(redis: Redis) -> int:
     """Ids still in fair share's tenant lists: 0 once every job ended (claim and cancel take them out)."""
     return sum(int(redis.llen(k)) for k in redis.scan_iter(match=keys.FAIR_PREFIX + "*:q:*", count=1000))

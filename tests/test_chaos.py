@@ -11,7 +11,7 @@ import os
 
 import pytest
 
-from chaos import failover, hostile, kills, network, redis_faults
+from chaos import failover, hostile, kills, network, operations, redis_faults
 from chaos.tally import HEADER, Tally, record
 from helpers import worker_env
 
@@ -60,6 +60,17 @@ def test_random_sigkills_under_load(env, tmp_path):
     _check(t)
     assert t.counts["producer_errors"] == 0, t.notes  # the producer ran to the end, every submit accepted
     assert t.finished == t.submitted
+
+
+def test_pause_resume_and_drain_under_load(env, tmp_path):
+    """The ops page's actions under load lose nothing: claims stop while paused, refused submits
+    are told so, the drained worker exits 0 and the other carries on."""
+    t = operations.pause_resume_drain(env if FULL else {**env, "LVM_PIPELINE": "null"}, tmp_path,
+                                      pauses=3 if FULL else 1)  # fmt: skip
+    _check(t)
+    assert t.finished == t.submitted and t.counts["producer_errors"] == 0, t.notes
+    assert t.counts["claimed_while_paused"] == 0 and t.counts["drained_exit"] == 0, t.notes
+    assert t.counts["refused"] > 0, t.notes  # the pause did refuse submits: the row tested something
 
 
 def test_redis_sigkill_and_restart(env, tmp_path):
