@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 DEV_STAMP := $(VENV)/.dev-stamp
 
-.PHONY: setup setup-dev redis-server redis-newer model demo test test-fast chaos lint bench bench-device clean-artifacts
+.PHONY: setup setup-dev redis-server debian-tools model demo test test-fast chaos lint bench bench-device clean-artifacts
 
 # What the demo, workers and the gateway need. The test and lint tools come with setup-dev, so a
 # first `make demo` does not install them (8.8 s of its 48 s set-up, measured here).
@@ -37,11 +37,12 @@ redis-server:
 	    echo "redis-server not found: install it (apt-get install redis-server / brew install redis)"; exit 1; \
 	  fi; }
 
-# A Redis 7.2+ server for the WAITAOF tests (Debian 12's redis is 7.0): Valkey 8.0 from Debian's
-# bookworm-backports, checked against its SHA-256 and unpacked into .cache/valkey, not installed
-# system-wide (harness/newer_redis.py). Offline, the tests that need it skip and say so.
-redis-newer: setup
-	@$(BIN)/python -m harness.newer_redis fetch
+# What the tests need that Debian 12 lacks: a Redis 7.2+ server for WAITAOF (Valkey 8.0 from
+# bookworm-backports) and docker compose v2 to validate the compose file (Debian 13's package),
+# each checked against its SHA-256 and unpacked into .cache/, not installed system-wide
+# (harness/debian_tools.py). Offline, the tests that need them skip and say so.
+debian-tools: setup
+	@$(BIN)/python -m harness.debian_tools fetch
 
 model: setup
 	$(BIN)/lvmq model prepare
@@ -52,7 +53,7 @@ demo: setup redis-server
 	$(BIN)/lvmq model prepare --models lstm
 	$(BIN)/lvmq demo --serve
 
-test: setup-dev redis-server redis-newer
+test: setup-dev redis-server debian-tools
 	$(BIN)/pytest -q
 
 test-fast: setup-dev
@@ -60,7 +61,7 @@ test-fast: setup-dev
 
 # The fault-injection suite at full size (SIGKILLs, Redis restarts and pauses, 1,000 hostile
 # job hashes), then its table. `make test` runs the same scenarios small.
-chaos: setup-dev redis-server redis-newer
+chaos: setup-dev redis-server debian-tools
 	@rm -f .chaos.jsonl
 	LVM_CHAOS_FULL=1 LVM_CHAOS_REPORT=.chaos.jsonl $(BIN)/pytest -q -m chaos
 	@$(BIN)/python -m chaos report .chaos.jsonl

@@ -147,14 +147,14 @@ def _check_failover(t: Tally, lossless: bool, switches: int = 1) -> None:
 
 
 def test_sentinel_failover_with_waitaof_on_a_newer_server(env, tmp_path):
-    """The same failover on Valkey 8 (Redis 7.2's protocol, harness.newer_redis), the producer
+    """The same failover on Valkey 8 (Redis 7.2's protocol, harness.debian_tools), the producer
     confirming with WAITAOF 1 1: a confirmed submit was fsynced on the master and a replica, and
     none is lost."""
-    from harness import newer_redis
+    from harness import debian_tools
 
-    binary = newer_redis.binary()
+    binary = debian_tools.redis_72()
     if binary is None:
-        pytest.skip(newer_redis.WHY_MISSING)
+        pytest.skip(debian_tools.WHY_NO_REDIS_72)
     if not FULL:
         pytest.skip("a second failover row of ~30 s: make chaos runs it (make test runs the WAIT row)")
     t = failover.sentinel_failover(env, tmp_path, seconds=8.0, wait_replicas=1, replica_lag_s=2.0, wait_aof=True,

@@ -1,4 +1,5 @@
-"""No Docker engine runs here: check that docker/ names only things that exist in the project."""
+"""No Docker engine runs here: check that docker/ names only things that exist in the project, and
+that Compose v2 itself reads the file (`config` needs no engine)."""
 
 from __future__ import annotations
 
@@ -233,3 +234,29 @@ def test_the_grafana_dashboard_draws_the_ops_page_panels_from_metrics_that_exist
     assert provider["providers"][0]["options"]["path"] == "/var/lib/grafana/dashboards"
     source = yaml.safe_load((MONITORING / "grafana" / "provisioning" / "datasources" / "prometheus.yml").read_text())
     assert {p["datasource"]["uid"] for p in dashboard["panels"]} == {source["datasources"][0]["uid"]}
+
+
+@pytest.mark.parametrize("profile", ["", "ha", "monitoring", "tracing"])
+def test_docker_compose_config_validates_the_file_with_each_profile(profile, tmp_path):
+    """Compose v2 itself (no engine needed for `config`): the host's plugin, or Debian's package
+    that harness/debian_tools.py fetches."""
+    import os
+    import subprocess
+
+    from harness import debian_tools
+
+    command = debian_tools.compose()
+    if command is None:
+        pytest.skip(debian_tools.WHY_NO_COMPOSE)
+    env = {**os.environ, "REDIS_PASSWORD": "x"}  # what docker/.env.example asks to set
+    args = [*command, "-f", str(ROOT / "docker" / "compose.yml"), *(["--profile", profile] if profile else [])]
+    checked = subprocess.run([*args, "config", "-q"], capture_output=True, text=True, env=env, timeout=60)
+    assert checked.returncode == 0, checked.stderr
+    services = set(subprocess.run([*args, "config", "--services"], capture_output=True, text=True, env=env,
+                                  timeout=60).stdout.split())  # fmt: skip
+    wanted = {"": {"gateway", "worker-lstm"}, "ha": {"redis-ha-1", "sentinel-3"},
+              "monitoring": {"prometheus", "grafana"}, "tracing": {"jaeger"}}[profile]  # fmt: skip
+    assert wanted <= services, services
+    unset = {k: v for k, v in env.items() if k != "REDIS_PASSWORD"}
+    missing = subprocess.run([*args, "config", "-q"], capture_output=True, text=True, env=unset, timeout=60)
+    assert missing.returncode != 0 and "REDIS_PASSWORD" in missing.stderr  # a required secret is refused by name

@@ -143,17 +143,17 @@ def _owner(key: str, secret: str) -> str:
 def _server_version() -> tuple[int, ...]:
     import shutil
 
-    from harness.newer_redis import version
+    from harness.debian_tools import version
 
     return version(shutil.which("redis-server") or "redis-server")
 
 
 def _newer_server() -> str:
-    from harness import newer_redis
+    from harness import debian_tools
 
-    binary = newer_redis.binary()
+    binary = debian_tools.redis_72()
     if binary is None:
-        pytest.skip(newer_redis.WHY_MISSING)
+        pytest.skip(debian_tools.WHY_NO_REDIS_72)
     return binary
 
 
@@ -184,7 +184,7 @@ def test_waitaof_is_refused_on_a_newer_server_without_an_append_only_file():
 
 
 def test_waitaof_confirms_a_submit_fsynced_on_the_master_and_a_replica():
-    """On a real 7.2+ server (Valkey 8 from Debian, harness.newer_redis), both nodes on appendfsync
+    """On a real 7.2+ server (Valkey 8 from Debian, harness.debian_tools), both nodes on appendfsync
     everysec (the default): WAITAOF 1 0 alone, then WAITAOF 1 1 with a replica, within the 1.5 s
     LVM_PRODUCER_WAIT_AOF's wait defaults to; with the replica stopped, the submit is refused as
     unconfirmed (its caller is told; the job id is in the error), never reported as confirmed."""
