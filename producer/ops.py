@@ -37,7 +37,7 @@ SHOWN_FIELDS = (
 )  # fmt: skip  # a job's fields the inspector shows; never data (the chat text) or lvm_owner
 WORKER_FIELDS = (
     "worker", "host", "status", "model", "device", "queues", "jobs_done", "jobs_failed", "age_s", "last_batch_size",
-    "mean_batch_size", "max_batch", "started_at", "current_job", "serve_rate_per_s",
+    "mean_batch_size", "max_batch", "started_at", "load_seconds", "current_job", "serve_rate_per_s",
 )  # fmt: skip
 MAX_SHOWN = 512  # characters of any one field shown
 MINUTES = 15  # the page's charts: the last quarter hour, per minute

@@ -153,7 +153,9 @@ def test_the_ops_page_in_a_browser(stack, browser, tmp_path):
                          30, "the queue's chart")  # fmt: skip
         _wait(lambda: sum(_values(browser, "finished")) > 0, 30, "live finished counts")
         assert finished
-        _wait(lambda: browser.find_elements(By.CSS_SELECTOR, f"[data-worker='{stack['name']}']"), 10, "the worker row")
+        worker_row = _wait(lambda: browser.find_elements(By.CSS_SELECTOR, f"[data-worker='{stack['name']}']"), 10,
+                           "the worker row")  # fmt: skip
+        assert "cpu" in worker_row[0].text and " s" in worker_row[0].text  # device, heartbeat age, load time
 
         # the hostile failed job: listed with its reason, every field shown as text
         hostile_row = f"tr[data-job='{stack['hostile']}']"

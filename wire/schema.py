@@ -230,6 +230,7 @@ class Heartbeat(BaseModel):
         "compare no clocks); null or negative while on time.",
     )
     latency_p50_ms: float | None = None
+    load_seconds: float | None = Field(None, description="Seconds the worker took to load model, encoder and bank.")
     max_batch: int | None = None
     prefetch: bool | None = None
     last_batch_size: int | None = None

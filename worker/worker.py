@@ -160,6 +160,7 @@ class LVMWorker(SimpleWorker):
             incarnation=self.lifecycle.incarnation,
             model=self.model_name,
             model_version=rt.model_version if rt else None,
+            load_seconds=round(rt.load_seconds, 2) if rt else None,
             checkpoint=str(self.settings.models.get(self.model_name, "")),
             device=rt.device if rt else self.settings.device,
             encoder_dtype=rt.encoder_dtype if rt else None,

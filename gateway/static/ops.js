@@ -149,6 +149,7 @@ function renderWorkers(workers) {
     el("td", {}, `${w.last_batch_size ?? "–"} / ${w.mean_batch_size ?? "–"} / ${w.max_batch ?? "–"}`),
     el("td", {}, w.age_s == null ? "–" : `${w.age_s} s`), el("td", {}, w.jobs_done), el("td", {}, w.jobs_failed),
     el("td", {}, w.current_job ? JSON.stringify(w.current_job) : ""), el("td", {}, w.started_at),
+    el("td", {}, w.load_seconds == null ? "–" : `${w.load_seconds} s`),
     el("td", {}, el("button", { type: "button", onclick: () => {
       if (confirm(`Drain ${w.worker}? It finishes its batch and exits.`)) {
         act(`/workers/${encodeURIComponent(w.worker)}/drain`);
