@@ -216,13 +216,13 @@ def _latencies(redis: Redis, queue: str) -> dict[str, dict[str, float | None]]:
 
 
 def overview(redis: Redis, prefix: str = "lvm-") -> dict[str, Any]:
-    """What the ops page draws: per queue, its depth, pause, per-minute finished and failed for the
-    last MINUTES minutes, failures by reason and stage percentiles; every worker's heartbeat."""
+    """What the ops page draws: per queue, its depth, pause, per-minute finished, failed and refused
+    for the last MINUTES minutes, failures by reason and stage percentiles; every worker's heartbeat."""
     now_min = int(time.time() // 60)
     minutes = list(range(now_min - MINUTES + 1, now_min + 1))
     queues = []
     for queue in queue_names(redis, prefix):
-        wanted = [keys.stats(queue, m, o) for m in minutes for o in ("finished", "failed")]
+        wanted = [keys.stats(queue, m, o) for m in minutes for o in ("finished", "failed", "refused")]
         counts = [int(v) if (v or b"").isdigit() else 0 for v in redis.mget(wanted)]
         pause = redis.hgetall(keys.paused(queue)) if redis.type(keys.paused(queue)) == b"hash" else {}
         reasons: dict[str, int] = {}
@@ -235,8 +235,9 @@ def overview(redis: Redis, prefix: str = "lvm-") -> dict[str, Any]:
             "canceled_kept": redis.zcard(f"rq:canceled:{queue}"),
             "paused": {k.decode(): _text(v) for k, v in pause.items()} or None,
             "minutes": [m * 60 for m in minutes],
-            "finished_per_min": counts[0::2],
-            "failed_per_min": counts[1::2],
+            "finished_per_min": counts[0::3],
+            "failed_per_min": counts[1::3],
+            "refused_per_min": counts[2::3],  # admission bound, tenant cap or pause (admit.lua)
             "failed_by_reason": reasons,
             "latency_ms": _latencies(redis, queue),
         })  # fmt: skip

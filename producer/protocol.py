@@ -294,11 +294,13 @@ class Submit:
     def script_calls(self) -> list[tuple[list[str], list[Any]]]:
         """(KEYS, ARGV) of each call of ``script(self.limit is not None)``, in order."""
         deadline_ms = int(self.deadline_s * 1000)
+        minute = int(time.time() // 60)
         out = []
         for c, (bound, _) in zip(self.calls, self.used, strict=True):
             sh = c.share
             index = [keys.fair_list(c.queue, sh.tenant, "interactive"), keys.fair_list(c.queue, sh.tenant, "batch"),
-                     keys.fair_ring(c.queue), keys.fair_state(c.queue), keys.paused(c.queue)]  # fmt: skip
+                     keys.fair_ring(c.queue), keys.fair_state(c.queue), keys.paused(c.queue),
+                     keys.stats(c.queue, minute, "refused")]  # fmt: skip
             script_keys = [*c.keys, *index]
             args = [bound, deadline_ms, sh.tenant, keys.CLASSES[sh.priority], sh.weight, sh.cap(bound), c.cost, *c.args]
             if self.limit is not None:

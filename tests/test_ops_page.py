@@ -152,6 +152,7 @@ def test_the_ops_page_in_a_browser(stack, browser, tmp_path):
         finished = _wait(lambda: browser.find_elements(By.CSS_SELECTOR, "[data-queue='lvm-lstm'] polyline.finished"),
                          30, "the queue's chart")  # fmt: skip
         _wait(lambda: sum(_values(browser, "finished")) > 0, 30, "live finished counts")
+        _wait(lambda: max(_values(browser, "p99")) > 0, 30, "the latency line")
         assert finished
         worker_row = _wait(lambda: browser.find_elements(By.CSS_SELECTOR, f"[data-worker='{stack['name']}']"), 10,
                            "the worker row")  # fmt: skip
@@ -203,6 +204,7 @@ def test_the_ops_page_in_a_browser(stack, browser, tmp_path):
         _wait(lambda: "PAUSED" in browser.find_element(By.CSS_SELECTOR, "[data-queue='lvm-lstm']").text, 10, "pause")
         with pytest.raises(Paused, match="rolling the bank"):
             client.submit({"messages": ["Paused?"]})
+        _wait(lambda: sum(_values(browser, "refused")) > 0, 10, "the refused line to count the paused submits")
         _click(browser, By.XPATH, "//div[@data-queue='lvm-lstm']//button[text()='Resume']")
         _wait(lambda: not redis.exists(keys.paused("lvm-lstm")), 10, "resume")
 

@@ -22,7 +22,8 @@ HEARTBEAT_PREFIX = "lvm:heartbeat:"  # a worker's health: JSON wire.schema.Heart
 WORKERS = "lvm:workers"  # zset: worker name -> its last beat (Redis ms); health reads it, never SCAN
 WORKERS_MAX = 10_000  # the most workers a health read looks at
 ALIVE = "lvm:alive"  # zset: worker incarnation -> last renew (Redis ms); recovery reads it
-STATS_PREFIX = "lvm:stats:"  # per-minute job counters: lvm:stats:<queue>:<unix minute>:<finished|failed>
+STATS_PREFIX = "lvm:stats:"  # per-minute counters: lvm:stats:<queue>:<unix minute>:<finished|failed|refused>
+STATS_TTL_S = 3600  # how long a per-minute counter is kept
 IDEMPOTENCY_PREFIX = "lvm:idem:"  # lvm:idem:<queue>:<sha256 of the key> -> the first job's id
 RATE_PREFIX = "lvm:gateway:rate:"  # the gateway's token bucket per API-key owner
 # Fair share (docs/gateway.md, "Fair share"): per queue, each tenant's queued ids per class,

@@ -40,6 +40,7 @@ CONSTANTS: dict[str, int | str] = {
     "JOB_ID_CLASS": keys.JOB_ID_LUA_CLASS,
     "TENANT_MAX": keys.TENANT_MAX,
     "AUDIT_MAXLEN": keys.AUDIT_MAXLEN,
+    "STATS_TTL_S": keys.STATS_TTL_S,
 }
 
 

@@ -60,7 +60,7 @@ from wire import fairness, keys, lua
 from wire.results import encode_failure, encode_result
 from wire.schema import rq_time
 
-STATS_TTL_S = 3600
+STATS_TTL_S = keys.STATS_TTL_S
 MAX_HISTORY_CHARS = 2000
 
 # Fields RQ acts on that a chat job never needs: callbacks (imported and called by RQ's

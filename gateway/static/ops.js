@@ -8,6 +8,7 @@ const POLL_MS = 2000;
 const DEPTH_POINTS = 150; // the queue-depth chart keeps the last 5 minutes of polls
 const SVG = "http://www.w3.org/2000/svg";
 const depthHistory = new Map(); // queue -> [depth, ...]
+const latencyHistory = new Map(); // queue -> {p50: [ms, ...], p99: [ms, ...]} end to end, per poll
 let inspected = null;
 let timer = null;
 
@@ -118,6 +119,12 @@ function renderQueues(queues) {
     history.push(q.queued);
     if (history.length > DEPTH_POINTS) history.shift();
     depthHistory.set(q.queue, history);
+    const lat = latencyHistory.get(q.queue) || { p50: [], p99: [] };
+    for (const p of ["p50", "p99"]) {
+      lat[p].push(Math.round(q.latency_ms.total_latency_ms[p] || 0));
+      if (lat[p].length > DEPTH_POINTS) lat[p].shift();
+    }
+    latencyHistory.set(q.queue, lat);
     let c = cards.get(q.queue);
     if (!c) {
       c = { stats: el("p"), controls: el("div"), charts: el("div"), latency: el("div"), state: null };
@@ -134,9 +141,12 @@ function renderQueues(queues) {
       c.controls.replaceChildren(pauseControls(q, q.queue.replace(/^lvm-/, "")));
     }
     c.charts.replaceChildren(
-      chart("jobs/min finished (blue) and failed (red), last 15 min", [
-        { values: q.finished_per_min, cls: "finished" }, { values: q.failed_per_min, cls: "failed" }]),
-      chart("queue depth while this page is open", [{ values: history, cls: "depth" }]));
+      chart("jobs/min, 15 min: finished blue, failed red, refused orange", [
+        { values: q.finished_per_min, cls: "finished" }, { values: q.failed_per_min, cls: "failed" },
+        { values: q.refused_per_min, cls: "refused" }]),
+      chart("queue depth, while open", [{ values: history, cls: "depth" }]),
+      chart("end to end ms, while open: p50 green, p99 black", [
+        { values: lat.p50, cls: "p50" }, { values: lat.p99, cls: "p99" }]));
     c.latency.replaceChildren(latencyTable(q));
   }
 }
