@@ -45,6 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     _register_overload(bsub)
     _register_fairness(bsub)
     _register_embed(bsub)
+    _register_confirm(bsub)
     _register_host(bsub)
 
 
@@ -252,6 +253,26 @@ def cmd_embed(args: argparse.Namespace) -> int:
     sizes = tuple(int(x) for x in args.sizes.split(","))
     res = embed.run(load_settings(), sizes, args.sentences, args.rounds)
     return _emit(res, args.json, embed.format_result)
+
+
+def _register_confirm(bsub) -> None:
+    c = bsub.add_parser(
+        "confirm",
+        help="what a confirmed submit costs: none vs WAIT 1 vs WAITAOF 1 1, master + replica, same run",
+        description="Starts a Redis 7.2+ master and replica with append-only files (Valkey 8 from Debian where the "
+        "host's redis is older: make test fetches it) and times one submit at a time with each confirmation, "
+        "modes alternating by round, on appendfsync everysec and always.",
+    )
+    c.add_argument("--submits", type=int, default=30, help="submits per mode per round (default 30)")
+    c.add_argument("--rounds", type=int, default=3, help="alternating rounds (default 3)")
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=cmd_confirm)
+
+
+def cmd_confirm(args: argparse.Namespace) -> int:
+    from bench import confirm
+
+    return _emit(confirm.run(args.submits, args.rounds), args.json, confirm.format_result)
 
 
 def _register_crowd(bsub) -> None:

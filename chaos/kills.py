@@ -10,7 +10,17 @@ import threading
 import time
 from pathlib import Path
 
-from chaos.tally import QUEUE, Tally, chat_request, job_data, server_and_workers, submit, tally, wait_terminal
+from chaos.tally import (
+    QUEUE,
+    Producer,
+    Tally,
+    chat_request,
+    job_data,
+    server_and_workers,
+    submit,
+    tally,
+    wait_terminal,
+)
 from wire import keys
 from wire.keys import QUEUE_PREFIX
 
@@ -43,39 +53,25 @@ def random_kills(env: dict[str, str], logs: Path, kills: int = 3, rate: float = 
     """Requests at ``rate``/s while workers are SIGKILLed at random moments and replaced."""
     srv, redis, workers = server_and_workers(env, logs)
     rng = random.Random(seed)
-    ids: list[str] = []
-    errors: list[str] = []  # the producer's own failures: a thread that died quietly would hide them
-    stop_producing = threading.Event()
-
-    def produce() -> None:
-        i = 0
-        while not stop_producing.is_set():
-            try:
-                ids.extend(submit(redis, srv.url, [chat_request(10_000 + i)]))
-            except Exception as exc:  # noqa: BLE001 - counted and reported, never swallowed
-                errors.append(f"{type(exc).__name__}: {exc}")
-            i += 1
-            time.sleep(1 / rate)
-
+    producer = Producer(redis, srv.url, rate, 10_000)
     try:
         workers.start()
         started = time.time()
-        producer = threading.Thread(target=produce, daemon=True)
         producer.start()
         for _ in range(kills):
             time.sleep(rng.uniform(0.3, 2.0))
             workers.kill(workers.procs[-1][0])
             workers.start()
         time.sleep(1.0)
-        stop_producing.set()
-        producer.join()
+        producer.stop()
+        ids, errors = producer.ids, producer.errors
         wait_terminal(redis, ids, timeout=120)
         notes = f"producer errors: {len(errors)}" + (f" (first: {errors[0][:120]})" if errors else "")
         t = tally(redis, f"{kills} random SIGKILLs at {rate:.0f} req/s", ids, started, workers.stop_all(), notes)
         t.counts = {"producer_errors": len(errors), "kills": kills}
         return t
     finally:
-        stop_producing.set()
+        producer.stop()
         workers.stop_all()
         srv.stop()
 

@@ -5,11 +5,10 @@ during the pause was told so (Paused, 503 at the gateway) and is counted, not lo
 
 from __future__ import annotations
 
-import threading
 import time
 from pathlib import Path
 
-from chaos.tally import QUEUE, Tally, chat_request, raw_submit, server_and_workers, submit, tally, wait_terminal
+from chaos.tally import QUEUE, Producer, Tally, chat_request, raw_submit, server_and_workers, tally, wait_terminal
 from wire import keys
 
 
@@ -23,27 +22,13 @@ def pause_resume_drain(env: dict[str, str], logs: Path, rate: float = 30.0, paus
 
     srv, redis, workers = server_and_workers(env, logs)
     operator = ops.Operator(redis, "chaos", load_settings(redis_url=srv.url))
-    ids: list[str] = []
-    refused, errors = [0], []
-    stop_producing = threading.Event()
-
-    def produce() -> None:
-        i = 0
-        while not stop_producing.is_set():
-            try:
-                ids.extend(submit(redis, srv.url, [chat_request(30_000 + i)]))
-            except Paused:
-                refused[0] += 1
-            except Exception as exc:  # noqa: BLE001 - counted and reported, never swallowed
-                errors.append(f"{type(exc).__name__}: {exc}")
-            i += 1
-            time.sleep(1 / rate)
+    producer = Producer(redis, srv.url, rate, 30_000, told=(Paused,))
+    ids = producer.ids  # the producer's accepted submits, and the raw ones below
 
     try:
         workers.start()
         drained, drained_name = workers.start()
         started = time.time()
-        producer = threading.Thread(target=produce, daemon=True)
         producer.start()
         claimed_while_paused = 0
         for _ in range(pauses):
@@ -62,19 +47,19 @@ def pause_resume_drain(env: dict[str, str], logs: Path, rate: float = 30.0, paus
         drained.wait(timeout=60)
         workers.killed.add(drained.pid)  # its own clean exit, asked for
         time.sleep(1.0)  # the other worker carries the load alone
-        stop_producing.set()
-        producer.join()
+        producer.stop()
+        refused, errors = producer.told, producer.errors
         wait_terminal(redis, ids, timeout=120)
         notes = (
-            f"{pauses} pauses, {refused[0]} submits refused while paused (caller told); claims while paused: "
+            f"{pauses} pauses, {refused} submits refused while paused (caller told); claims while paused: "
             f"{claimed_while_paused}; drained worker exit {drained.returncode}; producer errors: {len(errors)}"
         )
         t = tally(redis, f"pause/resume x{pauses} and a drain at {rate:.0f} req/s", ids, started,
                   workers.stop_all(), notes)  # fmt: skip
-        t.counts.update(refused=refused[0], claimed_while_paused=claimed_while_paused,
+        t.counts.update(refused=refused, claimed_while_paused=claimed_while_paused,
                         drained_exit=drained.returncode, producer_errors=len(errors))  # fmt: skip
         return t
     finally:
-        stop_producing.set()
+        producer.stop()
         workers.stop_all()
         srv.stop()

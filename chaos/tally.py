@@ -13,6 +13,7 @@ import json
 import os
 import random
 import subprocess
+import threading
 import time
 import uuid
 import zlib
@@ -113,6 +114,41 @@ def raw_submit(redis: Redis, requests: list[dict]) -> list[str]:
     script = redis.register_script(lua.path("submit").read_text())
     calls = [protocol.call(load_settings(), redis, r) for r in requests]
     return [script(keys=c.keys, args=c.args).decode() for c in calls]
+
+
+class Producer:
+    """One chat every 1/``rate`` s through ``submit``, on a thread of its own, until ``stop()``. A
+    refusal of a kind in ``told`` is counted (its caller was told: not lost); any other failure is
+    kept in ``errors``, never swallowed: a thread that died quietly would hide them."""
+
+    def __init__(self, redis: Redis, url: str, rate: float, first: int, told: tuple[type[Exception], ...] = ()):
+        self.redis, self.url, self.rate, self.first, self.told_kinds = redis, url, rate, first, told
+        self.ids: list[str] = []
+        self.told = 0
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        i = self.first
+        while not self._stop.is_set():
+            try:
+                self.ids.extend(submit(self.redis, self.url, [chat_request(i)]))
+            except self.told_kinds:
+                self.told += 1
+            except Exception as exc:  # noqa: BLE001 - counted and reported, never swallowed
+                self.errors.append(f"{type(exc).__name__}: {exc}")
+            i += 1
+            time.sleep(1 / self.rate)
+
+    def start(self) -> Producer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
 
 
 def indexed_left(redis: Redis) -> int:
