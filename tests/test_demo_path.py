@@ -68,6 +68,9 @@ def test_eval_and_bank_build_on_the_prepared_artifacts(prepared):
     val = report["splits"]["val"]
     assert {"model", "repeat_last", "context_mean", "ridge", "ridge_pos"} <= set(val)
     assert -1.0 <= val["model"]["cos_next"]["mean"] <= 1.0
+    # the model paired against the closed-form start its linear path begins from (issue 32)
+    paired = val["model"]["cos_next_minus"]["ridge_pos"]
+    assert paired["ci95"][0] <= paired["mean"] <= paired["ci95"][1]
     bank = lvmq("bank", "build", "--corpus", str(artifacts / "corpus" / "starter.jsonl"),
                 "--out", str(artifacts / "bank2.npz"), env=env)  # fmt: skip
     unique = len({s for d in docs for s in d.sentences})

@@ -184,6 +184,11 @@ def margin_at(curve: list[dict], target_cos: float) -> float | None:
     return None
 
 
+# The baselines every predictor's cos(next) is paired against: ridge_pos is the closed-form start
+# the model's linear path begins from, so "model - ridge_pos" is what the recurrent part adds (issue 32).
+PAIRED_AGAINST = ("context_mean", "ridge", "ridge_pos")
+
+
 def report(predictions: dict[str, np.ndarray], w: Windows, bank: np.ndarray | None = None,
            bank_rows: np.ndarray | None = None) -> dict[str, dict]:  # fmt: skip
     """Every predictor's summary on the same windows; the context mean sets the baseline cos."""
@@ -193,7 +198,7 @@ def report(predictions: dict[str, np.ndarray], w: Windows, bank: np.ndarray | No
     for name in out:
         out[name]["cos_next_minus"] = {
             other: paired_difference(values[name]["cos_next"], values[other]["cos_next"], w)
-            for other in ("context_mean", "ridge")
+            for other in PAIRED_AGAINST
             if other in values and other != name
         }
     return out
