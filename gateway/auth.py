@@ -34,7 +34,17 @@ HASH_PREFIX = "sha256:"
 LOCAL_OWNER = "local"
 RELOAD_S = 1.0  # how often the keys file's mtime is looked at
 log = get_logger("lvmq.gateway")
-__all__ = ["HASH_PREFIX", "LOCAL_OWNER", "Caller", "KeyRing", "caller", "hash_key", "owner_ids", "presented_key"]
+__all__ = [
+    "HASH_PREFIX",
+    "LOCAL_OWNER",
+    "Caller",
+    "KeyRing",
+    "caller",
+    "hash_key",
+    "key_digest",
+    "owner_ids",
+    "presented_key",
+]
 
 
 @dataclass(frozen=True)
@@ -45,6 +55,16 @@ class Caller:
 
     def owns(self, job_owner: str | None) -> bool:
         return job_owner is not None and any(hmac.compare_digest(job_owner, o) for o in self.owners or (self.owner,))
+
+
+def key_digest(entry: str, setting: str) -> str:
+    """The SHA-256 hex a configured key is kept as: ``sha256:<hex>`` as given, a plain key hashed."""
+    if entry.startswith(HASH_PREFIX):
+        digest = entry[len(HASH_PREFIX) :].lower()
+        if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+            raise ValueError(f"{setting}: {entry[:16]}... is not sha256:<64 hex digits>")
+        return digest
+    return hash_key(entry)
 
 
 def owner_ids(digest: str, secrets: list[str]) -> tuple[str, ...]:
@@ -68,12 +88,7 @@ class KeyRing:
         self.defaults = defaults or Limits.defaults()
         self.fixed: dict[str, Policy] = {}
         for entry in comma_list(api_keys):
-            if entry.startswith(HASH_PREFIX):
-                digest = entry[len(HASH_PREFIX) :].lower()
-                if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
-                    raise ValueError(f"LVM_GATEWAY_API_KEYS: {entry[:16]}... is not sha256:<64 hex digits>")
-            else:
-                digest = hash_key(entry)
+            digest = key_digest(entry, "LVM_GATEWAY_API_KEYS")
             self.fixed[digest] = Policy(f"key-{digest[:8]}", self.defaults)
         self.keys_file = keys_file
         self._file_seen: tuple[float, float] = (0.0, -1.0)  # (checked at, mtime read)

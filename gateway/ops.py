@@ -47,15 +47,6 @@ PAGE_HEADERS = {
 OPS_HEADER = "x-lvm-ops"
 
 
-def _digest(entry: str, setting: str) -> str:
-    if entry.startswith(auth.HASH_PREFIX):
-        digest = entry[len(auth.HASH_PREFIX) :].lower()
-        if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
-            raise ValueError(f"{setting}: {entry[:16]}... is not sha256:<64 hex digits>")
-        return digest
-    return hash_key(entry)
-
-
 class AdminKeys:
     """LVM_GATEWAY_ADMIN_KEYS as {hash: name}, and LVM_GATEWAY_METRICS_KEY's hash."""
 
@@ -65,8 +56,8 @@ class AdminKeys:
             name, sep, key = entry.partition("=")
             if not sep or not name.strip() or not key.strip():
                 raise ValueError("LVM_GATEWAY_ADMIN_KEYS: each entry is name=key or name=sha256:<hex>")
-            self.names[_digest(key.strip(), "LVM_GATEWAY_ADMIN_KEYS")] = name.strip()[:64]
-        self.metrics = _digest(metrics_key.strip(), "LVM_GATEWAY_METRICS_KEY") if metrics_key.strip() else None
+            self.names[auth.key_digest(key.strip(), "LVM_GATEWAY_ADMIN_KEYS")] = name.strip()[:64]
+        self.metrics = auth.key_digest(metrics_key.strip(), "LVM_GATEWAY_METRICS_KEY") if metrics_key.strip() else None
 
     def name(self, presented: str | None) -> str | None:
         """The admin's name for a presented key, or None; constant time over every configured hash."""

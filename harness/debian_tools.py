@@ -133,11 +133,12 @@ def main(argv: list[str]) -> int:
     if argv[:1] != ["fetch"]:
         print("usage: python -m harness.debian_tools fetch   (a Redis 7.2+ server and docker compose, into .cache/)")
         return 2
-    if redis_72() is not None and VALKEY.path != Path(redis_72() or ""):
-        print(f"valkey: not needed, this host's redis-server is 7.2+ ({redis_72()})")
+    server, compose_command = redis_72(), compose()
+    if server is not None and Path(server) != VALKEY.path:
+        print(f"valkey: not needed, this host's redis-server is 7.2+ ({server})")
     else:
         print(fetch(VALKEY))
-    print(fetch(COMPOSE) if compose() is None or compose() == [str(COMPOSE.path)] else "compose: the host has one")
+    print(fetch(COMPOSE) if compose_command in (None, [str(COMPOSE.path)]) else "compose: the host has one")
     return 0
 
 

@@ -26,7 +26,7 @@ from producer import protocol
 from producer.health import read_workers
 from producer.stats import queue_names
 from wire import jobrequest, keys, lua
-from wire.embed import EmbedRequest
+from wire.embed import EMBED_FUNCTION, EmbedRequest
 from wire.results import decode_result, error_from
 from wire.schema import ChatRequest
 
@@ -42,6 +42,7 @@ WORKER_FIELDS = (
 MAX_SHOWN = 512  # characters of any one field shown
 MINUTES = 15  # the page's charts: the last quarter hour, per minute
 SAMPLE = 200  # the newest finished jobs per queue whose latencies make the percentiles
+FAILED_SHOWN = 50  # the newest failed jobs per queue the page lists
 
 
 class OpsError(ValueError):
@@ -61,6 +62,11 @@ def percentile(values: list[float], q: float) -> float | None:
         return None
     ordered = sorted(values)
     return round(ordered[min(len(ordered) - 1, max(0, int(q * len(ordered) + 0.5) - 1))], 1)
+
+
+def _check_id(job_id: str) -> None:
+    if not keys.JOB_ID.match(job_id):
+        raise OpsError(f"{job_id[:80]!r} is not a job id")
 
 
 @dataclass
@@ -108,8 +114,7 @@ class Operator:
 
     def cancel(self, job_id: str) -> str:
         """cancel.lua for any owner: 'canceled', 'already', 'ended' or 'absent' (and the status)."""
-        if not keys.JOB_ID.match(job_id):
-            raise OpsError(f"{job_id[:80]!r} is not a job id")
+        _check_id(job_id)
         args = protocol.cancel_args(self.settings, job_id)
         outcome, status = self._act(self._cancel, "cancel", job_id, [keys.job(job_id), keys.EVENTS], args)
         return f"{_text(outcome)} ({_text(status)})" if _text(status) else _text(outcome)
@@ -117,15 +122,14 @@ class Operator:
     def replay(self, job_id: str) -> str:
         """A new job from a failed job's request, for the same owner and share, linked to it
         (``lvm_replay_of``); its id. Idempotent: replaying the same job again answers that id."""
-        if not keys.JOB_ID.match(job_id):
-            raise OpsError(f"{job_id[:80]!r} is not a job id")
+        _check_id(job_id)
         f = self.redis.hmget(keys.job(job_id), "status", "data", "lvm_owner", "lvm_tenant", "lvm_class")
         status = _text(f[0])
         if status != "failed":
             raise OpsError(f"job {job_id} is {status or 'absent'}; only a failed job is replayed")
         try:
             function, body = jobrequest.decode(f[1], self.settings.max_job_bytes)
-            request = (EmbedRequest if function.endswith("embed") else ChatRequest).model_validate(body)
+            request = (EmbedRequest if function == EMBED_FUNCTION else ChatRequest).model_validate(body)
         except (jobrequest.Unreadable, ValueError) as exc:
             raise OpsError(
                 f"job {job_id}'s request cannot be read again ({str(exc)[:200]}); nothing replayed"
@@ -146,8 +150,7 @@ class Operator:
     def reveal(self, job_id: str) -> dict[str, Any]:
         """A job's request, chat text included: its audit record ('reveal', by whom) is written
         first, so no text is ever shown unrecorded."""
-        if not keys.JOB_ID.match(job_id):
-            raise OpsError(f"{job_id[:80]!r} is not a job id")
+        _check_id(job_id)
         self._act(self._note, "reveal", job_id, [], ["shown"])
         try:
             _, body = jobrequest.decode(self.redis.hget(keys.job(job_id), "data"), self.settings.max_job_bytes)
@@ -164,11 +167,11 @@ def job(redis: Redis, job_id: str) -> dict[str, Any] | None:
     key = keys.job(job_id)
     if redis.type(key) != b"hash":
         return None
-    values = redis.hmget(key, *SHOWN_FIELDS, "meta", "exc_info")
-    shown = {name: _text(v) for name, v in zip(SHOWN_FIELDS, values, strict=False) if v is not None}
+    *values, meta = redis.hmget(key, *SHOWN_FIELDS, "meta")
+    shown = {name: _text(v) for name, v in zip(SHOWN_FIELDS, values, strict=True) if v is not None}
     view: dict[str, Any] = {"id": job_id, "fields": shown, "timings": None, "error": None}
     if shown.get("status") == "failed":
-        view["error"] = error_from(values[-2], None).model_dump(mode="json", exclude={"job_id"})
+        view["error"] = error_from(meta, None).model_dump(mode="json", exclude={"job_id"})
     entries = redis.xrevrange(keys.results(job_id), count=1) if redis.type(keys.results(job_id)) == b"stream" else []
     if entries and b"return_value" in entries[0][1]:
         result = decode_result(entries[0][1][b"return_value"])
@@ -217,7 +220,8 @@ def _latencies(redis: Redis, queue: str) -> dict[str, dict[str, float | None]]:
 
 def overview(redis: Redis, prefix: str = "lvm-") -> dict[str, Any]:
     """What the ops page draws: per queue, its depth, pause, per-minute finished, failed and refused
-    for the last MINUTES minutes, failures by reason and stage percentiles; every worker's heartbeat."""
+    for the last MINUTES minutes, failures by reason and the newest failed jobs, stage percentiles;
+    every worker's heartbeat."""
     now_min = int(time.time() // 60)
     minutes = list(range(now_min - MINUTES + 1, now_min + 1))
     queues = []
@@ -225,8 +229,9 @@ def overview(redis: Redis, prefix: str = "lvm-") -> dict[str, Any]:
         wanted = [keys.stats(queue, m, o) for m in minutes for o in ("finished", "failed", "refused")]
         counts = [int(v) if (v or b"").isdigit() else 0 for v in redis.mget(wanted)]
         pause = redis.hgetall(keys.paused(queue)) if redis.type(keys.paused(queue)) == b"hash" else {}
+        recent = failed(redis, queue, 200)
         reasons: dict[str, int] = {}
-        for row in failed(redis, queue, 200):
+        for row in recent:
             reasons[row["reason"]] = reasons.get(row["reason"], 0) + 1
         queues.append({
             "queue": queue,
@@ -238,7 +243,8 @@ def overview(redis: Redis, prefix: str = "lvm-") -> dict[str, Any]:
             "finished_per_min": counts[0::3],
             "failed_per_min": counts[1::3],
             "refused_per_min": counts[2::3],  # admission bound, tenant cap or pause (admit.lua)
-            "failed_by_reason": reasons,
+            "failed_by_reason": reasons,  # over the newest 200
+            "failed": recent[:FAILED_SHOWN],  # the page's list: already read, not read again
             "latency_ms": _latencies(redis, queue),
         })  # fmt: skip
     workers = [{k: w.get(k) for k in WORKER_FIELDS} for w in read_workers(redis)]

@@ -224,8 +224,7 @@ async function refresh() {
     const rows = [];
     for (const q of view.queues) {
       for (const [k, v] of Object.entries(q.failed_by_reason)) reasons[k] = (reasons[k] || 0) + v;
-      const model = q.queue.replace(/^lvm-/, "");
-      rows.push(...await api(`/failed?model=${encodeURIComponent(model)}&limit=50`));
+      rows.push(...q.failed);
     }
     renderFailed(rows, reasons);
     renderAudit(await api("/audit?limit=30"));
