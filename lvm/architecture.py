@@ -36,6 +36,12 @@ class ModelConfig:
     # starts W at a closed-form fit (training.baselines) and the recurrent blocks learn a correction
     # on top. Replaces the context mean, which is one such W. Adds keys linear.*.
     linear_path: bool = False
+    # alpha, the gate on the recurrent correction: y = normalise(base + alpha * f(x)), base being the
+    # linear path or the context mean. Training chooses it (with the stopping epoch) on a split of
+    # another register than its train text, so a correction that does not transfer steps aside
+    # (alpha 0 serves the closed-form start alone). A scale, not weights: the state-dict keys stay
+    # the same, and files that predate it load with 1, which is what they served.
+    correction_scale: float = 1.0
     arch: str = ""  # default from model_type
     nhead: int = 4  # transformer only
     hidden_dim: int = 0  # AMN residual-net width
@@ -53,6 +59,11 @@ class ModelConfig:
         for name in ("input_dim", "d_model", "num_layers", "context_len"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1")
+        scale = self.correction_scale
+        if not (isinstance(scale, (int, float)) and 0.0 <= scale <= 1.0):
+            raise ValueError(f"correction_scale must be a number in [0, 1], got {scale!r}")
+        if scale != 1.0 and not (self.arch == "residual_rnn" and (self.linear_path or self.mean_residual)):
+            raise ValueError("correction_scale scales a residual correction: it needs linear_path or mean_residual")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -212,12 +212,20 @@ def config_from_file(path: str | Path, raw: dict[str, Any]) -> ModelConfig:
             context_len=int(claimed.get("context_len", 5)),
             mean_residual=bool(claimed.get("mean_residual", False)),
             linear_path=bool(claimed.get("linear_path", False)),
+            correction_scale=_scale(claimed.get("correction_scale", 1.0)),
             nhead=int(pick("nhead", default=4)) if arch == "transformer" else 4,
             hidden_dim=int(pick("hidden_dim")) if arch == "amn" else 0,
             output_dim=int(claimed.get("output_dim") or 0),
         )
     except (TypeError, ValueError) as exc:
         raise CheckpointError(path, f"model_config is invalid ({exc}): {claimed}") from exc
+
+
+def _scale(value: Any) -> float:
+    """The gate alpha as a float; a bool or a string is refused, not coerced (hostile files)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"correction_scale must be a number, not {value!r}")
+    return float(value)
 
 
 def check_state_dict(path: str | Path, model: nn.Module, state: dict[str, torch.Tensor]) -> None:

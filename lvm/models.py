@@ -78,17 +78,25 @@ class ResidualRNN(nn.Module):
         if config.linear_path:
             self.linear = nn.Linear(config.context_len * config.input_dim, config.output_dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def parts(self, x: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """(base, correction) before the gate and the normalisation: training chooses the gate
+        from these without running the blocks once per candidate."""
         x = fit_context(x, self.config.context_len)
         h = self.dropout(self.input_proj(x))
         for block in self.blocks:
             h = block(h)
-        y = self.output_proj(h[:, -1])
+        correction = self.output_proj(h[:, -1])
         if self.config.linear_path:
-            y = self.linear(x.flatten(1)) + y
-        elif self.config.mean_residual:
-            y = x.mean(dim=1) + y
-        return F.normalize(y, dim=-1)
+            return self.linear(x.flatten(1)), correction
+        if self.config.mean_residual:
+            return x.mean(dim=1), correction
+        return None, correction
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        base, correction = self.parts(x)
+        if base is None:
+            return F.normalize(correction, dim=-1)
+        return F.normalize(base + self.config.correction_scale * correction, dim=-1)
 
 
 def build_model(config: ModelConfig) -> nn.Module:

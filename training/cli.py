@@ -91,11 +91,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     train.add_argument(
         "--objective",
-        choices=["cosine_mse", "infonce"],
+        choices=["cosine_mse", "infonce", "cosine_margin"],
         default="cosine_mse",
         help="cosine_mse: (1-cos) + mse-weight*MSE on unit vectors; infonce: cross-entropy of the true next "
-        "vector against the batch's other next vectors and the window's own context (recorded in the checkpoint)",
+        "vector against the batch's other next vectors and the window's own context; cosine_margin: cosine_mse plus "
+        "a hinge on the margin cos(next)-cos(previous) below --margin-target (recorded in the checkpoint)",
     )
+    train.add_argument("--margin-weight", type=float, default=1.0, help="cosine_margin: weight of the hinge")
+    train.add_argument("--margin-target", type=float, default=0.0, help="cosine_margin: the margin the hinge asks for")
     train.add_argument("--temperature", type=float, default=0.05, help="infonce temperature")
     train.add_argument(
         "--warmup-epochs", type=float, help="linear learning-rate warm-up (default: 1 for gru, 0 for lstm)"
@@ -103,6 +106,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--context-len", type=int, default=5, help="context sentences the model reads")
     train.add_argument("--ood-topic", action="append", help="topic held out as OOD (repeatable)")
     train.add_argument("--ood-source", action="append", help="source held out as OOD (repeatable)")
+    train.add_argument(
+        "--select-topic",
+        action="append",
+        help="topic kept out of training on which the gate alpha and the stopping epoch are chosen "
+        "(repeatable; default: History, Everyday life; none given as --select-topic '' chooses on val, alpha 1)",
+    )
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--threads", type=int, default=2)
     train.set_defaults(func=cmd_train)
@@ -112,7 +121,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="score a checkpoint beside repeat-last, context-mean and ridge baselines, with bootstrap CIs",
         description="Without --corpus: the checkpoint's own val and OOD splits of the starter corpus (the split "
         "recorded in the checkpoint), and the news corpus (a second OOD set, fetched if missing; `lvmq corpus "
-        "fetch-news`). With --corpus: every window of that corpus. Reports cos(next), margin "
+        "fetch-news`) and Python's language reference (split `docs`, technical prose from the standard library's "
+        "pydoc_data). With --corpus: every window of that corpus. Reports cos(next), margin "
         "next-previous and its positive share, within-document and LCM contrastive accuracy, PAR, R@1/R@10/MRR "
         "among all corpus sentences, and the forward curve with the margin at the context mean's cos; 95%% "
         "bootstrap CIs over documents. Ridge is fitted on the checkpoint's train split.",
@@ -199,6 +209,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         linear_lr=args.linear_lr,
         objective=args.objective,
         temperature=args.temperature,
+        margin_weight=args.margin_weight,
+        margin_target=args.margin_target,
         context_len=args.context_len,
         epochs=args.epochs,
         batch_size=args.batch_size,
@@ -213,6 +225,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     split = SplitSpec(
         ood_topics=tuple(args.ood_topic) if args.ood_topic is not None else SplitSpec().ood_topics,
         ood_sources=tuple(args.ood_source or ()),
+        select_topics=tuple(args.select_topic) if args.select_topic is not None else SplitSpec().select_topics,
         seed=args.seed,
     )
     out = args.out or artifacts / f"{args.model}.pt"
@@ -229,7 +242,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from lvm.checkpoint import load_model, recorded_forward
     from lvm.encoders import load_encoder
     from training.baselines import fit
-    from training.corpus import read_corpus
+    from training.corpus import pydocs_documents, read_corpus
     from training.data import SplitSpec, VectorCache, encode_documents, make_windows, split_documents
     from training.evaluate import BASELINES, baseline, predict
     from training.prepare import news_corpus, starter_corpus
@@ -245,12 +258,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
         val_fraction=recorded.get("val_fraction", 0.1),
         ood_topics=tuple(recorded.get("ood_topics", SplitSpec().ood_topics)),
         ood_sources=tuple(recorded.get("ood_sources", ())),
+        select_topics=tuple(recorded.get("select_topics", ())),  # files before the gate had none
         seed=recorded.get("seed", 0),
     )
     starter_splits = split_documents(starter, spec)
     extra = read_corpus(args.corpus) if args.corpus else []
     news = [] if args.corpus or args.no_news else read_corpus(news_corpus(artifacts))
-    docs = starter + extra + news
+    pydocs = [] if args.corpus else list(pydocs_documents())  # a third register, in the standard library
+    docs = starter + extra + news + pydocs
     vectors = encode_documents(docs, encoder, cache)
     index = {d.id: v for d, v in zip(docs, vectors, strict=True)}
     ctx = model.config.context_len
@@ -265,9 +280,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     bank_texts = list(dict.fromkeys(s for d in docs for s in d.sentences))
     bank = cache.encode(bank_texts, encoder, progress=False)
     row_of = {t: r for r, t in enumerate(bank_texts)}
-    parts = {"corpus": extra} if args.corpus else {k: v for k, v in starter_splits.items() if k != "train" and v}
+    # select chose the gate: it is no held-out score, so it is never reported
+    parts = {"corpus": extra} if args.corpus else {k: v for k, v in starter_splits.items() if k in ("val", "ood") and v}
     if news:
         parts["news"] = news
+    if pydocs:
+        parts["docs"] = pydocs
     reports = {}
     for name, part in parts.items():
         w = windows(part)

@@ -12,6 +12,11 @@ The news corpus is a second, out-of-distribution evaluation set of another regis
 Lee corpus (Lee, Pincombe & Welsh 2005), 350 short Australian news articles that gensim 4.4.0
 ships as test data. No model is trained on it; `lvmq eval` reports it beside the held-out
 topics, so a model that only learned Wikipedia's style shows it there.
+
+The docs corpus is a third register, technical documentation: the prose of Python's language
+reference as the standard library itself ships it (``pydoc_data.topics``, what ``help("if")``
+prints), one document per section, grammar and code blocks dropped. Nothing to fetch; never
+trained on, and not used to choose anything.
 """
 
 from __future__ import annotations
@@ -244,6 +249,45 @@ def lee_documents(raw: bytes, name: str) -> Iterator[Document]:
                 topic="news",
                 meta={"licence": LEE_LICENCE},
             )
+
+
+PYDOCS_LICENCE = "Python documentation (pydoc_data.topics), PSF License Agreement; for evaluation only"
+_UNDERLINE = re.compile(r"^([*=\-~^\"])\1{3,}\s*$")
+
+
+def pydocs_documents(topics: dict[str, str] | None = None) -> Iterator[Document]:
+    """Sections of the reference's topics as documents of prose sentences."""
+    if topics is None:
+        from pydoc_data.topics import topics as shipped
+
+        topics = shipped
+    for key in sorted(topics):
+        sections: list[list[str]] = [[]]
+        lines = topics[key].splitlines()
+        for i, line in enumerate(lines):
+            if i + 1 < len(lines) and _UNDERLINE.match(lines[i + 1]) and line.strip():
+                sections.append([])  # a heading starts a section; its underline is dropped below
+            elif not _UNDERLINE.match(line):
+                sections[-1].append(line)
+        for n, body in enumerate(sections):
+            sentences = []
+            for block in re.split(r"\n\s*\n", "\n".join(body)):
+                rows = block.splitlines()
+                # indented blocks are grammar, code and examples; "::=" and ">>>" lines are too
+                if not rows or rows[0].startswith((" ", "\t")) or any("::=" in r or ">>>" in r for r in rows):
+                    continue
+                paragraph = " ".join(r.strip() for r in rows)
+                if paragraph.endswith(":"):  # a paragraph that introduces a dropped example
+                    continue
+                sentences += [t for t in split_sentences(paragraph) if len(t) > 20 and len(t.split()) >= 4]
+            if len(sentences) >= 2:
+                yield Document(
+                    id=f"pydocs:{key}:{n}",
+                    source="python-reference",
+                    sentences=sentences,
+                    topic="docs",
+                    meta={"licence": PYDOCS_LICENCE},
+                )
 
 
 def _bytes_io(data: bytes):

@@ -62,7 +62,8 @@ def train_and_save(
     split: SplitSpec | None = None,
     progress: bool = True,
 ) -> dict:
-    """Train on the train split, early-stop on val, save the checkpoint and its history."""
+    """Train on the train split; stop and gate on the select split (on val where there is none);
+    save the checkpoint, carrying the gate alpha, and its history."""
     split = split or SplitSpec()
     index = {d.id: v for d, v in zip(docs, doc_vectors, strict=True)}
     splits = split_documents(docs, split)
@@ -75,7 +76,7 @@ def train_and_save(
         flush=True,
     )
     started = time.perf_counter()
-    model, history, metrics = train(cfg, windows["train"], windows["val"], progress=progress)
+    model, history, metrics = train(cfg, windows["train"], windows["val"], windows.get("select"), progress=progress)
     reports = {name: evaluate(model, w) for name, w in windows.items() if name != "train"}
     val_curve = forward_curve(forward_values(predict(model, windows["val"]), windows["val"]))
     metrics["forward_default"] = choose_forward(val_curve)
@@ -87,6 +88,7 @@ def train_and_save(
                 "val_fraction": split.val_fraction,
                 "ood_topics": list(split.ood_topics),
                 "ood_sources": list(split.ood_sources),
+                "select_topics": list(split.select_topics),
                 "seed": split.seed,
             },
             "eval": reports,

@@ -1,0 +1,160 @@
+"""The gate on the recurrent correction (issue 32): chosen on a select split, carried by the
+checkpoint, served as measured; the margin objective; the docs register."""
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import HashingEncoder, generated_corpus
+from lvm.architecture import ModelConfig
+from lvm.checkpoint import CheckpointError, load_model, save_checkpoint
+from lvm.models import build_model
+from training import gate
+from training.corpus import pydocs_documents
+from training.data import SplitSpec, VectorCache, encode_documents, make_windows, split_documents
+from training.evaluate import predict, score
+from training.train import TrainConfig, loss_fn, margin_loss, train
+
+
+def _windows(tmp_path, select_topics=("food",)):
+    docs = generated_corpus(docs_per_topic=16, sentences=8)
+    enc = HashingEncoder(32)
+    vecs = encode_documents(docs, enc, VectorCache(tmp_path, enc.name, 32), progress=False)
+    index = {d.id: v for d, v in zip(docs, vecs, strict=True)}
+    parts = split_documents(docs, SplitSpec(val_fraction=0.2, ood_topics=("space",), select_topics=select_topics))
+    return {k: make_windows(v, [index[d.id] for d in v]) for k, v in parts.items() if v}
+
+
+def test_select_topics_leave_training_and_every_other_split(tmp_path):
+    docs = generated_corpus(docs_per_topic=8, sentences=4)
+    parts = split_documents(docs, SplitSpec(ood_topics=("space",), select_topics=("food",)))
+    assert {d.topic for d in parts["select"]} == {"food"}
+    assert all(d.topic != "food" for k in ("train", "val", "ood") for d in parts[k])
+    assert not split_documents(docs, SplitSpec(select_topics=()))["select"]
+
+
+def test_the_gate_scales_the_correction_only():
+    torch.manual_seed(0)
+    config = ModelConfig(model_type="lstm", input_dim=8, d_model=8, num_layers=1, context_len=3, linear_path=True)
+    model = build_model(config).eval()
+    x = torch.randn(4, 3, 8)
+    with torch.no_grad():
+        base, correction = model.parts(x)
+        full = model(x)
+        model.config = ModelConfig(**{**config.to_dict(), "correction_scale": 0.0})
+        off = model(x)
+        model.config = ModelConfig(**{**config.to_dict(), "correction_scale": 0.25})
+        quarter = model(x)
+    unit = torch.nn.functional.normalize
+    assert torch.allclose(full, unit(base + correction, dim=-1), atol=1e-6)
+    assert torch.allclose(off, unit(base, dim=-1), atol=1e-6)  # alpha 0: the closed-form path alone
+    assert torch.allclose(quarter, unit(base + 0.25 * correction, dim=-1), atol=1e-6)
+    assert not torch.allclose(full, off)
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.5, float("nan"), "0.5"])
+def test_a_gate_outside_zero_to_one_is_refused(bad):
+    with pytest.raises(ValueError, match="correction_scale"):
+        ModelConfig(model_type="lstm", input_dim=8, linear_path=True, correction_scale=bad)
+    with pytest.raises(ValueError, match="needs linear_path"):
+        ModelConfig(model_type="lstm", input_dim=8, correction_scale=0.5)
+
+
+def test_choose_finds_the_alpha_that_scores_best():
+    rng = np.random.default_rng(0)
+    target = rng.normal(size=(500, 16))
+    target /= np.linalg.norm(target, axis=1, keepdims=True)
+    base = target + rng.normal(size=target.shape)  # a noisy estimate
+    exact = target * 3 - base  # base + 1.0 * exact is 3 * target: the true direction
+    noise = rng.normal(size=target.shape) * 2  # a correction that knows nothing
+    scores = {a: gate.gated_cos(base, exact, target, a) for a in gate.GRID}
+    assert max(scores, key=scores.get) == 1.0
+    scores = {a: gate.gated_cos(base, noise, target, a) for a in gate.GRID}
+    assert max(scores, key=scores.get) == 0.0
+
+
+def test_training_with_a_select_split_chooses_and_saves_the_gate(tmp_path):
+    w = _windows(tmp_path)
+    cfg = TrainConfig(model_type="lstm", d_model=16, num_layers=1, epochs=3, batch_size=32, lr=5e-3, patience=10)
+    model, history, metrics = train(cfg, w["train"], w["val"], w["select"], progress=False)
+    trained = [h for h in history if h["epoch"] > 0]
+    assert all(0.0 <= h["alpha"] <= 1.0 and "select_cos" in h for h in trained)
+    kept = max(history, key=lambda h: h["select_cos"])
+    # the kept epoch is the one the select split scored best, with its alpha, not val's pick
+    assert metrics["best_epoch"] == kept["epoch"] and metrics["correction_scale"] == kept["alpha"]
+    assert model.config.correction_scale == kept["alpha"]
+    alpha, cos, _ = gate.choose(model, w["select"])
+    assert cos == pytest.approx(kept["select_cos"], abs=1e-5)
+    assert score(predict(model, w["select"]), w["select"])["cos_mean"] == pytest.approx(cos, abs=1e-5)
+    # val is reported as served: with the kept alpha
+    assert metrics["val_cos_mean"] == pytest.approx(score(predict(model, w["val"]), w["val"])["cos_mean"], abs=1e-5)
+    # the checkpoint carries alpha, and a loaded model serves exactly what training measured
+    path = save_checkpoint(tmp_path / "gated.pt", model, encoder={"name": "hashing", "dim": 32}, metrics=metrics)
+    loaded = load_model(path)
+    assert loaded.config.correction_scale == model.config.correction_scale
+    assert np.allclose(predict(loaded, w["ood"]), predict(model, w["ood"]), atol=1e-6)
+
+
+def test_a_file_without_a_gate_loads_with_alpha_one_and_a_hostile_gate_is_refused(tmp_path):
+    config = ModelConfig(model_type="gru", input_dim=8, d_model=8, num_layers=1, linear_path=True)
+    model = build_model(config)
+    path = save_checkpoint(tmp_path / "old.pt", model, encoder={"name": "x", "dim": 8})
+    raw = torch.load(path, weights_only=True)
+    del raw["model_config"]["correction_scale"]  # as every file before the gate
+    torch.save(raw, path)
+    assert load_model(path).config.correction_scale == 1.0
+    for bad in ("0.5", True, 7.0):
+        raw["model_config"]["correction_scale"] = bad
+        torch.save(raw, path)
+        with pytest.raises(CheckpointError, match="correction_scale"):
+            load_model(path)
+
+
+def test_the_margin_hinge_pulls_only_below_its_target():
+    nxt = torch.tensor([[1.0, 0.0, 0.0]])
+    prev = torch.tensor([[0.0, 1.0, 0.0]])
+    toward_next = torch.tensor([[0.9, 0.1, 0.0]])
+    toward_prev = torch.tensor([[0.1, 0.9, 0.0]])
+    for pred in (toward_next, toward_prev):
+        plain = loss_fn(pred, nxt, 0.5)
+        hinged = margin_loss(pred, nxt, prev, 0.5, weight=1.0, target_margin=0.0)
+        unit = torch.nn.functional.normalize(pred, dim=-1)
+        margin = float((unit * nxt).sum() - (unit * prev).sum())
+        assert float(hinged - plain) == pytest.approx(max(0.0, -margin), abs=1e-6)
+    plain_next = float(loss_fn(toward_next, nxt, 0.5))
+    assert float(margin_loss(toward_next, nxt, prev, 0.5, 1.0, 0.0)) == pytest.approx(plain_next)
+    assert float(margin_loss(toward_prev, nxt, prev, 0.5, 1.0, 0.0)) > float(loss_fn(toward_prev, nxt, 0.5))
+
+
+def test_the_margin_objective_trains(tmp_path):
+    w = _windows(tmp_path)
+    cfg = TrainConfig(model_type="lstm", d_model=16, num_layers=1, epochs=2, batch_size=32, lr=5e-3,
+                      objective="cosine_margin", margin_weight=2.0, patience=10)  # fmt: skip
+    _, history, metrics = train(cfg, w["train"], w["val"], w["select"], progress=False)
+    assert metrics["train_config"]["objective"] == "cosine_margin"
+    assert all(np.isfinite(h["train_loss"]) for h in history if h["epoch"] > 0)
+
+
+def test_the_docs_register_keeps_prose_and_drops_grammar_and_code():
+    topics = {
+        "demo": (
+            "Expression lists\n****************\n\n"
+            '   expression_list ::= expression ("," expression)*\n\n'
+            "Except when part of a display, an expression list yields a tuple.\n"
+            "The length of the tuple is the number of expressions.\n\n"
+            "For example:\n\n"
+            "   >>> 1, 2\n   (1, 2)\n\n"
+            "Details\n=======\n\n"
+            "The expressions are evaluated from left to right, one by one.\n"
+        )
+    }
+    docs = list(pydocs_documents(topics))
+    # section 0 is what precedes the first heading; "Details" holds one sentence only: dropped
+    assert [d.id for d in docs] == ["pydocs:demo:1"]
+    assert docs[0].sentences == [
+        "Except when part of a display, an expression list yields a tuple.",
+        "The length of the tuple is the number of expressions.",
+    ]
+    shipped = list(pydocs_documents())
+    assert len(shipped) > 50 and all(len(d.sentences) >= 2 for d in shipped)
+    assert not any("::=" in s or s.startswith(">>>") for d in shipped for s in d.sentences)
