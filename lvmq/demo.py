@@ -39,6 +39,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="after the chats, keep Redis and the worker up, start `lvmq gateway` and print the chat page's URL; "
         "Ctrl-C stops everything (make demo does this)",
     )
+    p.add_argument(
+        "--prepare",
+        action="store_true",
+        help="when the configured model or bank is missing, build the demo's quick artifacts first "
+        "(`lvmq model prepare --quick`: lead sections only, 3 epochs, into <artifacts>/demo) and serve them; "
+        "the default artifacts (`make model`) are served whenever they exist (make demo does this)",
+    )
     p.set_defaults(func=cmd_demo)
 
 
@@ -105,6 +112,16 @@ def serve(url: str, model: str, settings, folder: Path) -> None:
         stop(gateway)
 
 
+def _quick_artifacts(settings, model: str):
+    """Settings that serve the demo's quick artifacts, built first where missing (training.prepare)."""
+    from training.prepare import prepare_default
+
+    print("the default artifacts are not there (`make model` builds them): building the demo's quick ones")
+    built = prepare_default(settings.artifacts_dir, model_types=(model,), quick=True)
+    print(f"serving {built[model]} with the bank {built['bank']}\n")
+    return settings.model_copy(update={"models": {**settings.models, model: built[model]}, "bank_path": built["bank"]})
+
+
 def _stop(signum: int, frame: object) -> None:
     raise KeyboardInterrupt  # SIGTERM (kill, a supervisor) ends the demo like Ctrl-C: children stopped too
 
@@ -119,10 +136,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     settings = load_settings()
     checkpoint = settings.models.get(args.model)
-    for needed in (checkpoint, settings.bank_path):
-        if needed is None or not Path(needed).is_file():
-            print(f"error: {needed} is missing; run `make model` (or `lvmq model prepare`) first")
-            return 1
+    missing = [p for p in (checkpoint, settings.bank_path) if p is None or not Path(p).is_file()]
+    if missing and args.prepare and args.model in ("lstm", "gru"):
+        settings = _quick_artifacts(settings, args.model)
+        checkpoint, missing = settings.models[args.model], []
+    for needed in missing:
+        print(f"error: {needed} is missing; run `make model` (or `lvmq model prepare`) first")
+        return 1
     server = None
     url = settings.redis_url
     if reachable(url):
@@ -135,7 +155,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     try:
         folder = Path(tempfile.mkdtemp(prefix="lvmq-demo-"))
         log = folder / "worker.log"
-        env = {"LVM_REDIS_URL": url, "LVM_LOG_LEVEL": "WARNING", "LVM_HEARTBEAT_SECONDS": "2"}
+        env = {
+            "LVM_REDIS_URL": url,
+            "LVM_LOG_LEVEL": "WARNING",
+            "LVM_HEARTBEAT_SECONDS": "2",
+            f"LVM_MODELS__{args.model.upper()}": str(checkpoint),
+            "LVM_BANK_PATH": str(settings.bank_path),
+        }
         queue = settings.queue_name(args.model)
         print(f"starting: rq worker -w worker.LVMWorker -S json -c config.rq {queue}   (log: {log})")
         started = time.perf_counter()

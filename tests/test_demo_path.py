@@ -120,3 +120,30 @@ def test_a_worker_serving_the_prepared_model_answers_from_the_right_topic(prepar
     right = sum(topic_of[a.response] == topic for (topic, _), a in zip(queries, answers, strict=True))
     # chance is 1 in 4 (6 of 24); 12 or more by chance has p < 0.003
     assert right >= 12, [(t, a.response) for (t, _), a in zip(queries, answers, strict=True)]
+
+
+def test_demo_prepare_builds_the_quick_artifacts_where_the_default_ones_are_missing(redis_url, tmp_path):
+    """`make demo` on a first run: `lvmq demo --prepare` finds no model, builds the quick recipe
+    into <artifacts>/demo (without gensim's full articles, 3 epochs), serves it, and answers."""
+    artifacts = tmp_path / "artifacts"
+    docs = generated_corpus(docs_per_topic=10, sentences=8)
+    article = generated_corpus(docs_per_topic=1, sentences=6, seed=1)[0]
+    article.source, article.topic = "gensim-enwiki-sample", None
+    article.sentences = [f"A full article sentence number {i} about nothing in particular." for i in range(6)]
+    write_corpus([*docs, article], artifacts / "corpus" / "starter.jsonl")
+    env = {"LVM_ARTIFACTS_DIR": str(artifacts), "PYTHONPATH": str(ROOT), "LVM_REDIS_URL": redis_url,
+           "LVM_MODELS__LSTM": str(tmp_path / "absent.pt"), "LVM_BANK_PATH": str(tmp_path / "absent.npz")}  # fmt: skip
+    refused = lvmq("demo", env=env)
+    assert refused.returncode == 1 and "absent.pt is missing" in refused.stdout, refused.stdout + refused.stderr
+    out = lvmq("demo", "--prepare", env=env)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    quick = artifacts / "demo"
+    assert f"serving {quick / 'lstm.pt'}" in out.stdout and "echo rate:" in out.stdout
+    history = json.loads((quick / "training_history_lstm.json").read_text())
+    assert history["metrics"]["train_config"]["epochs"] == 3
+    assert history["metrics"]["split"]["left_out_sources"] == ["gensim-enwiki-sample"]
+    from lvm.bank import SentenceBank
+
+    bank = SentenceBank.load(quick / "bank.npz")
+    assert "A full article sentence number 0 about nothing in particular." not in set(bank.sentences)
+    assert len(bank) == len({s for d in docs for s in d.sentences})

@@ -98,6 +98,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "a hinge on the margin cos(next)-cos(previous) below --margin-target (recorded in the checkpoint)",
     )
     train.add_argument("--margin-weight", type=float, default=1.0, help="cosine_margin: weight of the hinge")
+    train.add_argument(
+        "--select-by",
+        choices=["cos", "margin_at_base"],
+        default="cos",
+        help="what keeps an epoch: cos(next) on the select split with the gate alpha (default), or the margin "
+        "at the context mean's cos with alpha 1 (to compare objectives at equal closeness)",
+    )
     train.add_argument("--margin-target", type=float, default=0.0, help="cosine_margin: the margin the hinge asks for")
     train.add_argument("--temperature", type=float, default=0.05, help="infonce temperature")
     train.add_argument(
@@ -132,6 +139,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--encoder", default="minilm")
     ev.add_argument("--no-news", action="store_true", help="leave out the news corpus (no download)")
     ev.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    ev.add_argument("--markdown", action="store_true", help="print the two tables docs/engine.md shows")
     ev.add_argument("--threads", type=int, default=2)
     ev.set_defaults(func=cmd_eval)
 
@@ -146,6 +154,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--models",
         default="lstm,gru",
         help="comma-separated default models to train (the demo needs only lstm); default lstm,gru",
+    )
+    prep.add_argument(
+        "--quick",
+        action="store_true",
+        help="the demo's recipe, into <artifacts>/demo: the lead sections only and 3 epochs (about half the time "
+        "on 2 cores); what `make demo` builds when the default artifacts are missing",
     )
     prep.add_argument("--threads", type=int, default=2)
     prep.set_defaults(func=cmd_prepare)
@@ -211,6 +225,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         temperature=args.temperature,
         margin_weight=args.margin_weight,
         margin_target=args.margin_target,
+        select_by=args.select_by,
         context_len=args.context_len,
         epochs=args.epochs,
         batch_size=args.batch_size,
@@ -246,7 +261,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from training.data import SplitSpec, VectorCache, encode_documents, make_windows, split_documents
     from training.evaluate import BASELINES, baseline, predict
     from training.prepare import news_corpus, starter_corpus
-    from training.scores import format_report, forward_predictions, report
+    from training.scores import format_markdown, format_report, forward_predictions, report
 
     artifacts = _artifacts()
     encoder = load_encoder(args.encoder)
@@ -261,6 +276,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         select_topics=tuple(recorded.get("select_topics", ())),  # files before the gate had none
         seed=recorded.get("seed", 0),
     )
+    if recorded.get("left_out_sources"):  # the demo's quick recipe trained without them: score it so too
+        starter = [d for d in starter if d.source not in recorded["left_out_sources"]]
     starter_splits = split_documents(starter, spec)
     extra = read_corpus(args.corpus) if args.corpus else []
     news = [] if args.corpus or args.no_news else read_corpus(news_corpus(artifacts))
@@ -300,6 +317,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         fits = {k: {"alpha": f.alpha, "val_cos_by_alpha": f.val_cos} for k, f in linear.items()}
         out = {"checkpoint": str(args.checkpoint), "version": model.version, "linear_fits": fits, "splits": reports}
         print(json.dumps(out, indent=2))
+    elif args.markdown:
+        print(format_markdown(reports))
     else:
         print(f"{args.checkpoint} (version {model.version}); bank of {len(bank_texts)} corpus sentences")
         print(format_report(reports))
@@ -315,5 +334,5 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     if unknown or not models:
         print(f"error: --models takes lstm and/or gru, not {', '.join(unknown) or 'nothing'}", file=sys.stderr)
         return 2
-    prepare_default(args.artifacts or _artifacts(), model_types=models, epochs=args.epochs)
+    prepare_default(args.artifacts or _artifacts(), model_types=models, epochs=args.epochs, quick=args.quick)
     return 0

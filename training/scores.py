@@ -248,3 +248,35 @@ def format_report(reports: dict[str, dict[str, dict]]) -> str:
     lines.append("* LCM's across-document contrastive accuracy (distractors: other documents' next sentences).")
     lines.append("m@base: margin of unit(pred - g*prev) at the g where cos(next) equals the context mean's.")
     return "\n".join(lines)
+
+
+def format_markdown(reports: dict[str, dict[str, dict]]) -> str:
+    """The two tables docs/engine.md shows, as `lvmq eval --markdown` prints them: the page's
+    figures come from this command, not from hand-copied numbers."""
+    lines = [
+        "| split | predictor | cos(next) [95% CI] | margin | m>0 | in-doc acc | PAR med | R@10 | m@base |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for split, rep in reports.items():
+        for name, s in rep.items():
+            if name == "repeat_last":
+                continue
+            c, mb = s["cos_next"], s["margin_at_baseline_cos"]
+            lines.append(
+                f"| {split} | {name} | {c['mean']:.4f} [{c['ci95'][0]:.4f}, {c['ci95'][1]:.4f}] | "
+                f"{s['margin']['mean']:+.3f} | {s['margin_positive_share']:.2f} | "
+                f"{s['within_doc_contrastive_acc']['mean']:.3f} | {s['par_median']:.2f} | "
+                f"{s.get('r_at_10', float('nan')):.3f} | {'–' if mb is None else f'{mb:+.3f}'} |"
+            )
+    others = [
+        o for o in PAIRED_AGAINST if any(o in s.get("cos_next_minus", {}) for r in reports.values() for s in r.values())
+    ]
+    lines += ["", "| split | " + " | ".join(f"− {o}" for o in others) + " |", "|---|" + "---|" * len(others)]
+    for split, rep in reports.items():
+        diffs = rep.get("model", {}).get("cos_next_minus", {})
+        cells = [
+            f"{diffs[o]['mean']:+.4f} [{diffs[o]['ci95'][0]:+.4f}, {diffs[o]['ci95'][1]:+.4f}]" if o in diffs else "–"
+            for o in others
+        ]
+        lines.append(f"| {split} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

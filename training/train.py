@@ -42,6 +42,10 @@ class TrainConfig:
     temperature: float = 0.05  # infonce only
     margin_weight: float = 1.0  # cosine_margin only: weight of the hinge on the next-previous margin
     margin_target: float = 0.0  # cosine_margin only: the margin below which the hinge pulls
+    # What chooses the kept epoch: "cos", cos(next) on the select split with the gate (val, alpha 1,
+    # without one); "margin_at_base", the margin where the forward curve falls to the context mean's
+    # cos (scores.margin_at), with alpha 1: how a margin objective is compared at equal closeness.
+    select_by: str = "cos"
     # bfloat16: forward and loss under CPU autocast (float32 master weights). auto picks it where
     # the CPU has native bfloat16 (AMX / AVX512-BF16): a training step measured 1.9x faster there.
     precision: str = "auto"
@@ -106,6 +110,20 @@ def linear_init(model: torch.nn.Module, train_set: Windows, val_set: Windows) ->
     return {"kind": linear.kind, "alpha": linear.alpha, "val_cos": linear.val_cos}
 
 
+def _margin_at_base(model: torch.nn.Module, windows: Windows) -> float:
+    """Margin at the context mean's cos(next) on ``windows``; -inf where the model's cos stays
+    below it (it cannot be read at equal closeness), the last point's margin where it stays above."""
+    from training.evaluate import baseline
+    from training.scores import forward_curve, forward_values, margin_at
+
+    curve = forward_curve(forward_values(predict(model, windows), windows), None)
+    target = score(baseline("context_mean", windows), windows)["cos_mean"]
+    at = margin_at(curve, target)
+    if at is not None:
+        return float(at)
+    return float(curve[-1]["margin"]) if curve[-1]["cos_next"] > target else -math.inf
+
+
 def _autocast(precision: str) -> bool:
     if precision not in ("auto", "float32", "bfloat16"):
         raise ValueError(f"precision must be auto, float32 or bfloat16, not {precision!r}")
@@ -146,6 +164,8 @@ def train(
         )
     )
     autocast = _autocast(cfg.precision)
+    if cfg.select_by not in ("cos", "margin_at_base"):
+        raise ValueError(f"select_by must be cos or margin_at_base, not {cfg.select_by!r}")
     if cfg.objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, not {cfg.objective!r}")
     groups = [{"params": [p for n, p in model.named_parameters() if not n.startswith("linear.")]}]
@@ -177,19 +197,23 @@ def train(
         criterion come from it (training.gate); without one, alpha is 1 and val decides."""
         model.eval()
         alpha, chosen_on = 1.0, None
-        if select_set is not None:
+        if cfg.select_by == "margin_at_base":  # alpha stays 1: a gate chosen on cos undoes the objective
+            chosen_on = _margin_at_base(model, select_set or val_set)
+        elif select_set is not None:
             alpha, chosen_on, _ = gate.choose(model, select_set)
         model.config = replace(model.config, correction_scale=alpha)
         val = score(predict(model, val_set), val_set)
         model.config = replace(model.config, correction_scale=1.0)  # the correction trains at full scale
         record.update({"val_cos": val["cos_mean"], "val_mse": val["mse"], "val_margin": val["margin"]})
-        if select_set is not None:
+        if cfg.select_by == "margin_at_base":
+            record["select_margin_at_base"] = chosen_on
+        elif select_set is not None:
             record.update({"select_cos": chosen_on, "alpha": alpha})
         criterion = val["cos_mean"] if chosen_on is None else chosen_on
         state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         kept = {"best_epoch": epoch, "correction_scale": alpha, **{f"val_{k}": v for k, v in val.items()}}
         if chosen_on is not None:
-            kept["select_cos_mean"] = chosen_on
+            kept["select_margin_at_base" if cfg.select_by == "margin_at_base" else "select_cos_mean"] = chosen_on
         return criterion, state, kept
 
     if cfg.linear_path:
@@ -229,7 +253,9 @@ def train(
         record.update({"lr": scheduler.get_last_lr()[0], "seconds": round(time.perf_counter() - started, 2)})
         history.append(record)
         if progress:
-            gated = f"  select cos {record['select_cos']:.4f} at alpha {record['alpha']}" if select_set else ""
+            gated = f"  select cos {record['select_cos']:.4f} at alpha {record['alpha']}" if "alpha" in record else ""
+            if "select_margin_at_base" in record:
+                gated = f"  margin at the context mean's cos {record['select_margin_at_base']:+.4f}"
             print(
                 f"  epoch {epoch}: train loss {record['train_loss']:.4f}  val cos {record['val_cos']:.4f}  "
                 f"margin {record['val_margin']:+.4f}{gated}  ({record['seconds']} s)",
