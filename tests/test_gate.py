@@ -201,3 +201,23 @@ def test_jargon_entries_become_documents_of_prose():
         "Connotes a trivial operation that is painful to perform.",
         "Used at XEROX and CMU.",  # "The character #." is too short a sentence to keep
     ]
+
+
+def test_the_front_plot_draws_one_curve_per_design_and_baseline(tmp_path):
+    import json
+
+    from training import front
+
+    def report(shift):
+        curve = [{"g": g, "cos_next": 0.6 - g / 5 + shift, "margin": -0.3 + g} for g in (0.0, 0.25, 0.5)]
+        entry = {"forward_curve": curve, "cos_next": {"mean": 0.58}}
+        return {"splits": {"ood": {"model": entry, "context_mean": entry, "ridge_pos": entry}}}
+
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps(report(0.0)))
+    b.write_text(json.dumps(report(0.01)))
+    out = tmp_path / "front.svg"
+    assert front.main([f"<gated>={a}", f"margin={b}", "--out", str(out), "--splits", "ood"]) == 0
+    svg = out.read_text()
+    assert svg.count("<polyline") == 4  # two designs, two baselines (taken once)
+    assert "&lt;gated&gt;" in svg and "<gated>" not in svg  # labels are escaped
