@@ -97,9 +97,16 @@ def test_the_ops_api_is_locked_to_admin_keys_with_a_header_forms_cannot_send(sta
 
 
 def _wait(check, timeout: float, what: str):
+    """Poll ``check`` until it is truthy. An element the page replaced while it was read (it
+    rebuilds its tables every 2 s) counts as "not yet", as for _click."""
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+
     deadline = time.monotonic() + timeout
     while True:
-        value = check()
+        try:
+            value = check()
+        except (StaleElementReferenceException, NoSuchElementException):
+            value = None
         if value:
             return value
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
@@ -154,9 +161,9 @@ def test_the_ops_page_in_a_browser(stack, browser, tmp_path):
         _wait(lambda: sum(_values(browser, "finished")) > 0, 30, "live finished counts")
         _wait(lambda: max(_values(browser, "p99")) > 0, 30, "the latency line")
         assert finished
-        worker_row = _wait(lambda: browser.find_elements(By.CSS_SELECTOR, f"[data-worker='{stack['name']}']"), 10,
-                           "the worker row")  # fmt: skip
-        assert "cpu" in worker_row[0].text and " s" in worker_row[0].text  # device, heartbeat age, load time
+        worker_row = _wait(lambda: " ".join(r.text for r in browser.find_elements(
+            By.CSS_SELECTOR, f"[data-worker='{stack['name']}']")), 10, "the worker row")  # fmt: skip
+        assert "cpu" in worker_row and " s" in worker_row  # device, heartbeat age, load time
 
         # the hostile failed job: listed with its reason, every field shown as text
         hostile_row = f"tr[data-job='{stack['hostile']}']"
@@ -198,9 +205,15 @@ def test_the_ops_page_in_a_browser(stack, browser, tmp_path):
         client.wait(new_id, timeout=30)
 
         # pause with a reason, and the submits are refused with it; then resume
-        card = browser.find_element(By.CSS_SELECTOR, "[data-queue='lvm-lstm']")
-        card.find_element(By.CSS_SELECTOR, "input").send_keys("rolling the bank")
-        card.find_element(By.XPATH, ".//button[text()='Pause']").click()
+        def pause() -> bool:  # type the reason and press Pause on the same card (retried if it was rebuilt)
+            card = browser.find_element(By.CSS_SELECTOR, "[data-queue='lvm-lstm']")
+            field = card.find_element(By.CSS_SELECTOR, "input")
+            field.clear()
+            field.send_keys("rolling the bank")
+            card.find_element(By.XPATH, ".//button[text()='Pause']").click()
+            return True
+
+        _wait(pause, 10, "the pause button")
         _wait(lambda: "PAUSED" in browser.find_element(By.CSS_SELECTOR, "[data-queue='lvm-lstm']").text, 10, "pause")
         with pytest.raises(Paused, match="rolling the bank"):
             client.submit({"messages": ["Paused?"]})
