@@ -72,8 +72,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "train",
         help="train a residual LSTM/GRU on a corpus",
         description="Encodes the corpus (cached on disk), windows it inside documents, splits train/val by "
-        "document with whole topics held out as OOD, trains with AdamW + cosine LR + early stopping on val "
-        "cosine, and writes the checkpoint plus training_history_<name>.json beside it.",
+        "document with whole topics held out as OOD and two more as the select split, trains with AdamW + cosine "
+        "LR, keeps the epoch and the gate alpha on the recurrent correction that score best on the select split "
+        "(on val, alpha 1, without one), and writes the checkpoint plus training_history_<name>.json beside it.",
     )
     train.add_argument("--model", choices=["lstm", "gru"], required=True)
     train.add_argument(
@@ -176,6 +177,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="the demo's recipe, into <artifacts>/demo: the lead sections only and 3 epochs (about half the time "
         "on 2 cores); what `make demo` builds when the default artifacts are missing",
+    )
+    prep.add_argument(
+        "--precision",
+        choices=["auto", "float32"],
+        default="auto",
+        help="auto: bfloat16 autocast for encoding and training where the CPU has native bfloat16; float32: never "
+        "(as on a CPU without it; to compare hosts or reproduce their vectors)",
     )
     prep.add_argument("--threads", type=int, default=2)
     prep.set_defaults(func=cmd_prepare)
@@ -367,5 +375,11 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     if unknown or not models:
         print(f"error: --models takes lstm and/or gru, not {', '.join(unknown) or 'nothing'}", file=sys.stderr)
         return 2
-    prepare_default(args.artifacts or _artifacts(), model_types=models, epochs=args.epochs, quick=args.quick)
+    prepare_default(
+        args.artifacts or _artifacts(),
+        model_types=models,
+        epochs=args.epochs,
+        quick=args.quick,
+        precision=args.precision,
+    )
     return 0

@@ -140,6 +140,7 @@ def prepare_default(
     seed: int = 0,
     progress: bool = True,
     quick: bool = False,
+    precision: str = "auto",
 ) -> dict[str, Path]:
     """The default artifacts in ``artifacts``; with ``quick``, the demo's recipe (QUICK) in
     ``artifacts/demo``, sharing the corpus and the vector cache, so `make model` later encodes
@@ -155,7 +156,9 @@ def prepare_default(
         left_out, epochs = QUICK["left_out"], QUICK["epochs"]
         docs = [d for d in docs if d.source not in left_out]
         print(f"the demo's quick recipe: {len(docs)} documents (without {', '.join(left_out)}), {epochs} epochs")
-    encoder = load_encoder(encoder_spec)
+    # precision "float32" keeps the encoder and training out of bfloat16 autocast where the CPU has it
+    # (what a host without native bfloat16 does; `auto` is the default everywhere else)
+    encoder = load_encoder(encoder_spec, dtype="float32" if precision == "float32" else "auto")
     cache = VectorCache(artifacts / "cache", encoder.name, encoder.dim)
     doc_vectors = encode_documents(docs, encoder, cache, progress=progress)
     if not outputs["bank"].is_file():
@@ -165,7 +168,7 @@ def prepare_default(
         answers = [d for d in docs if d.source not in REGISTER_SOURCES]
         bank = build_bank(answers, encoder, cache, outputs["bank"], progress=progress)
         print(f"sentence bank: {len(bank)} sentences -> {outputs['bank']}", flush=True)
-    base = TrainConfig(epochs=epochs, seed=seed)
+    base = TrainConfig(epochs=epochs, seed=seed, precision=precision)
     for model_type in model_types:
         if not outputs[model_type].is_file():
             train_and_save(
