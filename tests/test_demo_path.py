@@ -41,7 +41,7 @@ def prepared(tmp_path_factory):
     write_corpus(docs, artifacts / "corpus" / "starter.jsonl")  # present: prepare fetches nothing
     write_corpus(registers(), artifacts / "corpus" / "registers.jsonl")
     env = {"LVM_ARTIFACTS_DIR": str(artifacts), "PYTHONPATH": str(ROOT)}
-    out = lvmq("model", "prepare", "--models", "lstm", "--epochs", "2", env=env)
+    out = lvmq("model", "prepare", "--models", "lstm", "--epochs", "2", "--precision", "float32", env=env)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
     return artifacts, docs, env, out.stdout
 
@@ -67,6 +67,7 @@ def test_prepare_writes_the_bank_and_a_checkpoint_trained_on_held_out_documents(
     assert split["val_fraction"] == 0.1 and history["metrics"]["eval"]["val"]["model"]["windows"] > 0
     # trained on the starter corpus and the registers; the bank holds the starter corpus's sentences only
     assert split["sources"] == ["generated", "jargon", "usenet"]
+    assert history["metrics"]["train_config"]["precision"] == "float32"  # --precision float32: no autocast
     from lvm.bank import SentenceBank
 
     bank = SentenceBank.load(artifacts / "bank.npz")
