@@ -108,20 +108,27 @@ def _unpack_deb(data: bytes, into: Path) -> None:
         tar.extractall(into, filter="data")
 
 
-def package_file(package: str, sha256: str, member: str) -> bytes:
-    """One file of a Debian package from the archive (``package``: its path under the pool),
-    checked against the package's SHA-256; nothing is written or installed. Raises OSError when
-    the archive cannot be reached and ValueError when the package is not the one pinned."""
+def download(package: str, sha256: str) -> bytes:
+    """A package from the archive (``package``: its path under the pool), checked against its
+    SHA-256. Raises OSError when the archive cannot be reached and ValueError when the package
+    is not the one pinned."""
     url = f"{ARCHIVE}/{package}"
     with urllib.request.urlopen(url, timeout=120) as reply:
         data = reply.read()
     digest = hashlib.sha256(data).hexdigest()
     if digest != sha256:
         raise ValueError(f"{url}: SHA-256 {digest}, expected {sha256}")
+    return data
+
+
+def package_file(package: str, sha256: str, member: str) -> bytes:
+    """One file of a pinned Debian package (``download``), read in memory: nothing is written
+    or installed."""
+    data = download(package, sha256)
     with _data_tar(data) as tar:
         found = tar.extractfile(member)  # as the archive names it, e.g. ./usr/share/doc/...
         if found is None:
-            raise ValueError(f"{url}: {member} is not a file")
+            raise ValueError(f"{package}: {member} is not a file")
         return found.read()
 
 
@@ -131,15 +138,12 @@ def fetch(tool: Tool) -> str:
     if sys.platform != "linux" or platform.machine() != "x86_64":
         here = f"{sys.platform} {platform.machine()}"
         return f"{tool.name}: not fetched: the package is Debian's amd64 build (this is {here})"
-    url = f"{ARCHIVE}/{tool.package}"
     try:
-        with urllib.request.urlopen(url, timeout=120) as reply:
-            data = reply.read()
+        data = download(tool.package, tool.sha256)
     except OSError as exc:
         return f"{tool.name}: not fetched ({exc}): the tests that need it will skip"
-    digest = hashlib.sha256(data).hexdigest()
-    if digest != tool.sha256:
-        raise SystemExit(f"{url}: SHA-256 {digest}, expected {tool.sha256}; not unpacked")
+    except ValueError as exc:
+        raise SystemExit(f"{exc}; not unpacked") from None
     folder = CACHE / tool.name
     shutil.rmtree(folder, ignore_errors=True)
     _unpack_deb(data, folder)

@@ -293,14 +293,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from training.corpus import REGISTER_SOURCES, pydocs_documents, read_corpus
     from training.data import SplitSpec, VectorCache, encode_documents, make_windows, split_documents
     from training.evaluate import BASELINES, baseline, predict
-    from training.prepare import news_corpus, registers_corpus, starter_corpus
+    from training.prepare import news_corpus, training_documents
     from training.scores import format_markdown, format_report, forward_predictions, report
 
     artifacts = _artifacts()
     encoder = load_encoder(args.encoder)
     model = load_model(args.checkpoint, expected_dim=encoder.dim)
     cache = VectorCache(artifacts / "cache", encoder.name, encoder.dim)
-    starter = read_corpus(starter_corpus(artifacts))
     recorded = model.metadata.get("metrics", {}).get("split", {})
     spec = SplitSpec(
         val_fraction=recorded.get("val_fraction", 0.1),
@@ -310,8 +309,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         seed=recorded.get("seed", 0),
     )
     sources = recorded.get("sources")  # files before the registers record none: the starter corpus
-    if sources and set(sources) & set(REGISTER_SOURCES):
-        starter += read_corpus(registers_corpus(artifacts))
+    starter = training_documents(artifacts, registers=bool(set(sources or ()) & set(REGISTER_SOURCES)))
     if sources:  # the splits of exactly what it was trained on (the demo's quick recipe: fewer sources)
         starter = [d for d in starter if d.source in sources]
     starter_splits = split_documents(starter, spec)

@@ -7,6 +7,8 @@ on the same windows: "repeat the last vector" and "mean of the context".
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import torch
 
@@ -19,14 +21,17 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
+def context_batches(model: torch.nn.Module, windows: Windows, batch_size: int = 1024) -> Iterator[torch.Tensor]:
+    """The windows' contexts in batches, on the model's device."""
+    device = next(model.parameters()).device
+    for start in range(0, len(windows), batch_size):
+        ctx, _ = windows.batch(np.arange(start, min(start + batch_size, len(windows))))
+        yield torch.from_numpy(ctx).to(device)
+
+
 @torch.inference_mode()
 def predict(model: torch.nn.Module, windows: Windows, batch_size: int = 1024) -> np.ndarray:
-    device = next(model.parameters()).device
-    out = []
-    for start in range(0, len(windows), batch_size):
-        rows = np.arange(start, min(start + batch_size, len(windows)))
-        ctx, _ = windows.batch(rows)
-        out.append(model(torch.from_numpy(ctx).to(device)).float().cpu().numpy())
+    out = [model(ctx).float().cpu().numpy() for ctx in context_batches(model, windows, batch_size)]
     return np.concatenate(out) if out else np.zeros((0, windows.vectors.shape[1]), np.float32)
 
 

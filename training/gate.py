@@ -17,22 +17,21 @@ import numpy as np
 import torch
 
 from training.data import Windows
+from training.evaluate import context_batches
 
 GRID = tuple(round(float(a), 2) for a in np.linspace(0.0, 1.0, 21))
 
 
 @torch.inference_mode()
-def parts(model: torch.nn.Module, windows: Windows, batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+def parts(model: torch.nn.Module, windows: Windows) -> tuple[np.ndarray, np.ndarray]:
     """The model's (base, correction) on every window, before the gate."""
     bases, corrections = [], []
-    for start in range(0, len(windows), batch_size):
-        rows = np.arange(start, min(start + batch_size, len(windows)))
-        ctx, _ = windows.batch(rows)
-        base, correction = model.parts(torch.from_numpy(ctx))
+    for ctx in context_batches(model, windows):
+        base, correction = model.parts(ctx)
         if base is None:
             raise ValueError("the gate needs a model with a linear path or a mean residual")
-        bases.append(base.float().numpy())
-        corrections.append(correction.float().numpy())
+        bases.append(base.float().cpu().numpy())
+        corrections.append(correction.float().cpu().numpy())
     return np.concatenate(bases), np.concatenate(corrections)
 
 

@@ -151,7 +151,7 @@ def prepare_default(
     if all(p.is_file() for p in outputs.values()):
         print(f"default artifacts already in {out_dir}: {', '.join(str(p) for p in outputs.values())}")
         return outputs
-    docs = training_documents(artifacts, registers=not quick)
+    docs = training_documents(artifacts, registers=QUICK["registers"] if quick else True)
     if quick:
         left_out, epochs = QUICK["left_out"], QUICK["epochs"]
         docs = [d for d in docs if d.source not in left_out]

@@ -110,14 +110,12 @@ def linear_init(model: torch.nn.Module, train_set: Windows, val_set: Windows) ->
     return {"kind": linear.kind, "alpha": linear.alpha, "val_cos": linear.val_cos}
 
 
-def _margin_at_base(model: torch.nn.Module, windows: Windows) -> float:
-    """Margin at the context mean's cos(next) on ``windows``; -inf where the model's cos stays
-    below it (it cannot be read at equal closeness), the last point's margin where it stays above."""
-    from training.evaluate import baseline
+def _margin_at_base(model: torch.nn.Module, windows: Windows, target: float) -> float:
+    """Margin at ``target``, the context mean's cos(next) on ``windows``; -inf where the model's cos
+    stays below it (it cannot be read at equal closeness), the last point's margin where it stays above."""
     from training.scores import forward_curve, forward_values, margin_at
 
     curve = forward_curve(forward_values(predict(model, windows), windows), None)
-    target = score(baseline("context_mean", windows), windows)["cos_mean"]
     at = margin_at(curve, target)
     if at is not None:
         return float(at)
@@ -191,14 +189,20 @@ def train(
     history: list[dict] = []
     best: tuple[float, dict, dict] | None = None
     stale, start = 0, None
+    if cfg.select_by == "margin_at_base":  # the baseline's cos does not change between epochs
+        from training.evaluate import baseline
 
-    def judge(epoch: int, record: dict) -> tuple[float, dict, dict]:
+        judged_on = select_set or val_set
+        base_cos = score(baseline("context_mean", judged_on), judged_on)["cos_mean"]
+
+    def judge(epoch: int, record: dict) -> tuple[float, dict]:
         """Score this epoch as it would be served: with a select split, the gate alpha and the
-        criterion come from it (training.gate); without one, alpha is 1 and val decides."""
+        criterion come from it (training.gate); without one, alpha is 1 and val decides.
+        Returns (criterion, the metrics recorded if the epoch is kept)."""
         model.eval()
         alpha, chosen_on = 1.0, None
         if cfg.select_by == "margin_at_base":  # alpha stays 1: a gate chosen on cos undoes the objective
-            chosen_on = _margin_at_base(model, select_set or val_set)
+            chosen_on = _margin_at_base(model, judged_on, base_cos)
         elif select_set is not None:
             alpha, chosen_on, _ = gate.choose(model, select_set)
         model.config = replace(model.config, correction_scale=alpha)
@@ -210,18 +214,21 @@ def train(
         elif select_set is not None:
             record.update({"select_cos": chosen_on, "alpha": alpha})
         criterion = val["cos_mean"] if chosen_on is None else chosen_on
-        state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         kept = {"best_epoch": epoch, "correction_scale": alpha, **{f"val_{k}": v for k, v in val.items()}}
         if chosen_on is not None:
             kept["select_margin_at_base" if cfg.select_by == "margin_at_base" else "select_cos_mean"] = chosen_on
-        return criterion, state, kept
+        return criterion, kept
+
+    def weights() -> dict:
+        return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
     if cfg.linear_path:
         # Epoch 0, the closed-form start, is kept if no trained epoch beats it (a GRU's correction
         # measured below its start for all 8 epochs on val). It does not drive patience: the first
         # epochs of the correction fall below the start before they rise above it.
         record = {"epoch": 0}
-        start = judge(0, record)
+        criterion, kept = judge(0, record)
+        start = (criterion, weights(), kept)
         history.append(record)
     for epoch in range(1, cfg.epochs + 1):
         model.train()
@@ -249,7 +256,7 @@ def train(
             total += loss.item() * len(rows)
             bar.set_postfix(loss=f"{loss.item():.4f}")
         record = {"epoch": epoch, "train_loss": total / len(train_set)}
-        candidate = judge(epoch, record)
+        criterion, kept = judge(epoch, record)
         record.update({"lr": scheduler.get_last_lr()[0], "seconds": round(time.perf_counter() - started, 2)})
         history.append(record)
         if progress:
@@ -261,8 +268,8 @@ def train(
                 f"margin {record['val_margin']:+.4f}{gated}  ({record['seconds']} s)",
                 flush=True,
             )
-        if best is None or candidate[0] > best[0]:
-            stale, best = 0, candidate
+        if best is None or criterion > best[0]:
+            stale, best = 0, (criterion, weights(), kept)
         else:
             stale += 1
             if stale >= cfg.patience:
