@@ -39,7 +39,12 @@ def start_worker(
 
 
 def wait_ready(redis: Redis, name: str, proc: subprocess.Popen, timeout: float = 120.0) -> dict:
-    """Block until the worker's heartbeat says ready; raise if it dies or stalls."""
+    """Block until the worker's heartbeat says it serves; raise if it dies or stalls.
+
+    "busy" counts as serving too. The race: a worker with queued jobs flips ready -> busy at
+    once, and its next periodic beat writes "busy"; a poller that missed the short "ready"
+    window (a loaded host) would otherwise wait until the queue was drained and see "ready"
+    only then -- after everything the caller meant to do while jobs were queued."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -47,7 +52,7 @@ def wait_ready(redis: Redis, name: str, proc: subprocess.Popen, timeout: float =
         raw = redis.get(HEARTBEAT_PREFIX + name)
         if raw:
             info = json.loads(raw)
-            if info.get("status") == "ready":
+            if info.get("status") in ("ready", "busy"):
                 return info
         time.sleep(0.05)
     raise TimeoutError(f"worker {name} not ready after {timeout} s")
