@@ -211,6 +211,15 @@ def _register_fairness(bsub) -> None:
     p.add_argument("--rate", type=float, default=2.0, help="interactive jobs per second (default 2)")
     p.add_argument("--seconds", type=float, default=20.0, help="how long interactive jobs arrive (default 20)")
     p.add_argument("--max-batch", type=int, help=MAX_BATCH_HELP)
+    p.add_argument(
+        "--batch-yield",
+        type=int,
+        nargs="+",
+        metavar="N",
+        help="LVM_BATCH_YIELD_JOBS for the worker: the most batch jobs in one batch while interactive jobs are "
+        "served (0: no cap). Several values run one after the other, each with its own idle reference, in one "
+        "command: e.g. --batch-yield 4 0 compares the default with no yielding (default: the setting)",
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_priority)
 
@@ -227,8 +236,14 @@ def cmd_priority(args: argparse.Namespace) -> int:
     from bench import fairness
     from config import load_settings
 
-    res = fairness.priority(load_settings(), args.backlog, args.rate, args.seconds, max_batch=args.max_batch)
-    return _emit(res, args.json, fairness.format_priority)
+    settings = load_settings()
+    runs = [
+        fairness.priority(settings, args.backlog, args.rate, args.seconds, max_batch=args.max_batch, batch_yield=n)
+        for n in (args.batch_yield or [None])
+    ]
+    if len(runs) == 1:
+        return _emit(runs[0], args.json, fairness.format_priority)
+    return _emit({"runs": runs}, args.json, lambda res: "\n\n".join(map(fairness.format_priority, res["runs"])))
 
 
 def _register_embed(bsub) -> None:

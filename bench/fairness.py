@@ -206,15 +206,19 @@ def format_fairness(res: dict[str, Any]) -> str:
 
 
 def priority(settings: Any, backlog: int = 10_000, rate: float = 2.0, seconds: float = 20.0,
-             job_timeout: int = 300, max_batch: int | None = None) -> dict[str, Any]:  # fmt: skip
+             job_timeout: int = 300, max_batch: int | None = None,
+             batch_yield: int | None = None) -> dict[str, Any]:  # fmt: skip
     from bench.load import user_messages
     from producer.protocol import Share
 
     pool = user_messages(settings.bank_path)
-    stack = Stack(settings, job_timeout, LVM_MAX_BATCH=str(max_batch or settings.max_batch))
+    batch_yield = settings.batch_yield_jobs if batch_yield is None else batch_yield
+    stack = Stack(settings, job_timeout, LVM_MAX_BATCH=str(max_batch or settings.max_batch),
+                  LVM_BATCH_YIELD_JOBS=str(batch_yield))  # fmt: skip
     try:
         stack.capacity(pool, 200)  # warm-up, and a measured rate in the worker's heartbeat
-        out: dict[str, Any] = {"worker": stack.worker, "backlog": backlog, "rate_per_s": rate, "seconds": seconds}
+        out: dict[str, Any] = {"worker": stack.worker, "backlog": backlog, "rate_per_s": rate, "seconds": seconds,
+                               "batch_yield_jobs": batch_yield}  # fmt: skip
         out["idle"] = _phase(stack, [Offer("interactive", rate, Share("t"))], pool, seconds, max_queued=0)
         for name, cls in (("priority_on", "interactive"), ("priority_off", "batch")):
             filler = stack.client(max_queued=0)
@@ -238,7 +242,8 @@ def format_priority(res: dict[str, Any]) -> str:
     w = res["worker"]
     ref = res["idle"]["interactive"]["p99_ms"]
     lines = [
-        f"one worker ({w.get('device')}, max_batch {w.get('max_batch')}); one tenant's interactive jobs at "
+        f"one worker ({w.get('device')}, max_batch {w.get('max_batch')}, LVM_BATCH_YIELD_JOBS "
+        f"{res.get('batch_yield_jobs')}); one tenant's interactive jobs at "
         f"{res['rate_per_s']:g}/s for {res['seconds']:g} s, idle and behind {res['backlog']} of its batch jobs",
         "",
         "| run | interactive p50 / p99 ms | p99 / idle | expired | batch served/s meanwhile | lost |",

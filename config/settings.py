@@ -203,6 +203,25 @@ class Settings(BaseSettings):
         "this many interactive jobs before one of its batch jobs, so batch keeps at least 1/(N+1) of the tenant's "
         "share however much interactive work arrives. Read by workers.",
     )
+    batch_yield_jobs: int = Field(
+        4,
+        ge=0,
+        le=10_000,
+        description="Batch yields at the batch's granularity: while the queue served an interactive job in the last "
+        "LVM_BATCH_YIELD_WINDOW_S, a worker's batch takes at most this many batch-class jobs (interactive ones "
+        "as many as LVM_MAX_BATCH allows). A worker computes a batch to its end, so an interactive job arriving "
+        "meanwhile waits for all of it: on a 2-core CPU a batch of 32 costs ~160 ms, one job ~20 ms. The price is "
+        "batch throughput while interactive traffic lasts (docs/benchmarks.md, `lvmq bench priority`); a batch "
+        "backlog alone still fills whole batches. 0: batch jobs fill batches as interactive ones do. Read by workers.",
+    )
+    batch_yield_window_s: float = Field(
+        30.0,
+        gt=0,
+        le=86_400,
+        description="How long after the last interactive job claimed from a queue its batch work stays in small "
+        "batches (LVM_BATCH_YIELD_JOBS). Longer than the gaps between a frontend's chats, so the first chat after "
+        "a pause does not find a full batch of batch jobs ahead of it. Read by workers.",
+    )
     drain_seconds: float = Field(
         30.0, gt=0, le=3600, description="After SIGTERM, how long a worker may finish its batch before it exits anyway."
     )

@@ -28,7 +28,7 @@ from worker.conversation_cache import RedisVectorMemory
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _burst(env, name):
+def _burst(env, name) -> str:
     """`lvmq worker --burst`: started after the jobs are queued, so its first batch takes them all."""
     out = subprocess.run(
         [sys.executable, "-m", "lvmq.cli", "worker", "--model", "lstm", "--burst", "--name", name],
@@ -39,6 +39,7 @@ def _burst(env, name):
         cwd=ROOT,
     )
     assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout + out.stderr
 
 
 REQUESTS = [
@@ -68,6 +69,26 @@ def test_batched_results_match_one_at_a_time(redis_url, serving_artifacts):
         assert many.latency_breakdown.total_latency_ms >= many.latency_breakdown.encoding_ms
     info = Redis.from_url(redis_url)
     assert Queue("lvm-lstm", connection=info).count == 0
+
+
+@pytest.mark.integration
+def test_batch_jobs_yield_to_an_interactive_one_a_small_batch_at_a_time(redis_url, serving_artifacts):
+    """A worker's batches, as its log names them: with LVM_BATCH_YIELD_JOBS 2, the interactive job
+    and 2 batch jobs, then 2 at a time (the refills of one batch count against one cap); with 0,
+    whole batches of 8."""
+    from producer.protocol import Share
+
+    client = ChatClient(redis_url, load_settings(max_queued=0))
+    for cap, expected in (("2", [3] + [2] * 8 + [1]), ("0", [8, 8, 4])):
+        backlog = client.submit_many([{"messages": [f"Part {i}."]} for i in range(19)], share=Share("t", "batch"))
+        urgent = client.submit_many([{"messages": ["Now, please."]}], share=Share("t"))
+        env = worker_env(redis_url, serving_artifacts, LVM_PIPELINE="null", LVM_MAX_BATCH="8",
+                         LVM_MAX_BATCH_WAIT_MS="50", LVM_BATCH_YIELD_JOBS=cap)  # fmt: skip
+        log = _burst(env, f"yield-{cap}")
+        batches = [e["job_ids"] for line in log.splitlines() if line.startswith("{")
+                   for e in [json.loads(line)] if e.get("event") == "batch"]  # fmt: skip
+        assert [len(b) for b in batches] == expected, batches
+        assert batches[0][0] == urgent[0] and sorted(sum(batches, [])) == sorted(backlog + urgent)
 
 
 @pytest.mark.integration

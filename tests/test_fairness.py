@@ -74,6 +74,63 @@ def test_batch_keeps_a_share_under_endless_interactive_work(redis, client):
     assert [i for i in taken if i in interactive] == interactive[:9]
 
 
+def yielding_life(redis, jobs=2, window_s=30.0):
+    from worker.lifecycle import Lifecycle
+
+    return Lifecycle(redis, "w1", 0.2, 1, 1_048_576, 10, jobs, window_s)
+
+
+def test_batch_work_comes_in_small_batches_while_interactive_work_is_served(redis, client):
+    life = yielding_life(redis, jobs=2)
+    backlog = submit(client, "a", 40, priority="batch")
+    claim = life.claim(Q, 8, life.next_token())  # no interactive job yet: a whole batch of batch jobs
+    assert [j.id for j in claim.jobs] == backlog[:8] and not claim.yielding and not claim.capped
+    urgent = submit(client, "a", 1)
+    claim = life.claim(Q, 8, life.next_token())  # the interactive job, then at most 2 batch jobs
+    assert [j.id for j in claim.jobs] == urgent + backlog[8:10]
+    assert claim.yielding and claim.capped and claim.batch_taken == 2
+    claim = life.claim(Q, 8, life.next_token())  # the window is open: still 2 at a time
+    assert [j.id for j in claim.jobs] == backlog[10:12] and claim.capped
+    assert life.claim(Q, 8, life.next_token(), batch_left=0).jobs == []  # a batch filled to its cap takes none
+    assert redis.llen(keys.queue(Q)) == 40 + 1 - 13  # what was passed over is still queued, in the list KEDA reads
+    redis.hset(keys.fair_state(Q), "interactive_at", 0)  # the window lapsed: whole batches again
+    claim = life.claim(Q, 8, life.next_token())
+    assert [j.id for j in claim.jobs] == backlog[12:20] and not claim.yielding
+    redis.hset(keys.fair_state(Q), "interactive_at", "garbage")  # a hostile value reads as "long ago"
+    assert len(life.claim(Q, 8, life.next_token()).jobs) == 8
+
+
+def test_a_capped_tenant_is_passed_over_for_another_tenants_interactive_work(redis, client):
+    life = yielding_life(redis, jobs=2)
+    submit(client, "z", 1)
+    assert len(life.claim(Q, 1, life.next_token()).jobs) == 1  # the queue served an interactive job: it yields
+    backlog = submit(client, "a", 20, priority="batch")
+    urgent = submit(client, "b", 2)
+    claim = life.claim(Q, 8, life.next_token())
+    assert [j.id for j in claim.jobs] == backlog[:2] + urgent and claim.capped
+    # a's turn ended at the cap with its deficit kept: the next claim starts with a again
+    assert [j.id for j in life.claim(Q, 8, life.next_token()).jobs] == backlog[2:4]
+
+
+def test_the_yield_cap_keeps_batchs_starvation_bound(redis, client):
+    life = yielding_life(redis, jobs=1)
+    life.batch_every = 2
+    batch = submit(client, "a", 10, priority="batch")
+    interactive = submit(client, "a", 20)
+    taken = [j.id for j in life.claim(Q, 12, life.next_token()).jobs]
+    assert taken == interactive[:2] + batch[:1] + interactive[2:4]  # one batch job, then the cap stops the claim
+    assert [j.id for j in life.claim(Q, 12, life.next_token()).jobs][:1] == [batch[1]]  # due again: first
+
+
+def test_yielding_off_fills_batches_as_before(redis, client):
+    life = yielding_life(redis, jobs=0)
+    submit(client, "a", 1)
+    backlog = submit(client, "a", 20, priority="batch")
+    assert len(life.claim(Q, 1, life.next_token()).jobs) == 1
+    claim = life.claim(Q, 8, life.next_token())
+    assert [j.id for j in claim.jobs] == backlog[:8] and not claim.yielding and not claim.capped
+
+
 def test_a_tenant_over_its_cap_is_refused_and_others_are_not(redis, client):
     submit(client, "a", 3, max_queued=3)
     with pytest.raises(RateLimited, match=r"tenant a holds 3 queued jobs for model lstm, its cap is 3") as info:

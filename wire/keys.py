@@ -135,7 +135,8 @@ def fair_ring(queue_name: str) -> str:
 
 def fair_state(queue_name: str) -> str:
     """hash: ``d:<tenant>`` deficit, ``w:<tenant>`` weight, ``s:<tenant>`` interactive picks since
-    its last batch pick, ``turn`` the tenant whose turn has had its quantum."""
+    its last batch pick, ``turn`` the tenant whose turn has had its quantum, ``interactive_at`` when
+    a claim last took an interactive job (ms, Redis's clock: batch work yields while it is recent)."""
     return f"{FAIR_PREFIX}{queue_name}:state"
 
 

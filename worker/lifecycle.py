@@ -116,6 +116,9 @@ class Claim:
     jobs: list[Claimed] = field(default_factory=list)
     dropped: list[tuple[str, str]] = field(default_factory=list)  # (entry, why) for entries with no job
     paused: bool = False  # an operator paused the queue (pause.lua): nothing was claimed
+    batch_taken: int = 0  # batch-class jobs among the jobs (fair share's index said so)
+    yielding: bool = False  # the queue served interactive jobs lately: batch-class jobs come in few (claim.lua)
+    capped: bool = False  # the claim stopped at that cap with work left: filling the batch further takes none
 
 
 @dataclass
@@ -140,9 +143,13 @@ class Lifecycle:
         max_reruns: int,
         value_cap: int,
         batch_every: int = 10,
+        yield_jobs: int = 0,
+        yield_window_s: float = 0.0,
     ):
         self.connection = connection
         self.batch_every = batch_every  # LVM_FAIR_BATCH_EVERY
+        self.yield_jobs = yield_jobs  # LVM_BATCH_YIELD_JOBS
+        self.yield_window_ms = int(yield_window_s * 1000) if yield_jobs > 0 else 0  # 0: never yield
         self.worker_name = worker_name
         self.incarnation = os.urandom(6).hex()
         self.lease_ms = int(lease_s * 1000)
@@ -159,18 +166,24 @@ class Lifecycle:
     def next_token(self) -> str:
         return f"{self.incarnation}-{next(self._counter)}"
 
-    def claim(self, queue: str, limit: int, token: str) -> Claim:
+    def claim(self, queue: str, limit: int, token: str, batch_left: int | None = None) -> Claim:
+        """Take up to ``limit`` jobs; while the queue yields to interactive work, at most
+        ``batch_left`` (default LVM_BATCH_YIELD_JOBS) of them batch-class."""
+        batch_left = self.yield_jobs if batch_left is None else max(0, batch_left)
         reply = self._claim(
             keys=[keys.queue(queue), keys.leases(queue), keys.started(queue), keys.EVENTS, keys.fair_ring(queue),
                   keys.fair_state(queue), keys.paused(queue)],
             args=[limit, self.worker_name, token, self.lease_ms, self.value_cap, rq_time(), keys.JOB_PREFIX,
-                  self.max_fields, keys.fair_lists(queue), self.batch_every, fairness.QUANTUM, *ACTED_ON_FIELDS],
+                  self.max_fields, keys.fair_lists(queue), self.batch_every, fairness.QUANTUM, batch_left,
+                  self.yield_window_ms, *ACTED_ON_FIELDS],
         )  # fmt: skip
         claim = Claim(queue, token)
         for entry in reply:
             kind = _text(entry[0])
             if kind == "paused":
                 claim.paused = True
+            elif kind == "picked":
+                claim.batch_taken, claim.yielding, claim.capped = int(entry[1]), entry[2] == 1, entry[3] == 1
             elif kind == "dropped":
                 claim.dropped.append((_text(entry[1]), _text(entry[2])))
             else:

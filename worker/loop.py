@@ -125,11 +125,18 @@ class BatchLoop:
         self.leases.hold(queue, token)  # renewed from the first beat, ids or not
         claim = self.retry_redis("claim", lambda: self.lifecycle.claim(queue, limit, token))
         wait_until = time.monotonic() + self.settings.max_batch_wait_ms / 1000.0
-        while claim.jobs and len(claim.jobs) < limit and time.monotonic() < wait_until and not self.stop_signals:
+        while (claim.jobs and len(claim.jobs) < limit and not claim.capped and time.monotonic() < wait_until
+               and not self.stop_signals):  # fmt: skip
             time.sleep(0.001)
-            more = self.retry_redis("claim", lambda: self.lifecycle.claim(queue, limit - len(claim.jobs), token))
+            # The yield cap counts over the whole batch, not per call: each call gets what is left.
+            want, left = limit - len(claim.jobs), self.lifecycle.yield_jobs - claim.batch_taken
+            more = self.retry_redis(
+                "claim", lambda want=want, left=left: self.lifecycle.claim(queue, want, token, left)
+            )
             claim.jobs += more.jobs
             claim.dropped += more.dropped
+            claim.batch_taken += more.batch_taken
+            claim.yielding, claim.capped = claim.yielding or more.yielding, more.capped
         for entry, why in claim.dropped:
             log.warning("dropped a queue entry that names no runnable job", queue=queue, entry=entry, reason=why)
         if claim.jobs:
