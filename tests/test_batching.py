@@ -74,12 +74,11 @@ def test_batched_results_match_one_at_a_time(redis_url, serving_artifacts):
 @pytest.mark.integration
 def test_batch_jobs_yield_to_an_interactive_one_a_small_batch_at_a_time(redis_url, serving_artifacts):
     """A worker's batches, as its log names them: with LVM_BATCH_YIELD_JOBS 2, the interactive job
-    and 2 batch jobs, then 2 at a time (the refills of one batch count against one cap); with 0,
-    whole batches of 8."""
+    alone, then batch jobs 2 at a time; with 0, whole batches of 8."""
     from producer.protocol import Share
 
     client = ChatClient(redis_url, load_settings(max_queued=0))
-    for cap, expected in (("2", [3] + [2] * 8 + [1]), ("0", [8, 8, 4])):
+    for cap, expected in (("2", [1] + [2] * 9 + [1]), ("0", [8, 8, 4])):
         backlog = client.submit_many([{"messages": [f"Part {i}."]} for i in range(19)], share=Share("t", "batch"))
         urgent = client.submit_many([{"messages": ["Now, please."]}], share=Share("t"))
         env = worker_env(redis_url, serving_artifacts, LVM_PIPELINE="null", LVM_MAX_BATCH="8",

@@ -86,16 +86,18 @@ def test_batch_work_comes_in_small_batches_while_interactive_work_is_served(redi
     claim = life.claim(Q, 8, life.next_token())  # no interactive job yet: a whole batch of batch jobs
     assert [j.id for j in claim.jobs] == backlog[:8] and not claim.yielding and not claim.capped
     urgent = submit(client, "a", 1)
-    claim = life.claim(Q, 8, life.next_token())  # the interactive job, then at most 2 batch jobs
-    assert [j.id for j in claim.jobs] == urgent + backlog[8:10]
-    assert claim.yielding and claim.capped and claim.batch_taken == 2
-    claim = life.claim(Q, 8, life.next_token())  # the window is open: still 2 at a time
-    assert [j.id for j in claim.jobs] == backlog[10:12] and claim.capped
+    claim = life.claim(Q, 8, life.next_token())  # the interactive job, and no batch job beside it
+    assert [j.id for j in claim.jobs] == urgent
+    assert claim.yielding and claim.capped and (claim.interactive_taken, claim.batch_taken) == (1, 0)
+    claim = life.claim(Q, 8, life.next_token())  # the window is open: 2 batch jobs at a time
+    assert [j.id for j in claim.jobs] == backlog[8:10] and claim.capped and claim.batch_taken == 2
     assert life.claim(Q, 8, life.next_token(), batch_left=0).jobs == []  # a batch filled to its cap takes none
-    assert redis.llen(keys.queue(Q)) == 40 + 1 - 13  # what was passed over is still queued, in the list KEDA reads
+    assert redis.llen(keys.queue(Q)) == 40 + 1 - 11  # what was passed over is still queued, in the list KEDA reads
+    more = submit(client, "a", 2)
+    assert [j.id for j in life.claim(Q, 8, life.next_token()).jobs] == more  # interactive ones ride together
     redis.hset(keys.fair_state(Q), "interactive_at", 0)  # the window lapsed: whole batches again
     claim = life.claim(Q, 8, life.next_token())
-    assert [j.id for j in claim.jobs] == backlog[12:20] and not claim.yielding
+    assert [j.id for j in claim.jobs] == backlog[10:18] and not claim.yielding
     redis.hset(keys.fair_state(Q), "interactive_at", "garbage")  # a hostile value reads as "long ago"
     assert len(life.claim(Q, 8, life.next_token()).jobs) == 8
 
@@ -110,6 +112,8 @@ def test_a_capped_tenant_is_passed_over_for_another_tenants_interactive_work(red
     assert [j.id for j in claim.jobs] == backlog[:2] + urgent and claim.capped
     # a's turn ended at the cap with its deficit kept: the next claim starts with a again
     assert [j.id for j in life.claim(Q, 8, life.next_token()).jobs] == backlog[2:4]
+    urgent = submit(client, "b", 1)  # b is behind a in the ring now: a's turn (up to the cap), then b's
+    assert [j.id for j in life.claim(Q, 8, life.next_token()).jobs] == backlog[4:6] + urgent
 
 
 def test_the_yield_cap_keeps_batchs_starvation_bound(redis, client):
@@ -118,8 +122,9 @@ def test_the_yield_cap_keeps_batchs_starvation_bound(redis, client):
     batch = submit(client, "a", 10, priority="batch")
     interactive = submit(client, "a", 20)
     taken = [j.id for j in life.claim(Q, 12, life.next_token()).jobs]
-    assert taken == interactive[:2] + batch[:1] + interactive[2:4]  # one batch job, then the cap stops the claim
-    assert [j.id for j in life.claim(Q, 12, life.next_token()).jobs][:1] == [batch[1]]  # due again: first
+    assert taken == interactive[:2]  # batch is due, but not after interactive jobs in one claim: the claim stops
+    taken = [j.id for j in life.claim(Q, 12, life.next_token()).jobs]
+    assert taken == batch[:1] + interactive[2:4]  # the due batch job is the next claim's first pick
 
 
 def test_yielding_off_fills_batches_as_before(redis, client):

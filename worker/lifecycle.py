@@ -117,6 +117,7 @@ class Claim:
     dropped: list[tuple[str, str]] = field(default_factory=list)  # (entry, why) for entries with no job
     paused: bool = False  # an operator paused the queue (pause.lua): nothing was claimed
     batch_taken: int = 0  # batch-class jobs among the jobs (fair share's index said so)
+    interactive_taken: int = 0  # and interactive ones: while yielding, no batch job joins them
     yielding: bool = False  # the queue served interactive jobs lately: batch-class jobs come in few (claim.lua)
     capped: bool = False  # the claim stopped at that cap with work left: filling the batch further takes none
 
@@ -184,6 +185,7 @@ class Lifecycle:
                 claim.paused = True
             elif kind == "picked":
                 claim.batch_taken, claim.yielding, claim.capped = int(entry[1]), entry[2] == 1, entry[3] == 1
+                claim.interactive_taken = int(entry[4])
             elif kind == "dropped":
                 claim.dropped.append((_text(entry[1]), _text(entry[2])))
             else:
