@@ -218,7 +218,7 @@ def _register_fairness(bsub) -> None:
         metavar="N",
         help="LVM_BATCH_YIELD_JOBS for the worker: the most batch jobs in one batch while interactive jobs are "
         "served (0: no cap). Several values run one after the other, each with its own idle reference, in one "
-        "command: e.g. --batch-yield 4 0 compares the default with no yielding (default: the setting)",
+        "command: e.g. --batch-yield 8 0 compares the default with no yielding (default: the setting)",
     )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_priority)

@@ -204,13 +204,14 @@ class Settings(BaseSettings):
         "share however much interactive work arrives. Read by workers.",
     )
     batch_yield_jobs: int = Field(
-        4,
+        8,
         ge=0,
         le=10_000,
         description="Batch yields at the batch's granularity: while the queue served an interactive job in the last "
         "LVM_BATCH_YIELD_WINDOW_S, a worker's batch takes at most this many batch-class jobs, and none beside an "
-        "interactive job (interactive ones as many as LVM_MAX_BATCH allows). A worker computes a batch to its end, so an interactive job arriving "
-        "meanwhile waits for all of it: on a 2-core CPU a batch of 32 costs ~160 ms, one job ~20 ms. The price is "
+        "interactive job (interactive ones as many as LVM_MAX_BATCH allows). A worker computes a batch to its end, "
+        "so an interactive job arriving meanwhile waits for all of it: on a 2-core CPU a batch of 32 costs ~160 "
+        "ms, one job ~20 ms. The price is "
         "batch throughput while interactive traffic lasts (docs/benchmarks.md, `lvmq bench priority`); a batch "
         "backlog alone still fills whole batches. 0: batch jobs fill batches as interactive ones do. Read by workers.",
     )

@@ -96,7 +96,7 @@ local prefix, ring, state = ARGV[9], KEYS[5], KEYS[6]
 local batch_every, quantum = tonumber(ARGV[10]), tonumber(ARGV[11])
 local batch_left, window = tonumber(ARGV[12]) or 0, tonumber(ARGV[13]) or 0
 local seen = tonumber(redis.call('HGET', state, 'interactive_at') or '') or 0
-local yielding = window > 0 and now - seen < window
+local yielding = window > 0 and seen <= now and now - seen < window  -- a time ahead of Redis's: not ours
 local batch_taken, interactive_taken, capped, passed = 0, 0, false, 0
 
 local function llen(list)
