@@ -95,6 +95,25 @@ def test_training_with_a_select_split_chooses_and_saves_the_gate(tmp_path):
     assert np.allclose(predict(loaded, w["ood"]), predict(model, w["ood"]), atol=1e-6)
 
 
+def test_the_gate_sweep_scores_what_each_alpha_would_serve(tmp_path):
+    from training.scores import format_sweep, gate_sweep
+
+    w = _windows(tmp_path)["val"]
+    torch.manual_seed(0)
+    config = ModelConfig(model_type="lstm", input_dim=32, d_model=16, num_layers=1, context_len=5, linear_path=True)
+    model = build_model(config).eval()
+    rows = np.arange(len(w.vectors))  # the bank is the split's own sentences, row s for sentence s
+    sweep = gate_sweep(*gate.parts(model, w), w, w.vectors, rows, alphas=(0.0, 0.3, 1.0))
+    assert [r["alpha"] for r in sweep] == [0.0, 0.3, 1.0]
+    for r in sweep:  # each row is the model served with that alpha, scored like `lvmq eval` scores it
+        model.config = ModelConfig(**{**config.to_dict(), "correction_scale": r["alpha"]})
+        assert r["cos_next"] == pytest.approx(score(predict(model, w), w)["cos_mean"], abs=1e-4)
+        assert 0.0 <= r["r_at_10"] <= 1.0 and 0.0 <= r["within_doc_acc"] <= 1.0
+    assert len({r["cos_next"] for r in sweep}) == 3  # a random correction moves the scores
+    table = format_sweep({"val": sweep}, served=0.3)
+    assert "α 0.3 (served)" in table and f"{sweep[1]['cos_next']:.4f} / {sweep[1]['r_at_10']:.3f}" in table
+
+
 def test_a_file_without_a_gate_loads_with_alpha_one_and_a_hostile_gate_is_refused(tmp_path):
     config = ModelConfig(model_type="gru", input_dim=8, d_model=8, num_layers=1, linear_path=True)
     model = build_model(config)

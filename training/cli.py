@@ -157,6 +157,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--no-news", action="store_true", help="leave out the news corpus (no download)")
     ev.add_argument("--json", action="store_true", help="print JSON instead of a table")
     ev.add_argument("--markdown", action="store_true", help="print the two tables docs/engine.md shows")
+    ev.add_argument(
+        "--gate-sweep",
+        action="store_true",
+        help="instead of the report: the model's cos(next), margin, within-document accuracy and R@10 at gate alpha "
+        "0 (its linear start) to 1 on every split, the served alpha marked: what the gate trades",
+    )
     ev.add_argument("--threads", type=int, default=2)
     ev.set_defaults(func=cmd_eval)
 
@@ -342,6 +348,21 @@ def cmd_eval(args: argparse.Namespace) -> int:
         parts["news"] = news
     if pydocs:
         parts["docs"] = pydocs
+    if args.gate_sweep:
+        from training.gate import parts as gate_parts
+        from training.scores import format_sweep, gate_sweep
+
+        sweeps = {}
+        for name, part in parts.items():
+            w = windows(part)
+            rows = np.array([row_of.get(s, -1) for d in part for s in d.sentences], dtype=np.int64)
+            sweeps[name] = gate_sweep(*gate_parts(model, w), w, bank, rows)
+        served_alpha = model.config.correction_scale
+        if args.json:
+            print(json.dumps({"checkpoint": str(args.checkpoint), "alpha": served_alpha, "splits": sweeps}, indent=2))
+        else:
+            print(format_sweep(sweeps, served_alpha))
+        return 0
     reports = {}
     for name, part in parts.items():
         w = windows(part)

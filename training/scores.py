@@ -204,6 +204,35 @@ def report(predictions: dict[str, np.ndarray], w: Windows, bank: np.ndarray | No
     return out
 
 
+SWEEP = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0)
+
+
+def gate_sweep(base: np.ndarray, correction: np.ndarray, w: Windows, bank: np.ndarray | None = None,
+               bank_rows: np.ndarray | None = None, alphas: tuple[float, ...] = SWEEP) -> list[dict]:  # fmt: skip
+    """The model's scores at each gate alpha of ``alphas``, the same windows each time: what
+    moving alpha trades. At 0 the model is its linear start (ridge_pos's fit)."""
+    rows = []
+    for alpha in alphas:
+        v = per_window(base + alpha * correction, w, bank, bank_rows)
+        row = {"alpha": alpha, "cos_next": float(np.mean(v["cos_next"])), "margin": float(np.mean(v["margin"])),
+               "within_doc_acc": float(np.nanmean(v["within_doc_acc"]))}  # fmt: skip
+        if "rank" in v:
+            row["r_at_10"] = float(np.nanmean(v["rank"] <= 10))
+        rows.append({k: round(x, 4) for k, x in row.items()})
+    return rows
+
+
+def format_sweep(sweeps: dict[str, list[dict]], served: float) -> str:
+    """`lvmq eval --gate-sweep --markdown`: one row per split, cos(next) / R@10 at each alpha."""
+    alphas = [r["alpha"] for r in next(iter(sweeps.values()))]
+    cells = [f"α {a:g}{' (served)' if a == served else ''}" for a in alphas]
+    lines = ["| split | " + " | ".join(cells) + " |", "|---|" + "---|" * len(alphas)]
+    for split, rows in sweeps.items():
+        lines.append(f"| {split} | " + " | ".join(f"{r['cos_next']:.4f} / {r.get('r_at_10', float('nan')):.3f}"
+                                                  for r in rows) + " |")  # fmt: skip
+    return "\n".join(lines)
+
+
 def paired_difference(a: np.ndarray, b: np.ndarray, w: Windows, seed: int = 0) -> dict:
     """Mean of a - b per window with a 95% CI from resampling documents, both predictors on the
     same resampled windows: the CI of a difference, not the overlap of two CIs."""
