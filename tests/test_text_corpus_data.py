@@ -133,6 +133,20 @@ def test_vector_cache_keys_survive_trailing_nul_bytes(tmp_path, monkeypatch):
     assert enc.encoded == before
 
 
+def test_each_encoder_precision_keeps_its_own_vectors(tmp_path):
+    """A float32 run must not train on vectors a bfloat16 run cached (they differ in the last digits)."""
+    bf16, fp32 = HashingEncoder(8), HashingEncoder(8)
+    bf16.dtype, fp32.dtype = "bfloat16", "float32"
+    VectorCache.of(tmp_path, bf16).encode(["ab", "cd"], bf16, progress=False)
+    assert bf16.encoded and not fp32.encoded
+    VectorCache.of(tmp_path, fp32).encode(["ab", "cd"], fp32, progress=False)
+    assert fp32.encoded == bf16.encoded  # encoded again: the bfloat16 file was not read
+    assert len(VectorCache.of(tmp_path, bf16)) == 2 and len({p.name for p in tmp_path.iterdir()}) == 2
+    before = bf16.encoded
+    VectorCache.of(tmp_path, bf16).encode(["ab", "cd"], bf16, progress=False)
+    assert bf16.encoded == before  # its own file: nothing encoded twice
+
+
 def test_news_corpus_from_a_gensim_wheel_skips_repeats_and_stubs(tmp_path):
     """The second OOD set: one Lee-corpus article per line, read from the wheel in wheel_dir."""
     import zipfile

@@ -231,7 +231,7 @@ def cmd_bank_build(args: argparse.Namespace) -> int:
 
     artifacts = _artifacts()
     encoder = load_encoder(args.encoder)
-    cache = VectorCache(artifacts / "cache", encoder.name, encoder.dim)
+    cache = VectorCache.of(artifacts / "cache", encoder)
     out = args.out or artifacts / "bank.npz"
     bank = build_bank(read_corpus(args.corpus), encoder, cache, out)
     print(f"wrote {out}: {len(bank)} sentences, {bank.dim}-d ({encoder.name})")
@@ -251,7 +251,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     artifacts = _artifacts()
     docs = read_corpus(args.corpus) if args.corpus else training_documents(artifacts, not args.no_registers)
     encoder = load_encoder(args.encoder)
-    cache = VectorCache(artifacts / "cache", encoder.name, encoder.dim)
+    cache = VectorCache.of(artifacts / "cache", encoder)
     vectors = encode_documents(docs, encoder, cache)
     cfg = TrainConfig(
         model_type=args.model,
@@ -305,7 +305,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     artifacts = _artifacts()
     encoder = load_encoder(args.encoder)
     model = load_model(args.checkpoint, expected_dim=encoder.dim)
-    cache = VectorCache(artifacts / "cache", encoder.name, encoder.dim)
+    cache = VectorCache.of(artifacts / "cache", encoder)
     recorded = model.metadata.get("metrics", {}).get("split", {})
     spec = SplitSpec(
         val_fraction=recorded.get("val_fraction", 0.1),

@@ -43,6 +43,14 @@ class VectorCache:
                 else:
                     self._rows = {k.tobytes(): i for i, k in enumerate(keys)}
 
+    @classmethod
+    def of(cls, folder: str | Path, encoder: Encoder) -> VectorCache:
+        """The cache of ``encoder``'s vectors at its precision. bfloat16 autocast and float32
+        encodings differ in their last digits: one file for both let a `--precision float32`
+        run train on vectors a bfloat16 run had written, and call them float32."""
+        precision = getattr(encoder, "dtype", "float32")
+        return cls(folder, f"{encoder.name}-{precision}", encoder.dim)
+
     def __len__(self) -> int:
         return len(self._rows)
 

@@ -159,7 +159,7 @@ def prepare_default(
     # precision "float32" keeps the encoder and training out of bfloat16 autocast where the CPU has it
     # (what a host without native bfloat16 does; `auto` is the default everywhere else)
     encoder = load_encoder(encoder_spec, dtype="float32" if precision == "float32" else "auto")
-    cache = VectorCache(artifacts / "cache", encoder.name, encoder.dim)
+    cache = VectorCache.of(artifacts / "cache", encoder)
     doc_vectors = encode_documents(docs, encoder, cache, progress=progress)
     if not outputs["bank"].is_file():
         # The answers a worker can give: the starter corpus's sentences. The registers teach the model
