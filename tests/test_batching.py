@@ -84,9 +84,12 @@ def test_batch_jobs_yield_to_an_interactive_one_a_small_batch_at_a_time(redis_ur
         env = worker_env(redis_url, serving_artifacts, LVM_PIPELINE="null", LVM_MAX_BATCH="8",
                          LVM_MAX_BATCH_WAIT_MS="50", LVM_BATCH_YIELD_JOBS=cap)  # fmt: skip
         log = _burst(env, f"yield-{cap}")
-        batches = [e["job_ids"] for line in log.splitlines() if line.startswith("{")
-                   for e in [json.loads(line)] if e.get("event") == "batch"]  # fmt: skip
+        events = [e for line in log.splitlines() if line.startswith("{")
+                  for e in [json.loads(line)] if e.get("event") == "batch"]  # fmt: skip
+        batches = [e["job_ids"] for e in events]
         assert [len(b) for b in batches] == expected, batches
+        assert (events[0]["interactive"], events[0]["batch_class"]) == ((1, 0) if cap == "2" else (1, 7))
+        assert all(e["yielding"] for e in events) == (cap == "2")  # the log says when batch work yields
         assert batches[0][0] == urgent[0] and sorted(sum(batches, [])) == sorted(backlog + urgent)
 
 

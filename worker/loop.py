@@ -239,8 +239,10 @@ class BatchLoop:
                          batch.request_ids.get(outcome.id))  # fmt: skip
         if batch.chat_jobs:
             done = sum(o.ok for o in ordered)
-            log.info("batch", queue=batch.claim.queue, jobs=len(batch.chat_jobs), finished=done,
-                     failed=len(ordered) - done, job_ids=[j.id for j in batch.chat_jobs])  # fmt: skip
+            c = batch.claim  # yielding: batch work came in few while interactive work was served (claim.lua)
+            log.info("batch", queue=c.queue, jobs=len(batch.chat_jobs), finished=done, failed=len(ordered) - done,
+                     interactive=c.interactive_taken, batch_class=c.batch_taken, yielding=c.yielding,
+                     job_ids=[j.id for j in batch.chat_jobs])  # fmt: skip
         if batch.spans and self.tracer is not None:
             self.tracer.written(batch.spans, {o.id: state for o, state in zip(ordered, states, strict=True)})
         self.pulse.set("draining" if self.stop_signals else "ready", now=bool(self.stop_signals))
