@@ -117,7 +117,8 @@ def _phase(stack: Stack, offers: list[Offer], pool: list[str], seconds: float, *
     def sample() -> None:
         while not done.is_set():
             depths.append(int(clients[0].redis.llen(f"rq:queue:{stack.queue}")))
-            bounds.append(clients[0].bounds.get(stack.queue)[0])
+            # each producer admits against its own cached bound (refreshed apart): the largest is the bound
+            bounds.append(max(c.bounds.get(stack.queue)[0] for c in clients))
             time.sleep(0.05)
 
     threads = [threading.Thread(target=o.run, args=(c, pool, seconds)) for o, c in zip(offers, clients, strict=True)]
