@@ -93,6 +93,15 @@ def test_eval_and_bank_build_on_the_prepared_artifacts(prepared):
     # the model paired against the closed-form start its linear path begins from (issue 32)
     paired = val["model"]["cos_next_minus"]["ridge_pos"]
     assert paired["ci95"][0] <= paired["mean"] <= paired["ci95"][1]
+    # what the gate trades: at alpha 0 the model is its linear start, ridge_pos's fit on the same split
+    sweep = lvmq("eval", "--checkpoint", str(artifacts / "lstm.pt"), "--no-news", "--gate-sweep", "--json", env=env)
+    assert sweep.returncode == 0, sweep.stderr[-3000:]
+    swept = json.loads(sweep.stdout)
+    start = swept["splits"]["val"][0]
+    assert start["alpha"] == 0.0 and start["cos_next"] == pytest.approx(val["ridge_pos"]["cos_next"]["mean"], abs=2e-3)
+    for row in swept["splits"]["val"]:  # the served alpha, where the sweep's grid has it, scores what the report did
+        if row["alpha"] == swept["alpha"]:
+            assert row["cos_next"] == pytest.approx(val["model"]["cos_next"]["mean"], abs=1e-3)
     bank = lvmq("bank", "build", "--corpus", str(artifacts / "corpus" / "starter.jsonl"),
                 "--out", str(artifacts / "bank2.npz"), env=env)  # fmt: skip
     unique = len({s for d in docs for s in d.sentences})
