@@ -116,6 +116,20 @@ def test_a_capped_tenant_is_passed_over_for_another_tenants_interactive_work(red
     assert [j.id for j in life.claim(Q, 8, life.next_token()).jobs] == backlog[4:6] + urgent
 
 
+def test_the_yield_cap_holds_past_the_scripts_pass_bound(redis, redis_url):
+    """Over a thousand tenants, each with a batch job: the claim's passes run out while it passes them
+    over, and it stops as capped instead of taking the queue's head past the cap."""
+    client = ChatClient(redis_url, load_settings(max_queued=0))  # past the admission floor: no worker here
+    life = yielding_life(redis, jobs=2)
+    submit(client, "z", 1)
+    assert len(life.claim(Q, 1, life.next_token()).jobs) == 1
+    for i in range(1100):
+        submit(client, f"t{i}", 1, priority="batch")
+    claim = life.claim(Q, 32, life.next_token())
+    assert len(claim.jobs) == claim.batch_taken == 2 and claim.capped
+    assert redis.llen(keys.queue(Q)) == 1098
+
+
 def test_the_yield_cap_keeps_batchs_starvation_bound(redis, client):
     life = yielding_life(redis, jobs=1)
     life.batch_every = 2

@@ -172,6 +172,9 @@ local function next_fair()
     end
   end
   redis.call('HSET', state, 'turn', turn)
+  -- The pass bound ran out while tenants were being passed over (a ring of over a thousand): stop
+  -- as capped, or the caller would read "no tenant has work" and take the queue's head past the cap.
+  if passed > 0 then capped = true end
   return nil
 end
 
