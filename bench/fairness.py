@@ -244,7 +244,8 @@ def format_priority(res: dict[str, Any]) -> str:
     ref = res["idle"]["interactive"]["p99_ms"]
     lines = [
         f"one worker ({w.get('device')}, max_batch {w.get('max_batch')}, LVM_BATCH_YIELD_JOBS "
-        f"{res.get('batch_yield_jobs')}); one tenant's interactive jobs at "
+        f"{'-1 (8 on CPU, 0 on a GPU)' if res.get('batch_yield_jobs') == -1 else res.get('batch_yield_jobs')}); "
+        f"one tenant's interactive jobs at "
         f"{res['rate_per_s']:g}/s for {res['seconds']:g} s, idle and behind {res['backlog']} of its batch jobs",
         "",
         "| run | interactive p50 / p99 ms | p99 / idle | expired | batch served/s meanwhile | lost |",

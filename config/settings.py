@@ -204,8 +204,8 @@ class Settings(BaseSettings):
         "share however much interactive work arrives. Read by workers.",
     )
     batch_yield_jobs: int = Field(
-        8,
-        ge=0,
+        -1,
+        ge=-1,
         le=10_000,
         description="Batch yields at the batch's granularity: while the queue served an interactive job in the last "
         "LVM_BATCH_YIELD_WINDOW_S, a worker's batch takes at most this many batch-class jobs, and none beside an "
@@ -213,7 +213,9 @@ class Settings(BaseSettings):
         "so an interactive job arriving meanwhile waits for all of it: on a 2-core CPU a batch of 32 costs ~160 "
         "ms, one job ~20 ms. The price is "
         "batch throughput while interactive traffic lasts (docs/benchmarks.md, `lvmq bench priority`); a batch "
-        "backlog alone still fills whole batches. 0: batch jobs fill batches as interactive ones do. Read by workers.",
+        "backlog alone still fills whole batches. -1 (default): 8 on CPU (measured there), 0 on CUDA and MPS, where "
+        "a batch of 32 costs about what one job does and yielding would only cost throughput. 0: batch jobs fill "
+        "batches as interactive ones do. Read by workers.",
     )
     batch_yield_window_s: float = Field(
         30.0,

@@ -74,22 +74,23 @@ def test_batched_results_match_one_at_a_time(redis_url, serving_artifacts):
 @pytest.mark.integration
 def test_batch_jobs_yield_to_an_interactive_one_a_small_batch_at_a_time(redis_url, serving_artifacts):
     """A worker's batches, as its log names them: with LVM_BATCH_YIELD_JOBS 2, the interactive job
-    alone, then batch jobs 2 at a time; with 0, whole batches of 8."""
+    alone, then batch jobs 2 at a time; with 0, whole batches of 8; unset, on CPU, 8 at a time after
+    the interactive job alone (whole batches of 8 here too, LVM_MAX_BATCH being 8)."""
     from producer.protocol import Share
 
     client = ChatClient(redis_url, load_settings(max_queued=0))
-    for cap, expected in (("2", [1] + [2] * 9 + [1]), ("0", [8, 8, 4])):
+    for cap, expected in (("2", [1] + [2] * 9 + [1]), ("0", [8, 8, 4]), (None, [1, 8, 8, 3])):  # None: 8 on CPU
         backlog = client.submit_many([{"messages": [f"Part {i}."]} for i in range(19)], share=Share("t", "batch"))
         urgent = client.submit_many([{"messages": ["Now, please."]}], share=Share("t"))
         env = worker_env(redis_url, serving_artifacts, LVM_PIPELINE="null", LVM_MAX_BATCH="8",
-                         LVM_MAX_BATCH_WAIT_MS="50", LVM_BATCH_YIELD_JOBS=cap)  # fmt: skip
+                         LVM_MAX_BATCH_WAIT_MS="50", **({"LVM_BATCH_YIELD_JOBS": cap} if cap else {}))  # fmt: skip
         log = _burst(env, f"yield-{cap}")
         events = [e for line in log.splitlines() if line.startswith("{")
                   for e in [json.loads(line)] if e.get("event") == "batch"]  # fmt: skip
         batches = [e["job_ids"] for e in events]
         assert [len(b) for b in batches] == expected, batches
-        assert (events[0]["interactive"], events[0]["batch_class"]) == ((1, 0) if cap == "2" else (1, 7))
-        assert all(e["yielding"] for e in events) == (cap == "2")  # the log says when batch work yields
+        assert (events[0]["interactive"], events[0]["batch_class"]) == ((1, 7) if cap == "0" else (1, 0))
+        assert all(e["yielding"] for e in events) == (cap != "0")  # the log says when batch work yields
         assert batches[0][0] == urgent[0] and sorted(sum(batches, [])) == sorted(backlog + urgent)
 
 

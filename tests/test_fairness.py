@@ -141,6 +141,14 @@ def test_the_yield_cap_keeps_batchs_starvation_bound(redis, client):
     assert taken == batch[:1] + interactive[2:4]  # the due batch job is the next claim's first pick
 
 
+def test_batch_yielding_defaults_to_the_cpus_figure_and_stays_off_on_accelerators():
+    from worker.loop import CPU_YIELD_JOBS, yield_jobs_for
+
+    assert yield_jobs_for(-1, "cpu") == CPU_YIELD_JOBS == 8
+    assert yield_jobs_for(-1, "cuda:0") == yield_jobs_for(-1, "mps") == 0  # a batch of 32 costs about one job there
+    assert yield_jobs_for(4, "cuda:0") == 4 and yield_jobs_for(0, "cpu") == 0  # a setting is taken as given
+
+
 def test_yielding_off_fills_batches_as_before(redis, client):
     life = yielding_life(redis, jobs=0)
     submit(client, "a", 1)

@@ -149,8 +149,7 @@ class Lifecycle:
     ):
         self.connection = connection
         self.batch_every = batch_every  # LVM_FAIR_BATCH_EVERY
-        self.yield_jobs = yield_jobs  # LVM_BATCH_YIELD_JOBS
-        self.yield_window_ms = int(yield_window_s * 1000) if yield_jobs > 0 else 0  # 0: never yield
+        self.set_yield(yield_jobs, yield_window_s)
         self.worker_name = worker_name
         self.incarnation = os.urandom(6).hex()
         self.lease_ms = int(lease_s * 1000)
@@ -163,6 +162,11 @@ class Lifecycle:
         self._finish = connection.register_script(lua.source("finish"))
         self._release = connection.register_script(lua.source("release"))
         self._recover = connection.register_script(lua.source("recover"))
+
+    def set_yield(self, jobs: int, window_s: float) -> None:
+        """LVM_BATCH_YIELD_JOBS as resolved for the device (worker.loop.yield_jobs_for); 0: never yield."""
+        self.yield_jobs = max(0, jobs)
+        self.yield_window_ms = int(window_s * 1000) if self.yield_jobs > 0 else 0
 
     def next_token(self) -> str:
         return f"{self.incarnation}-{next(self._counter)}"

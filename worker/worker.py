@@ -40,7 +40,7 @@ from config.logs import configure_logging, get_logger
 from worker.heartbeat import Heartbeat
 from worker.leases import Lease, LeaseBook
 from worker.lifecycle import Claim, Lifecycle
-from worker.loop import BatchLoop, GiveUp, redis_down_pause
+from worker.loop import BatchLoop, GiveUp, redis_down_pause, yield_jobs_for
 from worker.runtime import Runtime
 
 log = get_logger("lvmq.worker")
@@ -73,7 +73,7 @@ class LVMWorker(SimpleWorker):
         self.model_name = self._model_for(names, model or settings.model)
         self.lifecycle = Lifecycle(
             self.connection, self.name, settings.lease_s, settings.max_reruns, settings.max_job_bytes,
-            settings.fair_batch_every, settings.batch_yield_jobs, settings.batch_yield_window_s,
+            settings.fair_batch_every,  # batch yielding is set once the device is known (below)
         )  # fmt: skip
         self.leases = LeaseBook()
         self.crashed = False
@@ -100,6 +100,8 @@ class LVMWorker(SimpleWorker):
             log.error("worker failed to load; not serving", worker=self.name, error=str(exc))
             raise
         prefetch = settings.prefetch == "on" or (settings.prefetch == "auto" and self.runtime.device != "cpu")
+        batch_yield = yield_jobs_for(settings.batch_yield_jobs, self.runtime.device)
+        self.lifecycle.set_yield(batch_yield, settings.batch_yield_window_s)
         self.loop = BatchLoop(
             settings, self.connection, self.lifecycle, self.runtime, names, self.pulse, self.leases, prefetch,
             self._start_metrics(),
@@ -114,6 +116,7 @@ class LVMWorker(SimpleWorker):
             encoder_dtype=self.runtime.encoder_dtype,
             bank_search=self.runtime.bank_search,
             prefetch=prefetch,
+            batch_yield_jobs=batch_yield,
             load_seconds=round(self.runtime.load_seconds, 2),
         )
         # Everything loaded so far (torch, transformers, the model, the bank's index) lives as
