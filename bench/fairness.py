@@ -211,6 +211,7 @@ def priority(settings: Any, backlog: int = 10_000, rate: float = 2.0, seconds: f
              batch_yield: int | None = None) -> dict[str, Any]:  # fmt: skip
     from bench.load import user_messages
     from producer.protocol import Share
+    from worker.loop import yield_jobs_for
 
     pool = user_messages(settings.bank_path)
     batch_yield = settings.batch_yield_jobs if batch_yield is None else batch_yield
@@ -218,8 +219,9 @@ def priority(settings: Any, backlog: int = 10_000, rate: float = 2.0, seconds: f
                   LVM_BATCH_YIELD_JOBS=str(batch_yield))  # fmt: skip
     try:
         stack.capacity(pool, 200)  # warm-up, and a measured rate in the worker's heartbeat
+        resolved = yield_jobs_for(batch_yield, stack.worker.get("device") or "cpu")  # as the worker resolved it
         out: dict[str, Any] = {"worker": stack.worker, "backlog": backlog, "rate_per_s": rate, "seconds": seconds,
-                               "batch_yield_jobs": batch_yield}  # fmt: skip
+                               "batch_yield_jobs": resolved}  # fmt: skip
         out["idle"] = _phase(stack, [Offer("interactive", rate, Share("t"))], pool, seconds, max_queued=0)
         for name, cls in (("priority_on", "interactive"), ("priority_off", "batch")):
             filler = stack.client(max_queued=0)
@@ -244,7 +246,7 @@ def format_priority(res: dict[str, Any]) -> str:
     ref = res["idle"]["interactive"]["p99_ms"]
     lines = [
         f"one worker ({w.get('device')}, max_batch {w.get('max_batch')}, LVM_BATCH_YIELD_JOBS "
-        f"{'-1 (8 on CPU, 0 on a GPU)' if res.get('batch_yield_jobs') == -1 else res.get('batch_yield_jobs')}); "
+        f"{res.get('batch_yield_jobs')}); "
         f"one tenant's interactive jobs at "
         f"{res['rate_per_s']:g}/s for {res['seconds']:g} s, idle and behind {res['backlog']} of its batch jobs",
         "",

@@ -77,7 +77,9 @@ def test_batch_keeps_a_share_under_endless_interactive_work(redis, client):
 def yielding_life(redis, jobs=2, window_s=30.0):
     from worker.lifecycle import Lifecycle
 
-    return Lifecycle(redis, "w1", 0.2, 1, 1_048_576, 10, jobs, window_s)
+    life = Lifecycle(redis, "w1", 0.2, 1, 1_048_576, 10)
+    life.set_yield(jobs, window_s)
+    return life
 
 
 def test_batch_work_comes_in_small_batches_while_interactive_work_is_served(redis, client):
@@ -147,6 +149,22 @@ def test_batch_yielding_defaults_to_the_cpus_figure_and_stays_off_on_accelerator
     assert yield_jobs_for(-1, "cpu") == CPU_YIELD_JOBS == 8
     assert yield_jobs_for(-1, "cuda:0") == yield_jobs_for(-1, "mps") == 0  # a batch of 32 costs about one job there
     assert yield_jobs_for(4, "cuda:0") == 4 and yield_jobs_for(0, "cpu") == 0  # a setting is taken as given
+
+
+def test_a_batch_filled_by_several_claims_keeps_one_cap(redis, client):
+    """The worker's refills (LVM_MAX_BATCH_WAIT_MS): the cap counts over the whole batch."""
+    life = yielding_life(redis, jobs=3)
+    redis.hset(keys.fair_state(Q), "interactive_at", int(redis.time()[0]) * 1000)  # interactive work just served
+    first = submit(client, "a", 2, priority="batch")
+    claim = life.claim(Q, 8, life.next_token())
+    assert [j.id for j in claim.jobs] == first and claim.yielding and claim.batch_room(3) == 1
+    more = submit(client, "a", 4, priority="batch")
+    claim.extend(life.claim(Q, 6, claim.token, claim.batch_room(3)))
+    assert [j.id for j in claim.jobs] == first + more[:1] and claim.batch_taken == 3 and claim.capped
+    assert claim.batch_room(3) == 0
+    urgent = submit(client, "a", 1)
+    claim = life.claim(Q, 8, life.next_token())
+    assert [j.id for j in claim.jobs] == urgent and claim.batch_room(3) == 0  # none beside an interactive job
 
 
 def test_yielding_off_fills_batches_as_before(redis, client):

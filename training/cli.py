@@ -331,12 +331,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     def windows(part):
         return make_windows(part, [index[d.id] for d in part], ctx)
 
-    # the checkpoint's own train split, alpha chosen on its val split, always
-    train_w, val_w = windows(starter_splits["train"]), windows(starter_splits["val"])
-    linear = {kind: fit(train_w, val_w, kind) for kind in ("ridge", "positional_ridge")}
     bank_texts = list(dict.fromkeys(s for d in docs for s in d.sentences))
     bank = cache.encode(bank_texts, encoder, progress=False)
     row_of = {t: r for r, t in enumerate(bank_texts)}
+
+    def bank_rows(part):
+        return np.array([row_of.get(s, -1) for d in part for s in d.sentences], dtype=np.int64)
+
     # select chose the gate: it is no held-out score, so it is never reported
     parts = {"corpus": extra} if args.corpus else {k: v for k, v in starter_splits.items() if k in ("val", "ood") and v}
     if not args.corpus and len(sources or ()) > 1:  # per source: held-out documents of each register trained on
@@ -355,24 +356,25 @@ def cmd_eval(args: argparse.Namespace) -> int:
         sweeps = {}
         for name, part in parts.items():
             w = windows(part)
-            rows = np.array([row_of.get(s, -1) for d in part for s in d.sentences], dtype=np.int64)
-            sweeps[name] = gate_sweep(*gate_parts(model, w), w, bank, rows)
+            sweeps[name] = gate_sweep(*gate_parts(model, w), w, bank, bank_rows(part))
         served_alpha = model.config.correction_scale
         if args.json:
             print(json.dumps({"checkpoint": str(args.checkpoint), "alpha": served_alpha, "splits": sweeps}, indent=2))
         else:
             print(format_sweep(sweeps, served_alpha))
         return 0
+    # the checkpoint's own train split, alpha chosen on its val split, always
+    train_w, val_w = windows(starter_splits["train"]), windows(starter_splits["val"])
+    linear = {kind: fit(train_w, val_w, kind) for kind in ("ridge", "positional_ridge")}
     reports = {}
     for name, part in parts.items():
         w = windows(part)
-        rows = np.array([row_of.get(s, -1) for d in part for s in d.sentences], dtype=np.int64)
         predictions = {"model": predict(model, w), **{b: baseline(b, w) for b in BASELINES}}
         predictions["ridge"] = linear["ridge"].predict(w)
         predictions["ridge_pos"] = linear["positional_ridge"].predict(w)  # the linear path's start
         if served:  # what a worker decodes with the checkpoint's default forward step
             predictions[f"model@g={served}"] = forward_predictions(predictions["model"], w, served)
-        reports[name] = report(predictions, w, bank, rows)
+        reports[name] = report(predictions, w, bank, bank_rows(part))
     if args.json:
         fits = {k: {"alpha": f.alpha, "val_cos_by_alpha": f.val_cos} for k, f in linear.items()}
         out = {"checkpoint": str(args.checkpoint), "version": model.version, "linear_fits": fits, "splits": reports}

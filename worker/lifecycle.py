@@ -121,6 +121,19 @@ class Claim:
     yielding: bool = False  # the queue served interactive jobs lately: batch-class jobs come in few (claim.lua)
     capped: bool = False  # the claim stopped at that cap with work left: filling the batch further takes none
 
+    def batch_room(self, cap: int) -> int:
+        """Batch-class jobs a further claim into this batch may take: the cap counts over the whole
+        batch, and none once it holds an interactive job while yielding (claim.lua)."""
+        return 0 if self.yielding and self.interactive_taken else cap - self.batch_taken
+
+    def extend(self, more: Claim) -> None:
+        """Add a further claim under the same token: its jobs, drops and counts."""
+        self.jobs += more.jobs
+        self.dropped += more.dropped
+        self.batch_taken += more.batch_taken
+        self.interactive_taken += more.interactive_taken
+        self.yielding, self.capped = self.yielding or more.yielding, more.capped
+
 
 @dataclass
 class Outcome:
@@ -144,12 +157,10 @@ class Lifecycle:
         max_reruns: int,
         value_cap: int,
         batch_every: int = 10,
-        yield_jobs: int = 0,
-        yield_window_s: float = 0.0,
     ):
         self.connection = connection
         self.batch_every = batch_every  # LVM_FAIR_BATCH_EVERY
-        self.set_yield(yield_jobs, yield_window_s)
+        self.set_yield(0, 0.0)  # the worker sets it once its device is known
         self.worker_name = worker_name
         self.incarnation = os.urandom(6).hex()
         self.lease_ms = int(lease_s * 1000)

@@ -140,18 +140,10 @@ class BatchLoop:
         while (claim.jobs and len(claim.jobs) < limit and not claim.capped and time.monotonic() < wait_until
                and not self.stop_signals):  # fmt: skip
             time.sleep(0.001)
-            # The yield cap counts over the whole batch, not per call: each call gets what is left,
-            # and none once the batch holds an interactive job (claim.lua: it computes without them).
-            want, left = limit - len(claim.jobs), self.lifecycle.yield_jobs - claim.batch_taken
-            left = 0 if claim.yielding and claim.interactive_taken else left
-            more = self.retry_redis(
-                "claim", lambda want=want, left=left: self.lifecycle.claim(queue, want, token, left)
+            want, left = limit - len(claim.jobs), claim.batch_room(self.lifecycle.yield_jobs)
+            claim.extend(
+                self.retry_redis("claim", lambda want=want, left=left: self.lifecycle.claim(queue, want, token, left))
             )
-            claim.jobs += more.jobs
-            claim.dropped += more.dropped
-            claim.batch_taken += more.batch_taken
-            claim.interactive_taken += more.interactive_taken
-            claim.yielding, claim.capped = claim.yielding or more.yielding, more.capped
         for entry, why in claim.dropped:
             log.warning("dropped a queue entry that names no runnable job", queue=queue, entry=entry, reason=why)
         if claim.jobs:

@@ -73,7 +73,7 @@ class LVMWorker(SimpleWorker):
         self.model_name = self._model_for(names, model or settings.model)
         self.lifecycle = Lifecycle(
             self.connection, self.name, settings.lease_s, settings.max_reruns, settings.max_job_bytes,
-            settings.fair_batch_every,  # batch yielding is set once the device is known (below)
+            settings.fair_batch_every,
         )  # fmt: skip
         self.leases = LeaseBook()
         self.crashed = False
