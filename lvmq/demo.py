@@ -43,7 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--prepare",
         action="store_true",
         help="when the configured model or bank is missing, build the demo's quick artifacts first "
-        "(`lvmq model prepare --quick`: lead sections only, 3 epochs, into <artifacts>/demo) and serve them; "
+        "(`lvmq model prepare --quick`: half the lead sections, 3 epochs, into <artifacts>/demo) and serve them; "
         "the default artifacts (`make model`) are served whenever they exist (make demo does this)",
     )
     p.set_defaults(func=cmd_demo)

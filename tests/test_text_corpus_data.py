@@ -83,6 +83,24 @@ def test_split_by_document_with_ood_topics():
     assert split_documents(docs, SplitSpec(val_fraction=0.25, ood_topics=("space",)))["val"] == splits["val"]
 
 
+def test_a_share_of_the_documents_is_stable_and_leaves_the_val_fraction_alone():
+    """The demo's quick recipe trains on half the documents: the same half every run (so
+    `lvmq eval` rebuilds its splits), drawn apart from the val split (val stays about a tenth)."""
+    from training.corpus import Document
+
+    docs = [Document(id=f"doc-{i}", source="s", sentences=["a.", "b."]) for i in range(4000)]
+    half = SplitSpec(share=0.5, ood_topics=(), select_topics=())
+    kept = [d for d in docs if half.keeps(d)]
+    assert 1850 <= len(kept) <= 2150
+    assert kept == [d for d in docs if SplitSpec(share=0.5).keeps(d)]
+    assert all(SplitSpec().keeps(d) for d in docs)
+    splits = split_documents(docs, half)
+    assert sorted(d.id for d in splits["train"] + splits["val"]) == sorted(d.id for d in kept)
+    assert 0.08 <= len(splits["val"]) / len(kept) <= 0.12
+    everything = split_documents(docs, SplitSpec(ood_topics=(), select_topics=()))
+    assert {d.id for d in splits["val"]} == {d.id for d in everything["val"] if half.keeps(d)}
+
+
 def test_vector_cache_never_re_encodes(tmp_path):
     docs = generated_corpus(docs_per_topic=2)
     enc = HashingEncoder(16)

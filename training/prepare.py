@@ -103,6 +103,7 @@ def train_and_save(
                 "select_topics": list(split.select_topics),
                 "sources": sorted({d.source for d in docs}),  # what `lvmq eval` rebuilds the splits from
                 "seed": split.seed,
+                "share": split.share,
             },
             "eval": reports,
         }
@@ -120,12 +121,13 @@ def train_and_save(
 MODEL_DEFAULTS: dict[str, dict] = {"lstm": {}, "gru": {"warmup_epochs": 1.0}}
 
 
-# The quick recipe `make demo` builds when the default artifacts are not there: the lead sections
-# only (two thirds of the starter corpus's tokens: gensim's full articles hold its longest
-# sentences) and 3 epochs. On a 2-core host without native bfloat16 the default recipe took
-# 7 min 20 s from a clean clone to the chat page; the demo is there to show the service, and
-# `make model` builds the default, which `lvmq eval` and docs/engine.md describe.
-QUICK = {"left_out": ("gensim-enwiki-sample",), "registers": False, "epochs": 3}
+# The quick recipe `make demo` builds when the default artifacts are not there: half of the lead
+# sections (they are two thirds of the starter corpus's tokens: gensim's full articles hold its
+# longest sentences) and 3 epochs. On a 2-core host without native bfloat16 the default recipe took
+# 7 min 20 s from a clean clone to the chat page, and all the lead sections 6 min 44 s on a slower
+# one (encoding 231 s of it); the demo is there to show the service, and `make model` builds the
+# default, which `lvmq eval` and docs/engine.md describe.
+QUICK = {"left_out": ("gensim-enwiki-sample",), "registers": False, "epochs": 3, "share": 0.5}
 
 
 def quick_artifacts(artifacts: Path) -> Path:
@@ -152,10 +154,14 @@ def prepare_default(
         print(f"default artifacts already in {out_dir}: {', '.join(str(p) for p in outputs.values())}")
         return outputs
     docs = training_documents(artifacts, registers=QUICK["registers"] if quick else True)
+    split = SplitSpec(share=QUICK["share"]) if quick else SplitSpec()
     if quick:
         left_out, epochs = QUICK["left_out"], QUICK["epochs"]
-        docs = [d for d in docs if d.source not in left_out]
-        print(f"the demo's quick recipe: {len(docs)} documents (without {', '.join(left_out)}), {epochs} epochs")
+        docs = [d for d in docs if d.source not in left_out and split.keeps(d)]
+        print(
+            f"the demo's quick recipe: {len(docs)} documents ({split.share:.0%} of them, without "
+            f"{', '.join(left_out)}), {epochs} epochs"
+        )
     # precision "float32" keeps the encoder and training out of bfloat16 autocast where the CPU has it
     # (what a host without native bfloat16 does; `auto` is the default everywhere else)
     encoder = load_encoder(encoder_spec, dtype="float32" if precision == "float32" else "auto")
@@ -177,6 +183,7 @@ def prepare_default(
                 doc_vectors,
                 encoder,
                 outputs[model_type],
+                split=split,
                 progress=progress,
             )
     return outputs
