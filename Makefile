@@ -14,10 +14,10 @@ DEV_STAMP := $(VENV)/.dev-stamp
 # first `make demo` does not install them (8.8 s of its 48 s set-up, measured here).
 setup: $(STAMP)
 
-# pip compiles each installed file to bytecode one at a time: most of the 91 s these two installs
-# took on a 2-core host without it skipped (35 s). The venv is compiled afterwards by compileall on
-# every core (28 s there), so no process start pays for it. Like pip's own step, it passes over the
-# few files that do not compile on this Python (torch ships one written for 3.12).
+# pip compiles each installed file to bytecode one at a time; without that the two installs took
+# 44 s instead of 91 s on a 2-core host, and compileall then compiled the venv on both cores in 35 s,
+# so no process start pays for it (docs/benchmarks.md, first run). Like pip's own step, it passes
+# over the few files that do not compile on this Python (torch ships one written for 3.12).
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-compile "torch==2.13.0"
