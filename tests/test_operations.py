@@ -129,7 +129,15 @@ def test_worker_survives_a_redis_restart(serving_artifacts, tmp_path):
         server.halt()  # mid-batch; the appendonly file keeps the queue
         with pytest.raises(RedisUnavailable, match=f"cannot reach Redis at {server.url}"):
             client.submit({"messages": ["Anyone?"]})
-        time.sleep(5)  # longer than the batch: its results wait in memory for Redis
+        # Redis stays away until the batch has ended and the worker found it gone: its results then
+        # wait in memory. A fixed 5 s outage was shorter than the batch on a slow 2-core host, and
+        # the worker never met it.
+        deadline = time.monotonic() + 90
+        while "redis unreachable" not in log.read_text() and time.monotonic() < deadline:
+            assert proc.poll() is None, log.read_text()[-3000:]
+            time.sleep(0.1)
+        assert "redis unreachable" in log.read_text(), log.read_text()[-3000:]
+        time.sleep(1)  # a retry or two while it is still away
         assert proc.poll() is None, log.read_text()[-3000:]
         server.start()
 
