@@ -13,7 +13,7 @@ from training import gate
 from training.corpus import pydocs_documents
 from training.data import SplitSpec, VectorCache, encode_documents, make_windows, split_documents
 from training.evaluate import predict, score
-from training.train import TrainConfig, loss_fn, margin_loss, train
+from training.train import TrainConfig, bank_loss, loss_fn, margin_loss, train
 
 
 def _windows(tmp_path, select_topics=("food",)):
@@ -143,6 +143,30 @@ def test_the_margin_hinge_pulls_only_below_its_target():
     plain_next = float(loss_fn(toward_next, nxt, 0.5))
     assert float(margin_loss(toward_next, nxt, prev, 0.5, 1.0, 0.0)) == pytest.approx(plain_next)
     assert float(margin_loss(toward_prev, nxt, prev, 0.5, 1.0, 0.0)) > float(loss_fn(toward_prev, nxt, 0.5))
+
+
+def test_the_bank_objective_ranks_the_true_next_among_the_sentences_but_not_the_context():
+    bank = torch.eye(4)  # four training sentences; the window's context is row 2, its next row 0
+    context, target_row = torch.tensor([[2]]), torch.tensor([0])
+    nxt = bank[0:1]
+
+    def ce(pred: torch.Tensor) -> float:
+        return float(bank_loss(pred, nxt, target_row, context, bank, 0.5, 1.0, 0.1) - loss_fn(pred, nxt, 0.5))
+
+    assert ce(torch.tensor([[1.0, 0.2, 0.0, 0.0]])) < ce(torch.tensor([[0.2, 1.0, 0.0, 0.0]]))  # next outranks row 1
+    # the context row takes no probability, as R@10 leaves it out: the cross-entropy is over the other rows
+    pred = torch.tensor([[1.0, 0.2, 3.0, 0.0]])
+    others = torch.nn.functional.normalize(pred, dim=-1) @ bank[[0, 1, 3]].T / 0.1
+    assert ce(pred) == pytest.approx(float(torch.nn.functional.cross_entropy(others, torch.tensor([0]))), abs=1e-5)
+
+
+def test_the_bank_objective_trains(tmp_path):
+    w = _windows(tmp_path)
+    cfg = TrainConfig(model_type="lstm", d_model=16, num_layers=1, epochs=2, batch_size=32, lr=5e-3,
+                      objective="cosine_bank", patience=10)  # fmt: skip
+    _, history, metrics = train(cfg, w["train"], w["val"], w["select"], progress=False)
+    assert metrics["train_config"]["objective"] == "cosine_bank"
+    assert all(np.isfinite(h["train_loss"]) for h in history if h["epoch"] > 0)
 
 
 def test_the_margin_objective_trains(tmp_path):

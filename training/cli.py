@@ -108,12 +108,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     train.add_argument(
         "--objective",
-        choices=["cosine_mse", "infonce", "cosine_margin"],
+        choices=["cosine_mse", "infonce", "cosine_margin", "cosine_bank"],
         default="cosine_mse",
         help="cosine_mse: (1-cos) + mse-weight*MSE on unit vectors; infonce: cross-entropy of the true next "
         "vector against the batch's other next vectors and the window's own context; cosine_margin: cosine_mse plus "
-        "a hinge on the margin cos(next)-cos(previous) below --margin-target (recorded in the checkpoint)",
+        "a hinge on the margin cos(next)-cos(previous) below --margin-target; cosine_bank: cosine_mse plus "
+        "--bank-weight times the cross-entropy of the true next sentence among all training sentences, context "
+        "left out (what R@10 ranks) (recorded in the checkpoint)",
     )
+    train.add_argument("--bank-weight", type=float, default=0.1, help="cosine_bank: weight of the cross-entropy")
     train.add_argument("--margin-weight", type=float, default=1.0, help="cosine_margin: weight of the hinge")
     train.add_argument(
         "--select-by",
@@ -123,7 +126,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "at the context mean's cos with alpha 1 (to compare objectives at equal closeness)",
     )
     train.add_argument("--margin-target", type=float, default=0.0, help="cosine_margin: the margin the hinge asks for")
-    train.add_argument("--temperature", type=float, default=0.05, help="infonce temperature")
+    train.add_argument("--temperature", type=float, default=0.05, help="infonce and cosine_bank temperature")
     train.add_argument(
         "--warmup-epochs", type=float, help="linear learning-rate warm-up (default: 1 for gru, 0 for lstm)"
     )
@@ -262,6 +265,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         linear_lr=args.linear_lr,
         objective=args.objective,
         temperature=args.temperature,
+        bank_weight=args.bank_weight,
         margin_weight=args.margin_weight,
         margin_target=args.margin_target,
         select_by=args.select_by,

@@ -39,7 +39,8 @@ class TrainConfig:
     linear_path: bool = True  # start from the closed-form linear fit; the blocks learn a correction (ModelConfig)
     linear_lr: float = 0.0  # learning-rate factor of the linear path: 0 keeps ridge's weights fixed
     objective: str = "cosine_mse"  # OBJECTIVES
-    temperature: float = 0.05  # infonce only
+    temperature: float = 0.05  # infonce and cosine_bank
+    bank_weight: float = 0.1  # cosine_bank only: weight of the cross-entropy over the training sentences
     margin_weight: float = 1.0  # cosine_margin only: weight of the hinge on the next-previous margin
     margin_target: float = 0.0  # cosine_margin only: the margin below which the hinge pulls
     # What chooses the kept epoch: "cos", cos(next) on the select split with the gate (val, alpha 1,
@@ -60,7 +61,7 @@ class TrainConfig:
     seed: int = 0
 
 
-OBJECTIVES = ("cosine_mse", "infonce", "cosine_margin")
+OBJECTIVES = ("cosine_mse", "infonce", "cosine_margin", "cosine_bank")
 
 
 def loss_fn(pred: torch.Tensor, target: torch.Tensor, mse_weight: float) -> torch.Tensor:
@@ -93,6 +94,19 @@ def infonce_loss(pred: torch.Tensor, target: torch.Tensor, context: torch.Tensor
     own_context = torch.einsum("bd,bld->bl", pred, context)  # [B, L]
     logits = torch.cat([in_batch, own_context], dim=1) / temperature
     return F.cross_entropy(logits, torch.arange(len(pred), device=pred.device))
+
+
+def bank_loss(
+    pred: torch.Tensor, target: torch.Tensor, rows: torch.Tensor, context: torch.Tensor, bank: torch.Tensor,
+    mse_weight: float, weight: float, temperature: float,
+) -> torch.Tensor:  # fmt: skip
+    """loss_fn plus the cross-entropy of the true next sentence against every training sentence,
+    the window's own context left out: what R@10 ranks (the true next among all corpus sentences,
+    context excluded). A correction trained on cosine alone moves predictions towards where many
+    next sentences lie, which raises cos(next) and lowers the true one's rank among its neighbours."""
+    logits = F.normalize(pred, dim=-1) @ bank.T / temperature  # [B, S]
+    logits = logits.scatter(1, context, float("-inf"))
+    return loss_fn(pred, target, mse_weight) + weight * F.cross_entropy(logits, rows)
 
 
 def linear_init(model: torch.nn.Module, train_set: Windows, val_set: Windows) -> dict:
@@ -186,6 +200,7 @@ def train(
         ),
     )
 
+    bank = torch.from_numpy(train_set.vectors) if cfg.objective == "cosine_bank" else None
     history: list[dict] = []
     best: tuple[float, dict, dict] | None = None
     stale, start = 0, None
@@ -243,6 +258,11 @@ def train(
                 pred = model(ctx).float()
             if cfg.objective == "infonce":
                 loss = infonce_loss(pred, tgt, ctx, cfg.temperature)
+            elif cfg.objective == "cosine_bank":
+                target_rows = torch.from_numpy(train_set.target[rows])
+                context_rows = torch.from_numpy(train_set.context[rows])
+                loss = bank_loss(pred, tgt, target_rows, context_rows, bank, cfg.mse_weight, cfg.bank_weight,
+                                 cfg.temperature)  # fmt: skip
             elif cfg.objective == "cosine_margin":
                 prev = torch.from_numpy(train_set.vectors[train_set.previous[rows]])
                 loss = margin_loss(pred, tgt, prev, cfg.mse_weight, cfg.margin_weight, cfg.margin_target)
