@@ -54,7 +54,7 @@ model: setup
 
 # The demo serves the LSTM. It serves the default artifacts (`make model`) when they exist; on a
 # first run it builds the quick ones instead (half the lead sections, 3 epochs, into artifacts/demo:
-# about a third of the time on 2 cores). It ends by serving the chat page (lvmq gateway) and printing
+# about a quarter of the time on 2 cores). It ends by serving the chat page (lvmq gateway) and printing
 # its URL; Ctrl-C stops it all.
 demo: setup redis-server
 	$(BIN)/lvmq demo --serve --prepare
