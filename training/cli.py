@@ -184,8 +184,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     prep.add_argument(
         "--quick",
         action="store_true",
-        help="the demo's recipe, into <artifacts>/demo: half the lead sections and 3 epochs (about a quarter of the time "
-        "on 2 cores); what `make demo` builds when the default artifacts are missing",
+        help="the demo's recipe, into <artifacts>/demo: half the lead sections and 3 epochs (about a quarter of "
+        "the time on 2 cores); what `make demo` builds when the default artifacts are missing",
     )
     prep.add_argument(
         "--precision",
