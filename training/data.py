@@ -162,10 +162,12 @@ class SplitSpec:
     share: float = 1.0
 
     def keeps(self, doc: Document) -> bool:
-        if self.share >= 1:
-            return True
-        digest = hashlib.sha1(f"share:{doc.id}".encode()).digest()
-        return int.from_bytes(digest[:8], "big") / 2**64 < self.share
+        return self.share >= 1 or _unit_hash(f"share:{doc.id}") < self.share
+
+
+def _unit_hash(key: str) -> float:
+    """A stable point in [0, 1) for ``key``: the same documents fall in the same part every run."""
+    return int.from_bytes(hashlib.sha1(key.encode()).digest()[:8], "big") / 2**64
 
 
 def split_documents(docs: Sequence[Document], spec: SplitSpec = SplitSpec()) -> dict[str, list[Document]]:
@@ -181,9 +183,7 @@ def split_documents(docs: Sequence[Document], spec: SplitSpec = SplitSpec()) -> 
         if doc.topic in spec.select_topics:
             splits["select"].append(doc)
             continue
-        digest = hashlib.sha1(f"{spec.seed}:{doc.id}".encode()).digest()
-        fraction = int.from_bytes(digest[:8], "big") / 2**64
-        splits["val" if fraction < spec.val_fraction else "train"].append(doc)
+        splits["val" if _unit_hash(f"{spec.seed}:{doc.id}") < spec.val_fraction else "train"].append(doc)
     return splits
 
 

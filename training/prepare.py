@@ -159,7 +159,7 @@ def prepare_default(
         left_out, epochs = QUICK["left_out"], QUICK["epochs"]
         docs = [d for d in docs if d.source not in left_out and split.keeps(d)]
         print(
-            f"the demo's quick recipe: {len(docs)} documents ({split.share:.0%} of them, without "
+            f"the demo's quick recipe: {len(docs)} documents (a {split.share:.0%} share by document, without "
             f"{', '.join(left_out)}), {epochs} epochs"
         )
     # precision "float32" keeps the encoder and training out of bfloat16 autocast where the CPU has it
