@@ -214,8 +214,9 @@ class Settings(BaseSettings):
         "ms, one job ~20 ms. The price is "
         "batch throughput while interactive traffic lasts (docs/benchmarks.md, `lvmq bench priority`); a batch "
         "backlog alone still fills whole batches. -1 (default): 8 on CPU (measured there), 0 on CUDA and MPS, where "
-        "a batch of 32 costs about what one job does and yielding would only cost throughput. 0: batch jobs fill "
-        "batches as interactive ones do. Read by workers.",
+        "a whole batch of 32 cost about 3 single requests (18 ms against 5.7 ms on an H200, against 8 on CPU) and the "
+        "cap's price against its gain is not measured yet (`make bench-device`). 0: batch jobs fill batches as "
+        "interactive ones do. Read by workers.",
     )
     batch_yield_window_s: float = Field(
         30.0,
