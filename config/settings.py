@@ -226,6 +226,22 @@ class Settings(BaseSettings):
         "batches (LVM_BATCH_YIELD_JOBS). Longer than the gaps between a frontend's chats, so the first chat after "
         "a pause does not find a full batch of batch jobs ahead of it. Read by workers.",
     )
+    lane: Literal["all", "light"] = Field(
+        "all",
+        description="all: the worker serves every tenant by fair share. light: it serves only light tenants' "
+        "interactive jobs (at most LVM_LIGHT_MAX_QUEUED of them queued), never a flooding tenant's, so a light "
+        "tenant's job does not wait for a flooding tenant's batch; while one is live, 'all' workers leave those "
+        "jobs to it. Capacity kept for light tenants is capacity a flooding tenant cannot have: run one beside "
+        "the others (docs/gateway.md, light lanes; `lvmq bench fairness --light-lane`). Read by workers.",
+    )
+    light_max_queued: int = Field(
+        4,
+        ge=0,
+        le=10_000,
+        description="A tenant is light while it has at most this many interactive jobs queued: it keeps up, and a "
+        "light lane serves it. One past it (a burst) is served by fair share as before. 0: no tenant is light. "
+        "Read by workers.",
+    )
     drain_seconds: float = Field(
         30.0, gt=0, le=3600, description="After SIGTERM, how long a worker may finish its batch before it exits anyway."
     )

@@ -58,7 +58,7 @@ def wait_ready(redis: Redis, name: str, proc: subprocess.Popen, timeout: float =
     raise TimeoutError(f"worker {name} not ready after {timeout} s")
 
 
-SERVING_FIELDS = ("device", "encoder_dtype", "bank_search", "prefetch", "max_batch")
+SERVING_FIELDS = ("device", "encoder_dtype", "bank_search", "prefetch", "max_batch", "lane")
 
 
 def serving(heartbeat: dict) -> dict:

@@ -168,8 +168,12 @@ def admission(
     workers measured they serve. Derived (``max_queued`` -1): the backlog those workers clear
     within 80% of the job timeout, at least two batches; ``floor`` (LVM_ADMISSION_FLOOR) while
     none has measured a rate, so that an outage never leaves the queue unbounded."""
+    # A light lane's rate is left out: it serves only light tenants, so a flooding tenant's backlog
+    # (what the bound is for) is cleared by the other workers alone.
     rate = sum(
-        float(w.get("serve_rate_per_s") or 0) for w in workers if queue in w.get("queues", []) and problem(w) is None
+        float(w.get("serve_rate_per_s") or 0)
+        for w in workers
+        if queue in w.get("queues", []) and problem(w) is None and w.get("lane") != "light"
     )
     if max_queued >= 0:
         return max_queued, rate

@@ -40,6 +40,10 @@ def test_the_derived_bound_is_what_serving_workers_clear_within_the_timeout():
     assert admission([_worker("a", rate=None)], "lvm-lstm", 60, -1, 32, floor=256)[0] == 256
     assert admission([], "lvm-lstm", 60, -1, 32, floor=256) == (256, 0.0)
     assert admission([_worker("a", rate=0.1)], "lvm-lstm", 60, -1, 32)[0] == 64  # at least two batches
+    # a light lane serves only light tenants: a flood's backlog is cleared by the others alone
+    lane = {**_worker("l", rate=40.0), "lane": "light"}
+    assert admission([*workers, lane], "lvm-lstm", 60, -1, 32) == (3840, 80.0)
+    assert admission([lane], "lvm-lstm", 60, -1, 32, floor=256) == (256, 0.0)
 
 
 def test_chat_client_refuses_past_the_bound_and_answers_repeats(redis_url):

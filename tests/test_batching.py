@@ -95,6 +95,40 @@ def test_batch_jobs_yield_to_an_interactive_one_a_small_batch_at_a_time(redis_ur
 
 
 @pytest.mark.integration
+def test_a_light_lane_serves_the_light_tenant_and_the_other_worker_the_flood(redis_url, serving_artifacts, tmp_path):
+    """Two real workers on one queue: LVM_LANE=light takes the light tenant's jobs and at most the
+    flooding tenant's last LVM_LIGHT_MAX_QUEUED; the ordinary worker the rest; each job ends once."""
+    from producer.health import read_workers
+    from producer.protocol import Share
+
+    client = ChatClient(redis_url, load_settings(max_queued=0))
+    flood = client.submit_many([{"messages": [f"Flood {i}."]} for i in range(120)], share=Share("a"))
+    light = client.submit_many([{"messages": [f"Light {i}."]} for i in range(3)], share=Share("b"))
+    env = worker_env(redis_url, serving_artifacts, LVM_PIPELINE="null", LVM_MAX_BATCH="8", LVM_LIGHT_MAX_QUEUED="4")
+    lane, lane_name = start_worker("lvm-lstm", {**env, "LVM_LANE": "light"}, log_path=tmp_path / "lane.log")
+    procs = [lane]
+    try:
+        beat = wait_ready(Redis.from_url(redis_url), lane_name, lane)
+        assert beat["lane"] == "light"
+        main, main_name = start_worker("lvm-lstm", env, log_path=tmp_path / "main.log")
+        procs.append(main)
+        wait_ready(Redis.from_url(redis_url), main_name, main)
+        for job_id in flood + light:
+            client.wait(job_id, timeout=60)
+        owners = {j: client.redis.hget(f"rq:job:{j}", "worker_name").decode() for j in flood + light}
+        assert all(owners[j] == lane_name for j in light)
+        assert sum(owners[j] == lane_name for j in flood) <= 4
+        assert sum(owners[j] == main_name for j in flood) >= 116
+        time.sleep(1.5)  # a beat or two: the heartbeats carry the final counts
+        workers = {w["worker"]: w for w in read_workers(client.redis)}
+        assert workers[main_name]["lane"] == "all"
+        assert workers[main_name]["jobs_done"] + workers[lane_name]["jobs_done"] == 123  # each job once
+    finally:
+        for proc in procs:
+            stop(proc)
+
+
+@pytest.mark.integration
 def test_a_poisoned_job_fails_alone(redis_url, serving_artifacts, tmp_path, minilm):
     from lvm.bank import SentenceBank
 

@@ -232,3 +232,72 @@ def test_admit_checks_what_any_redis_client_can_send(redis, client):
         with pytest.raises(ResponseError, match="LVMQ_BADARG"):
             client._submit(keys=script_keys, args=hostile)
     assert redis.llen(keys.queue(Q)) == 0
+
+
+def lanes(redis, light_max=2):
+    """An 'all' worker and a light-lane worker's scripts on the same queue."""
+    main, light = lifecycle(redis, "main"), lifecycle(redis, "light")
+    main.set_lane("all", light_max)
+    light.set_lane("light", light_max)
+    return main, light
+
+
+def test_a_light_lane_takes_only_light_tenants_interactive_jobs(redis, client):
+    main, light = lanes(redis)
+    flood = submit(client, "a", 20)
+    few = submit(client, "b", 2)
+    later = submit(client, "b", 1, priority="batch")
+    claim = light.claim(Q, 8, light.next_token())
+    assert [j.id for j in claim.jobs] == few and claim.interactive_taken == 2  # not a's 20, not b's batch job
+    assert redis.llen(keys.queue(Q)) == 21  # taken off the list KEDA reads in the same step
+    claim = light.claim(Q, 8, light.next_token())
+    assert claim.jobs == [] and claim.held  # only a flooding tenant's work left: poll, do not block
+    assert [j.id for j in main.claim(Q, 8, main.next_token()).jobs] == flood[:4] + later + flood[4:7]
+    redis.delete(keys.queue(Q))
+    assert light.claim(Q, 8, light.next_token()).held is False  # an empty queue: block as before
+
+
+def test_a_tenant_past_the_light_limit_is_served_by_fair_share(redis, client):
+    main, light = lanes(redis, light_max=2)
+    burst = submit(client, "b", 3)
+    assert light.claim(Q, 8, light.next_token()).jobs == []
+    # fair share takes it down to the limit; what is left is light again, the light lane's
+    assert [j.id for j in main.claim(Q, 8, main.next_token()).jobs] == burst[:1]
+    assert [j.id for j in light.claim(Q, 8, light.next_token()).jobs] == burst[1:]
+
+
+def test_workers_leave_light_jobs_to_a_live_light_lane_and_take_them_when_it_is_gone(redis, client):
+    main, light = lanes(redis)
+    assert light.claim(Q, 8, light.next_token()).jobs == []  # a light lane claims: it is live
+    flood = submit(client, "a", 7)
+    few = submit(client, "b", 2)
+    claim = main.claim(Q, 8, main.next_token())
+    # b's are the light lane's; a's turns, down to the limit, then a is light too
+    assert [j.id for j in claim.jobs] == flood[:5] and not claim.held
+    claim = main.claim(Q, 8, main.next_token())
+    assert claim.jobs == [] and claim.held and redis.llen(keys.queue(Q)) == 4
+    backlog = submit(client, "b", 2, priority="batch")
+    assert [j.id for j in main.claim(Q, 8, main.next_token()).jobs] == backlog  # its batch work is not
+    redis.hset(keys.fair_state(Q), "light_at", int(redis.time()[0]) * 1000 - 6000)  # no claim for 6 s: gone
+    assert sorted(j.id for j in main.claim(Q, 8, main.next_token()).jobs) == sorted(flood[5:] + few)
+    for hostile in ("garbage", str(10**15)):  # a value any client can write reads as "no light lane"
+        redis.hset(keys.fair_state(Q), "light_at", hostile)
+        more = submit(client, "b", 1)
+        assert [j.id for j in main.claim(Q, 8, main.next_token()).jobs] == more
+
+
+def test_without_light_lanes_nothing_is_held(redis, client):
+    main, _ = lanes(redis)
+    submit(client, "a", 3)
+    few = submit(client, "b", 1)
+    taken = [j.id for j in main.claim(Q, 8, main.next_token()).jobs]
+    assert len(taken) == 4 and few[0] in taken
+
+
+def test_a_light_lane_reaches_tenants_past_its_scan(redis, redis_url):
+    """More tenants than one light claim looks at: the cursor moves on, so each is reached."""
+    client = ChatClient(redis_url, load_settings(max_queued=0))
+    _, light = lanes(redis, light_max=1)
+    ids = [submit(client, f"t{i}", 1)[0] for i in range(300)]
+    taken = [j.id for _ in range(3) for j in light.claim(Q, 512, light.next_token()).jobs]
+    assert sorted(taken) == sorted(ids)

@@ -233,6 +233,9 @@ class Heartbeat(BaseModel):
     load_seconds: float | None = Field(None, description="Seconds the worker took to load model, encoder and bank.")
     max_batch: int | None = None
     prefetch: bool | None = None
+    lane: Literal["all", "light"] | None = Field(
+        None, description="LVM_LANE: 'light' serves only light tenants' interactive jobs; its rate is not in the bound."
+    )
     last_batch_size: int | None = None
     mean_batch_size: float | None = None
     serve_rate_per_s: float | None = Field(

@@ -20,9 +20,10 @@ worker incarnation.
 
 A claimed job is never in neither the queue nor a registry: the claim script takes the id and
 writes the lease in one step. Which ids: deficit round robin over the tenants with queued jobs
-(fair share, docs/gateway.md); each queued id is in the queue list (the depth RQ and KEDA read)
-and, when admit.lua queued it, in its tenant's list, and every script that moves a queued job
-moves both. The lease lives in ``lvm:leases:<queue>`` (member ``<id>:<token>``,
+(fair share, docs/gateway.md; a worker with LVM_LANE=light takes only light tenants' interactive
+jobs, and the others leave those to it while it is live); each queued id is in the queue list
+(the depth RQ and KEDA read) and, when admit.lua queued it, in its tenant's list, and every
+script that moves a queued job moves both. The lease lives in ``lvm:leases:<queue>`` (member ``<id>:<token>``,
 score = lease deadline in Redis server milliseconds); the same member sits in RQ's started
 registry (``rq:wip:<queue>``) so `rq info` counts it, with a score a day later than the lease so
 that RQ's own abandoned-job cleanup never races ours.
@@ -120,6 +121,7 @@ class Claim:
     interactive_taken: int = 0  # and interactive ones: while yielding, no batch job joins them
     yielding: bool = False  # the queue served interactive jobs lately: batch-class jobs come in few (claim.lua)
     capped: bool = False  # the claim stopped at that cap with work left: filling the batch further takes none
+    held: bool = False  # queued work waits for a light lane (or, on one, nothing light): poll, do not block
 
     def batch_room(self, cap: int) -> int:
         """Batch-class jobs a further claim into this batch may take: the cap counts over the whole
@@ -132,7 +134,7 @@ class Claim:
         self.dropped += more.dropped
         self.batch_taken += more.batch_taken
         self.interactive_taken += more.interactive_taken
-        self.yielding, self.capped = self.yielding or more.yielding, more.capped
+        self.yielding, self.capped, self.held = self.yielding or more.yielding, more.capped, more.held
 
 
 @dataclass
@@ -161,6 +163,7 @@ class Lifecycle:
         self.connection = connection
         self.batch_every = batch_every  # LVM_FAIR_BATCH_EVERY
         self.set_yield(0, 0.0)  # the worker sets it once its device is known
+        self.lane, self.light_max = "all", 0  # LVM_LANE, LVM_LIGHT_MAX_QUEUED (claim.lua's light lanes)
         self.worker_name = worker_name
         self.incarnation = os.urandom(6).hex()
         self.lease_ms = int(lease_s * 1000)
@@ -179,6 +182,11 @@ class Lifecycle:
         self.yield_jobs = max(0, jobs)
         self.yield_window_ms = int(window_s * 1000) if self.yield_jobs > 0 else 0
 
+    def set_lane(self, lane: str, light_max: int) -> None:
+        """LVM_LANE and LVM_LIGHT_MAX_QUEUED: a 'light' worker claims only light tenants' interactive
+        jobs; an 'all' worker leaves those to a live light lane (claim.lua)."""
+        self.lane, self.light_max = lane, max(0, light_max)
+
     def next_token(self) -> str:
         return f"{self.incarnation}-{next(self._counter)}"
 
@@ -191,7 +199,7 @@ class Lifecycle:
                   keys.fair_state(queue), keys.paused(queue)],
             args=[limit, self.worker_name, token, self.lease_ms, self.value_cap, rq_time(), keys.JOB_PREFIX,
                   self.max_fields, keys.fair_lists(queue), self.batch_every, fairness.QUANTUM, batch_left,
-                  self.yield_window_ms, *ACTED_ON_FIELDS],
+                  self.yield_window_ms, self.light_max, self.lane, *ACTED_ON_FIELDS],
         )  # fmt: skip
         claim = Claim(queue, token)
         for entry in reply:
@@ -201,6 +209,7 @@ class Lifecycle:
             elif kind == "picked":
                 claim.batch_taken, claim.yielding, claim.capped = int(entry[1]), entry[2] == 1, entry[3] == 1
                 claim.interactive_taken = int(entry[4])
+                claim.held = claim.capped and not claim.jobs
             elif kind == "dropped":
                 claim.dropped.append((_text(entry[1]), _text(entry[2])))
             else:

@@ -102,6 +102,7 @@ class LVMWorker(SimpleWorker):
         prefetch = settings.prefetch == "on" or (settings.prefetch == "auto" and self.runtime.device != "cpu")
         batch_yield = yield_jobs_for(settings.batch_yield_jobs, self.runtime.device)
         self.lifecycle.set_yield(batch_yield, settings.batch_yield_window_s)
+        self.lifecycle.set_lane(settings.lane, settings.light_max_queued)
         self.loop = BatchLoop(
             settings, self.connection, self.lifecycle, self.runtime, names, self.pulse, self.leases, prefetch,
             self._start_metrics(),
@@ -117,6 +118,7 @@ class LVMWorker(SimpleWorker):
             bank_search=self.runtime.bank_search,
             prefetch=prefetch,
             batch_yield_jobs=batch_yield,
+            lane=settings.lane,
             load_seconds=round(self.runtime.load_seconds, 2),
         )
         # Everything loaded so far (torch, transformers, the model, the bank's index) lives as
@@ -182,6 +184,7 @@ class LVMWorker(SimpleWorker):
             latency_p50_ms=rt.p50_ms() if rt else None,
             max_batch=self.settings.max_batch,
             prefetch=loop.prefetch if loop else False,
+            lane=self.settings.lane,
             last_batch_size=sizes[-1] if sizes else None,
             mean_batch_size=round(sum(sizes) / len(sizes), 2) if sizes else None,
             serve_rate_per_s=loop.serve_rate() if loop else None,

@@ -9,11 +9,16 @@
 --       7 job key prefix, 8 max fields, 9 tenant list prefix, 10 batch every (a tenant's batch job
 --       goes after at most this many of its interactive ones), 11 quantum (cost per turn and unit
 --       of weight), 12 batch jobs left (the most batch-class jobs this call may take while the queue
---       yields, see below), 13 yield window ms (0: never yield), then the acted-on field names
+--       yields, see below), 13 yield window ms (0: never yield), 14 light limit (the most interactive
+--       jobs a tenant may have queued and still count as light; 0: no tenant is light), 15 lane ('light':
+--       this worker serves light tenants' interactive jobs only; 'all': every job), then the acted-on
+--       field names
 -- Returns per entry {'claimed', id, fields, stripped, status, left} or {'dropped', entry, why}; left
 -- is the ms until the job's lvm_deadline (Redis's clock, written by admit.lua; '' when it has none);
 -- last, {'picked', batch jobs taken, yielding 0|1, capped 0|1, interactive jobs taken} (capped: the
--- call stopped at the batch cap with work left, so a worker filling its batch stops asking).
+-- call stopped with work left that it may not take -- the batch cap, or jobs held for a light lane,
+-- or on a light lane nothing light -- so a worker filling its batch stops asking, and one that took
+-- nothing polls instead of blocking on a list that is not empty).
 -- A paused queue returns {{'paused'}}: nothing claimed (the worker waits, it does not spin).
 --
 -- Yielding at the batch's granularity: a worker computes a batch to its end, so an interactive job
@@ -26,13 +31,28 @@
 -- beside it measured ~35 ms against ~20 alone). A backlog with no interactive traffic keeps full
 -- batches. Batch's starvation bound holds: a due batch job is a claim's first pick.
 --
+-- Light lanes, for a light tenant's latency beside a flooding one: fair share decides which jobs go
+-- into the next batch, but a light tenant's job that arrives while a flooding tenant's batch of 32
+-- computes waits for all of it (12x its latency alone at the default batch on a 2-core CPU). A
+-- worker started with LVM_LANE=light claims only the interactive jobs of tenants with at most
+-- ARGV[14] of them queued (light: they keep up), and never a flooding tenant's, so it is free when
+-- a light job arrives. Each of its claims stamps 'light_at' in the fair state (Redis's clock); while
+-- a stamp is younger than LIGHT_LIVE_MS, an 'all' worker leaves light tenants' interactive jobs to
+-- the light lane (it still takes their batch jobs): one that took them into a full batch would
+-- make them wait for it after all. A light lane that dies stops stamping, and within LIGHT_LIVE_MS
+-- the other workers serve those tenants again; a tenant past the limit (a burst) is served by
+-- fair share as before. The light lane's picks leave the round robin's deficits alone: the
+-- capacity it serves is capacity no flooding tenant could have had.
+--
 -- Which ids: while the queue list's head is a job nobody indexed (RQ's own enqueue, a raw
 -- submit.lua, garbage), that head, in order; otherwise the next of the tenants' round robin,
 -- removed from the queue list too (LREM: O(its position), a scan Redis does in C). When no tenant
 -- has work but the list does (an index someone deleted), the head, in order: no job is stranded.
 -- Commands per job: about a dozen reads and writes of the index, then HLEN, HGETALL, HSET and
 -- PERSIST; the registries' ZADDs and the 'started' event once per batch.
-local ACTED_FROM = 14
+local ACTED_FROM = 16
+local LIGHT_LIVE_MS = 5000  -- a light lane claims at least every second (its idle block), then computes
+local LIGHT_SCAN = 256  -- ring entries a light claim looks at, from a cursor that moves on each claim
 local bad = wrong_types({{KEYS[1], 'list'}, {KEYS[2], 'zset'}, {KEYS[3], 'zset'}, {KEYS[5], 'list'},
                          {KEYS[6], 'hash'}})
 if bad then return bad end
@@ -98,6 +118,9 @@ local batch_left, window = tonumber(ARGV[12]) or 0, tonumber(ARGV[13]) or 0
 local seen = tonumber(redis.call('HGET', state, 'interactive_at') or '') or 0
 local yielding = window > 0 and seen <= now and now - seen < window  -- a time ahead of Redis's: not ours
 local batch_taken, interactive_taken, capped, passed = 0, 0, false, 0
+local light_max, lane = tonumber(ARGV[14]) or 0, ARGV[15] or 'all'
+local light_at = tonumber(redis.call('HGET', state, 'light_at') or '') or 0
+local light_live = light_max > 0 and lane ~= 'light' and light_at <= now and now - light_at < LIGHT_LIVE_MS
 
 local function llen(list)
   local ok, n = pcall(redis.call, 'LLEN', list)
@@ -129,12 +152,15 @@ local function next_fair()
       redis.call('HDEL', state, 'd:' .. t, 's:' .. t, 'w:' .. t)
       if turn == t then turn = '' end
     else
+      local light = light_live and ni <= light_max  -- its interactive jobs are the light lane's (above)
+      if light then ni = 0 end
       local since = tonumber(redis.call('HGET', state, 's:' .. t) or '') or 0
       local batch = nb > 0 and (ni == 0 or since >= batch_every)  -- batch's starvation bound
-      if batch and yielding and (batch_taken >= batch_left or interactive_taken > 0) then
-        -- The yield cap: t's turn ends with its deficit as it is (no quantum for a turn it did
-        -- not take) and the round robin goes on, to a tenant that may have interactive work.
-        -- Once every tenant in the ring was passed over in a row, the claim stops: capped.
+      if ni + nb == 0 or (batch and yielding and (batch_taken >= batch_left or interactive_taken > 0)) then
+        -- The yield cap, or only light work left: t's turn ends with its deficit as it is (no
+        -- quantum for a turn it did not take) and the round robin goes on, to a tenant that may
+        -- have work for this claim. Once every tenant in the ring was passed over in a row, the
+        -- claim stops: capped.
         if turn == t then turn = '' end
         redis.call('HSET', state, 'turn', turn)
         redis.call('LMOVE', ring, ring, 'LEFT', 'RIGHT')
@@ -178,8 +204,51 @@ local function next_fair()
   return nil
 end
 
+-- A light lane's ids (above): the interactive heads of the light tenants among LIGHT_SCAN ring
+-- entries from its cursor, one per tenant per pass, each taken off the queue list in the same step.
+local function light_ids(max)
+  redis.call('HSET', state, 'light_at', now)
+  local n = redis.call('LLEN', ring)
+  local cursor = tonumber(redis.call('HGET', state, 'light_cursor') or '') or 0
+  if cursor < 0 or cursor >= n then cursor = 0 end
+  redis.call('HSET', state, 'light_cursor', cursor + LIGHT_SCAN)
+  local seen, lists, got = {}, {}, {}
+  for _, t in ipairs(redis.call('LRANGE', ring, cursor, cursor + LIGHT_SCAN - 1)) do seen[t] = true; lists[#lists + 1] = t end
+  for _, t in ipairs(redis.call('LRANGE', ring, 0, LIGHT_SCAN - 1 - #lists)) do
+    if not seen[t] then seen[t] = true; lists[#lists + 1] = t end
+  end
+  local light = {}
+  for _, t in ipairs(lists) do
+    if valid_tenant(t) then
+      local ni = llen(prefix .. t .. ':i')
+      if ni > 0 and ni <= light_max then light[#light + 1] = prefix .. t .. ':i' end
+    end
+  end
+  local more = true
+  while more and #got < max do
+    more = false
+    for _, list in ipairs(light) do
+      if #got >= max then break end
+      local id = redis.call('LPOP', list)
+      if id then
+        more = true
+        if redis.call('LREM', KEYS[1], 1, id) == 1 then
+          got[#got + 1] = id
+          interactive_taken = interactive_taken + 1
+        else
+          out[#out + 1] = {'dropped', string.sub(id, 1, 64), 'indexed but no longer in its queue (canceled, or taken)'}
+        end
+      end
+    end
+  end
+  -- nothing light, but the queue holds work: the caller polls rather than blocks on a full list
+  if #got == 0 and redis.call('LLEN', KEYS[1]) > 0 then capped = true end
+  return got
+end
+
 local ids = {}
-for _ = 1, tonumber(ARGV[1]) * 4 + 16 do  -- stale index entries cost a pass each; bounded
+if lane == 'light' then ids = light_ids(tonumber(ARGV[1])) end
+for _ = 1, lane == 'light' and 0 or tonumber(ARGV[1]) * 4 + 16 do  -- stale index entries cost a pass each; bounded
   if #ids >= tonumber(ARGV[1]) then break end
   local head = redis.call('LINDEX', KEYS[1], 0)
   if not head then break end
