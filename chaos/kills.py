@@ -49,6 +49,38 @@ def kill_at(point: str, env: dict[str, str], logs: Path, jobs: int = 40, prefetc
         srv.stop()
 
 
+def light_lane_kill(env: dict[str, str], logs: Path, jobs: int = 40, light: int = 4) -> Tally:
+    """A light lane (LVM_LANE=light) SIGKILLed mid-batch with a light tenant's jobs; more of them
+    queue while it is dead, held for it by the ordinary worker started next until the lane's last
+    stamp is 5 s old (claim.lua, light lanes). Its batch comes back through recovery; the ordinary
+    worker then serves the held jobs, the flood and the tenants that drained down to light."""
+    from config import load_settings
+    from producer.client import ChatClient
+    from producer.protocol import Share
+
+    srv, redis, workers = server_and_workers(env, logs)
+    lanes = {"LVM_LIGHT_MAX_QUEUED": str(light), "LVM_MAX_BATCH": "8"}
+    try:
+        started = time.time()
+        client = ChatClient(srv.url, load_settings(max_queued=0))
+        ids = submit(redis, srv.url, [chat_request(i) for i in range(jobs)])  # three tenants, each past the limit
+        first = client.submit_many([chat_request(50_000 + i) for i in range(light)], share=Share("light"))
+        victim, _ = workers.start(wait=False, LVM_TESTING="1", LVM_TEST_FAULT="mid_batch:1", LVM_LANE="light",
+                                  **lanes)  # fmt: skip
+        victim.wait(timeout=120)
+        workers.killed.add(victim.pid)  # it killed itself on purpose
+        assert victim.returncode == -signal.SIGKILL, f"the light lane never reached mid_batch ({victim.returncode})"
+        later = client.submit_many([chat_request(60_000 + i) for i in range(light - 1)], share=Share("light"))
+        workers.start(**lanes)
+        ids += first + later
+        wait_terminal(redis, ids, timeout=120)
+        return tally(redis, "SIGKILL a light lane mid-batch, its tenant's jobs held for it", ids, started,
+                     workers.stop_all())  # fmt: skip
+    finally:
+        workers.stop_all()
+        srv.stop()
+
+
 def random_kills(env: dict[str, str], logs: Path, kills: int = 3, rate: float = 20.0, seed: int = 0) -> Tally:
     """Requests at ``rate``/s while workers are SIGKILLed at random moments and replaced."""
     srv, redis, workers = server_and_workers(env, logs)

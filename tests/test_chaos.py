@@ -55,6 +55,12 @@ def test_sigkill_while_claiming_ahead(point, kill_env, tmp_path):
     assert t.finished == t.submitted
 
 
+def test_a_light_lane_killed_mid_batch_strands_nothing(kill_env, tmp_path):
+    t = kills.light_lane_kill(kill_env, tmp_path, jobs=40 if FULL else 20)
+    _check(t)
+    assert t.finished == t.submitted and t.rerun >= 1  # the lane's batch came back through recovery
+
+
 def test_random_sigkills_under_load(env, tmp_path):
     t = kills.random_kills(env, tmp_path, kills=5 if FULL else 1, rate=20)
     _check(t)
