@@ -24,6 +24,17 @@ def comma_list(value: str) -> list[str]:
     return [item.strip() for item in value.split(",") if item.strip()]
 
 
+def parse_cpus(spec: str) -> set[int]:
+    """``"1"``, ``"0,2-3"`` -> {1}, {0, 2, 3}; ``""`` -> set() (no pinning). ValueError when malformed."""
+    cpus: set[int] = set()
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        first, _, last = part.partition("-")
+        if not first.isdigit() or (last and not last.isdigit()) or (last and int(last) < int(first)):
+            raise ValueError(f"{part!r} is not a CPU number or range (e.g. 1, 0,2-3)")
+        cpus.update(range(int(first), int(last or first) + 1))
+    return cpus
+
+
 class SettingsError(ValueError):
     """A setting has an invalid value; the message names the environment variable."""
 
@@ -233,6 +244,12 @@ class Settings(BaseSettings):
         "tenant's job does not wait for a flooding tenant's batch; while one is live, 'all' workers leave those "
         "jobs to it. Capacity kept for light tenants is capacity a flooding tenant cannot have: run one beside "
         "the others (docs/gateway.md, light lanes; `lvmq bench fairness --light-lane`). Read by workers.",
+    )
+    cpus: str = Field(
+        "",
+        description="CPUs this worker runs on (Linux affinity), e.g. 1 or 0,2-3; empty: wherever the scheduler "
+        "puts it. A light lane (LVM_LANE=light) keeps its latency only on a CPU nothing busy shares: give it its "
+        "own, and the other workers the rest. Read by workers.",
     )
     light_max_queued: int = Field(
         4,
@@ -448,6 +465,12 @@ class Settings(BaseSettings):
             raise ValueError("must start with redis://, rediss://, unix://, redis+sentinel:// or rediss+sentinel://")
         parse_sentinel(value)  # a malformed Sentinel URL says how here, at start-up
         return value
+
+    @field_validator("cpus")
+    @classmethod
+    def _cpus(cls, value: str) -> str:
+        parse_cpus(value)
+        return value.strip()
 
     @field_validator("device")
     @classmethod

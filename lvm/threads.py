@@ -33,3 +33,27 @@ def set_threads(torch_threads: int, blas_threads: int = 1) -> None:
         threadpool_limits(limits=blas_threads, user_api="blas")
     except ImportError:
         pass
+
+
+def pin_cpus(cpus: set[int]) -> None:
+    """Run this process, every thread it has and every thread it starts later, on ``cpus`` only.
+
+    Why a worker pins itself: a light lane (LVM_LANE=light) keeps its latency only on a CPU that
+    nothing busy shares; left to the scheduler, a flood's producers, Redis and the other worker's
+    batches took half its time on a 2-core host (docs/benchmarks.md). Threads started later inherit
+    the mask of the thread that starts them; those already running are set one by one.
+    """
+    if not cpus:
+        return
+    if not hasattr(os, "sched_setaffinity"):
+        raise RuntimeError("LVM_CPUS pins CPUs through Linux's sched_setaffinity; unset it on this system")
+    tasks = [int(t) for t in os.listdir("/proc/self/task")] if os.path.isdir("/proc/self/task") else [0]
+    for tid in tasks:
+        try:
+            os.sched_setaffinity(tid, cpus)
+        except ProcessLookupError:
+            pass  # a thread that ended meanwhile
+        except OSError as exc:
+            raise RuntimeError(
+                f"LVM_CPUS names CPUs {sorted(cpus)}; this process may run on {sorted(os.sched_getaffinity(0))}"
+            ) from exc

@@ -105,11 +105,15 @@ def test_a_light_lane_serves_the_light_tenant_and_the_other_worker_the_flood(red
     flood = client.submit_many([{"messages": [f"Flood {i}."]} for i in range(120)], share=Share("a"))
     light = client.submit_many([{"messages": [f"Light {i}."]} for i in range(3)], share=Share("b"))
     env = worker_env(redis_url, serving_artifacts, LVM_PIPELINE="null", LVM_MAX_BATCH="8", LVM_LIGHT_MAX_QUEUED="4")
-    lane, lane_name = start_worker("lvm-lstm", {**env, "LVM_LANE": "light"}, log_path=tmp_path / "lane.log")
+    cpu = max(os.sched_getaffinity(0))  # LVM_CPUS: the lane on a CPU of its own
+    lane_env = {**env, "LVM_LANE": "light", "LVM_CPUS": str(cpu)}
+    lane, lane_name = start_worker("lvm-lstm", lane_env, log_path=tmp_path / "lane.log")
     procs = [lane]
     try:
         beat = wait_ready(Redis.from_url(redis_url), lane_name, lane)
         assert beat["lane"] == "light"
+        threads = os.listdir(f"/proc/{lane.pid}/task")  # every thread, those started before the pin too
+        assert len(threads) > 1 and all(os.sched_getaffinity(int(t)) == {cpu} for t in threads)
         main, main_name = start_worker("lvm-lstm", env, log_path=tmp_path / "main.log")
         procs.append(main)
         wait_ready(Redis.from_url(redis_url), main_name, main)

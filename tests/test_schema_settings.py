@@ -88,9 +88,23 @@ def test_settings_from_env(monkeypatch):
 
 @pytest.mark.parametrize(
     "var, value",
-    [("LVM_HEARTBEAT_SECONDS", "-1"), ("LVM_DEVICE", "tpu"), ("LVM_REDIS_URL", "http://x"), ("LVM_RESULT_TTL", "x")],
+    [
+        ("LVM_HEARTBEAT_SECONDS", "-1"),
+        ("LVM_DEVICE", "tpu"),
+        ("LVM_REDIS_URL", "http://x"),
+        ("LVM_RESULT_TTL", "x"),
+        ("LVM_CPUS", "3-1"),
+        ("LVM_CPUS", "one"),
+        ("LVM_LANE", "fast"),
+    ],  # fmt: skip
 )
 def test_invalid_setting_names_the_variable(monkeypatch, var, value):
     monkeypatch.setenv(var, value)
     with pytest.raises(SettingsError, match=var):
         load_settings()
+
+
+def test_cpus_read_as_linux_writes_them():
+    from config.settings import parse_cpus
+
+    assert parse_cpus("") == set() and parse_cpus("1") == {1} and parse_cpus(" 0, 2-4 ") == {0, 2, 3, 4}

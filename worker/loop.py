@@ -42,9 +42,10 @@ from worker.tracing import BatchTracer
 log = get_logger("lvmq.worker")
 IDLE_BLOCK_S = 1  # longest a blocked claim waits before the loop looks at signals and maintenance
 # A claim that took nothing from a queue holding work it may not take (jobs held for a light lane;
-# on a light lane, only a flooding tenant's): BLMOVE would answer at once, so the loop polls. 5 ms
-# is under a tenth of a light job's latency on a 2-core CPU; a claim then costs Redis ~0.1 ms.
-HELD_POLL_S = 0.005
+# on a light lane, only a flooding tenant's): BLMOVE would answer at once, so the loop polls. At 5 ms
+# the poll was a light job's largest wait on a 2-core CPU (queue wait p99 10 ms beside a flood,
+# against 3 alone); at 2 ms, 6. An empty claim costs Redis well under 0.1 ms.
+HELD_POLL_S = 0.002
 # Batch jobs per batch while interactive work is served, on CPU: `lvmq bench priority` on a 2-core
 # host kept an interactive job within 1.7-1.9x its idle p99 behind 10,000 batch jobs at 8 (0.78-0.86
 # of the batch throughput), 1.36x at 4 (0.54). Off on CUDA and MPS until measured there: a whole batch

@@ -37,6 +37,8 @@ from rq.worker_registration import clean_worker_registry
 from config import Settings, load_settings
 from config.connections import clone, harden, unavailable
 from config.logs import configure_logging, get_logger
+from config.settings import parse_cpus
+from lvm.threads import pin_cpus
 from worker.heartbeat import Heartbeat
 from worker.leases import Lease, LeaseBook
 from worker.lifecycle import Claim, Lifecycle
@@ -59,6 +61,7 @@ class LVMWorker(SimpleWorker):
 
     def __init__(self, queues, *args: Any, settings: Settings | None = None, model: str | None = None, **kwargs: Any):
         settings = settings or load_settings()
+        pin_cpus(parse_cpus(settings.cpus))  # first: every thread started from here on inherits it
         configure_logging(settings.log_level, settings.log_format)
         kwargs["serializer"] = JSONSerializer  # jobs are JSON, never pickle, whatever -S said
         kwargs["name"] = kwargs.get("name") or default_name()
@@ -119,6 +122,7 @@ class LVMWorker(SimpleWorker):
             prefetch=prefetch,
             batch_yield_jobs=batch_yield,
             lane=settings.lane,
+            cpus=settings.cpus or None,
             load_seconds=round(self.runtime.load_seconds, 2),
         )
         # Everything loaded so far (torch, transformers, the model, the bank's index) lives as
