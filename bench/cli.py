@@ -189,13 +189,21 @@ def _register_fairness(bsub) -> None:
         description="Starts a private redis-server and one worker (the default LSTM artifacts), measures its capacity "
         "C, then runs B alone at --light C, and A at --factor C beside B twice: fair share on (two tenants, each "
         "capped at LVM_GATEWAY_KEY_QUEUE_SHARE of the bound) and off (one shared tenant: one FIFO queue). Reports "
-        "B's p50/p99 against B alone, refusals (429 cap, 503 bound), A's served rate, depth against the bound, lost.",
+        "B's p50/p99 against B alone, refusals (429 cap, 503 bound), A's served rate, depth against the bound, lost. "
+        "--light-lane adds: the same worker with a light-lane worker beside it (LVM_LANE=light: it serves only light "
+        "tenants' interactive jobs), B alone and with A; and with a second ordinary worker instead, for what that "
+        "worker would have served A unreserved. About 3 minutes; 6 with --light-lane.",
     )
     f.add_argument("--factor", type=float, default=10.0, help="A's offered load as a multiple of C (default 10)")
     f.add_argument("--light", type=float, default=0.1, help="B's offered load as a multiple of C (default 0.1)")
     f.add_argument("--seconds", type=float, default=20.0, help="how long each run offers it (default 20)")
     f.add_argument("--deadline", type=int, default=10, help="LVM_JOB_TIMEOUT for the run, in s (default 10)")
     f.add_argument("--max-batch", type=int, help=MAX_BATCH_HELP)
+    f.add_argument(
+        "--light-lane",
+        action="store_true",
+        help="also run with a light-lane worker beside the first, and with a second ordinary worker instead",
+    )
     f.add_argument("--json", action="store_true")
     f.set_defaults(func=cmd_fairness)
     p = bsub.add_parser(
@@ -228,7 +236,9 @@ def cmd_fairness(args: argparse.Namespace) -> int:
     from bench import fairness
     from config import load_settings
 
-    res = fairness.fairness(load_settings(), args.factor, args.light, args.seconds, args.deadline, args.max_batch)
+    res = fairness.fairness(
+        load_settings(), args.factor, args.light, args.seconds, args.deadline, args.max_batch, args.light_lane
+    )
     return _emit(res, args.json, fairness.format_fairness)
 
 

@@ -11,9 +11,9 @@
 #   load_c128   lvmq bench load -c 128 -n 1280 --max-batch 128
 #   overhead    lvmq bench overhead (the queue layer alone, null pipeline)
 #   host        lvmq bench host (host CPU per request, model computations stood in)
-#   fairness    lvmq bench fairness (tenant B at 0.1 C beside A at 10 C: B's p99 against B alone;
-#               issue 28's light-tenant target, out of reach on a 2-core CPU where a batch of 32
-#               costs 8 single jobs)
+#   fairness    lvmq bench fairness --light-lane (tenant B at 0.1 C beside A at 10 C: B's p99
+#               against B alone, issue 28's light-tenant target, with fair share alone, with a
+#               light-lane worker beside the first, and with a second ordinary worker instead)
 #   priority    lvmq bench priority --batch-yield 8 0 (interactive p99 behind 10,000 batch jobs,
 #               with and without the yield cap: is the cap worth its throughput on this device?)
 set -euo pipefail
@@ -30,7 +30,7 @@ step load_c32;  $LVMQ bench load -c 32 --json > "$out/load_c32.json"
 step load_c128; $LVMQ bench load -c 128 -n 1280 --max-batch 128 --json > "$out/load_c128.json"
 step overhead;  $LVMQ bench overhead --json > "$out/overhead.json"
 step host;      $LVMQ bench host --json > "$out/host.json"
-step fairness;  $LVMQ bench fairness --json > "$out/fairness.json"
+step fairness;  $LVMQ bench fairness --light-lane --json > "$out/fairness.json"
 step priority;  $LVMQ bench priority --batch-yield 8 0 --json > "$out/priority.json"
 "$PY" - "$out" <<'PYEOF'
 import json, pathlib, sys

@@ -7,6 +7,10 @@ twice: fair share on (A and B are tenants of their own, each capped at LVM_GATEW
 of the queue's bound, the gateway's default) and off (one shared tenant, no cap: one FIFO queue
 behind one bound, as before fair share). Reports B's p50/p99 and refusals, A's admitted, refused
 (429 cap / 503 bound) and served rate, the queue's largest depth against its bound, and lost jobs.
+With ``light_lane``, the same worker then runs with a light-lane worker beside it (LVM_LANE=light,
+claim.lua), B alone and with A (fair share on); and, for what that second worker would have given A
+unreserved, with a second 'all' worker beside it instead (fair share on). Offered loads stay those
+of the first worker's C, so every row offers the same.
 
 priority: one tenant's interactive jobs at a low rate on an idle queue (the reference p99), then
 behind a backlog of batch jobs of the same tenant, twice: as interactive (priority on) and as
@@ -18,9 +22,14 @@ Latency is the worker's total_latency_ms: queued to answered, on the job's own t
 
 from __future__ import annotations
 
+import os
 import threading
 import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from bench.stack import Stack
@@ -41,6 +50,9 @@ class Offer:
     no_retry_after: int = 0
     sent: int = 0
     elapsed: float = 0.0
+    # Conversation ids new to every offer: one that repeated an earlier run's would find its vectors
+    # in the worker's conversation cache and skip encoding, flattering the later run.
+    tag: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
 
     def run(self, client: Any, pool: list[str], seconds: float) -> None:
         from producer.errors import Overloaded, RateLimited
@@ -48,7 +60,10 @@ class Offer:
         started = time.monotonic()
         while (now := time.monotonic()) < started + seconds:
             for _ in range(max(0, int((now - started) * self.rate) - self.sent)):
-                request = {"messages": [pool[self.sent % len(pool)]], "conversation_id": f"{self.name}-{self.sent}"}
+                request = {
+                    "messages": [pool[self.sent % len(pool)]],
+                    "conversation_id": f"{self.name}-{self.tag}-{self.sent}",
+                }
                 self.sent += 1
                 try:
                     self.admitted.append(client.submit(request, share=self.share))
@@ -109,8 +124,19 @@ def _served_between(client: Any, ids: list[str], start: float, end: float) -> in
     return n
 
 
+def _cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) a process has used, from /proc; 0.0 where there is none."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _phase(stack: Stack, offers: list[Offer], pool: list[str], seconds: float, **update: Any) -> dict[str, Any]:
-    """Run ``offers`` side by side for ``seconds``; sample the queue's depth and bound meanwhile."""
+    """Run ``offers`` side by side for ``seconds``; sample the queue's depth and bound meanwhile, and
+    the CPU the producers (this process) and Redis took: on a small host they share it with the
+    workers, and a flood's refused submits are most of it."""
     clients = [stack.client(**update) for _ in offers]
     depths, bounds, done = [], [], threading.Event()
 
@@ -124,6 +150,7 @@ def _phase(stack: Stack, offers: list[Offer], pool: list[str], seconds: float, *
     threads = [threading.Thread(target=o.run, args=(c, pool, seconds)) for o, c in zip(offers, clients, strict=True)]
     sampler = threading.Thread(target=sample, daemon=True)
     window = (time.time(), 0.0)
+    cpu = (time.process_time(), _cpu_s(stack.server.proc.pid))
     sampler.start()
     for t in threads:
         t.start()
@@ -131,7 +158,12 @@ def _phase(stack: Stack, offers: list[Offer], pool: list[str], seconds: float, *
         t.join()
     window = (window[0], time.time())
     done.set()
-    out: dict[str, Any] = {"max_depth": max(depths, default=0), "bound": max(bounds, default=0)}
+    out: dict[str, Any] = {
+        "max_depth": max(depths, default=0),
+        "bound": max(bounds, default=0),
+        "producers_cpu": round((time.process_time() - cpu[0]) / (window[1] - window[0]), 2),
+        "redis_cpu": round((_cpu_s(stack.server.proc.pid) - cpu[1]) / (window[1] - window[0]), 2),
+    }
     lost = 0
     for o in offers:
         pending = _settle(clients[0], o.admitted, stack.settings.job_timeout + 60)
@@ -150,59 +182,132 @@ def _phase(stack: Stack, offers: list[Offer], pool: list[str], seconds: float, *
     return out
 
 
+# The worker started beside the first for the light-lane rows: one search thread, so that the two
+# workers' torch threads (1 each, the default) and their bank products fit a 2-core host.
+LANE_WORKER = {"LVM_LANE": "light", "LVM_SEARCH_THREADS": "1"}
+SECOND_WORKER = {"LVM_LANE": "all", "LVM_SEARCH_THREADS": "1"}
+
+
+@contextmanager
+def lane_cpus() -> Iterator[tuple[str, str]]:
+    """The light lane's CPU (the last this process may use) and the others, as LVM_CPUS values; this
+    process (the producers, and the redis-server it starts) runs on the others meanwhile, as the
+    light lane's deployment asks (docs/gateway.md). ("", "") where there is one CPU or no affinity."""
+    from lvm.threads import pin_cpus
+
+    mine = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set()
+    if len(mine) < 2:
+        yield "", ""
+        return
+    lane, rest = max(mine), mine - {max(mine)}
+    pin_cpus(rest)
+    try:
+        yield str(lane), ",".join(map(str, sorted(rest)))
+    finally:
+        pin_cpus(mine)
+
+
 def fairness(settings: Any, factor: float = 10.0, light: float = 0.1, seconds: float = 20.0,
-             job_timeout: int = 10, max_batch: int | None = None) -> dict[str, Any]:  # fmt: skip
+             job_timeout: int = 10, max_batch: int | None = None,
+             light_lane: bool = False) -> dict[str, Any]:  # fmt: skip
     from bench.load import user_messages
     from producer.protocol import Share
 
     pool = user_messages(settings.bank_path)
-    stack = Stack(settings, job_timeout, LVM_MAX_BATCH=str(max_batch or settings.max_batch))
+    batch = str(max_batch or settings.max_batch)
     share = settings.gateway_key_queue_share
+    stack = Stack(settings, job_timeout, LVM_MAX_BATCH=batch)
+
+    def a_and_b(c: float, tenants: tuple[str, str] = ("a", "b")) -> list[Offer]:
+        return [
+            Offer("a", factor * c, Share(tenants[0], queue_share=share)),
+            Offer("b", light * c, Share(tenants[1], queue_share=share)),
+        ]
+
+    def b_alone(c: float) -> list[Offer]:
+        return [Offer("b", light * c, Share("b", queue_share=share))]
+
     try:
+        stack.capacity(pool, 200)  # warm-up: a fresh worker's first batches run slower
         c = stack.capacity(pool)
         time.sleep(2.5)  # a heartbeat or two: the worker's measured rate reaches the registry
         out: dict[str, Any] = {"worker": stack.worker, "capacity_per_s": round(c, 1), "factor": factor,
                                "light": light, "seconds": seconds, "deadline_s": job_timeout,
-                               "key_queue_share": share}  # fmt: skip
-        out["b_alone"] = _phase(stack, [Offer("b", light * c, Share("b", queue_share=share))], pool, seconds)
+                               "key_queue_share": share, "runs": ["b_alone", "fair_on", "fair_off"]}  # fmt: skip
+        out["b_alone"] = _phase(stack, b_alone(c), pool, seconds)
         time.sleep(1.0)
-        on = [
-            Offer("a", factor * c, Share("a", queue_share=share)),
-            Offer("b", light * c, Share("b", queue_share=share)),
-        ]
-        out["fair_on"] = _phase(stack, on, pool, seconds)
+        out["fair_on"] = _phase(stack, a_and_b(c), pool, seconds)
         time.sleep(1.0)
-        off = [Offer("a", factor * c, Share("shared")), Offer("b", light * c, Share("shared"))]
-        out["fair_off"] = _phase(stack, off, pool, seconds)
-        return out
+        out["fair_off"] = _phase(stack, a_and_b(c, ("shared", "shared")), pool, seconds)
     finally:
         stack.close()
+    if not light_lane:
+        return out
+    for prefix in ("lane", "two"):
+        with lane_cpus() if prefix == "lane" else nullcontext(("", "")) as (lane, rest):
+            extra = {**LANE_WORKER, "LVM_CPUS": lane} if prefix == "lane" else SECOND_WORKER
+            stack = Stack(settings, job_timeout, extra=(extra,), LVM_MAX_BATCH=batch, LVM_CPUS=rest)
+            try:
+                stack.capacity(pool, 200)  # warm-up, and the first worker's measured rate in its heartbeat
+                time.sleep(2.5)
+                out[f"{prefix}_worker"] = {**stack.others[0], "cpus": lane}
+                out[f"{prefix}_b_alone"] = _phase(stack, b_alone(c), pool, seconds)
+                time.sleep(1.0)
+                out[f"{prefix}_fair_on"] = _phase(stack, a_and_b(c), pool, seconds)
+                out["runs"] += [f"{prefix}_b_alone", f"{prefix}_fair_on"]
+            finally:
+                stack.close()
+        if prefix == "lane":
+            out["lane_cpus"] = {"light lane": lane, "everything else": rest}
+    return out
+
+
+RUN_NAMES = {
+    "b_alone": "b alone",
+    "fair_on": "fair on",
+    "fair_off": "fair off",
+    "lane_b_alone": "+ light lane: b alone",
+    "lane_fair_on": "+ light lane: fair on",
+    "two_b_alone": "+ second worker: b alone",
+    "two_fair_on": "+ second worker: fair on",
+}
 
 
 def format_fairness(res: dict[str, Any]) -> str:
     w = res["worker"]
-    ref = res["b_alone"]["b"]["p99_ms"]
+    c = res["capacity_per_s"]
     lines = [
-        f"one worker ({w.get('device')}, max_batch {w.get('max_batch')}): capacity C = {res['capacity_per_s']} "
+        f"one worker ({w.get('device')}, max_batch {w.get('max_batch')}): capacity C = {c} "
         f"jobs/s; A offers {res['factor']:g} C, B {res['light']:g} C, {res['seconds']:g} s each; deadline "
-        f"{res['deadline_s']} s; each key's cap {res['key_queue_share']:g} of the bound (fair share on)",
+        f"{res['deadline_s']} s; each key's cap {res['key_queue_share']:g} of the bound (fair share on)"
+        + (
+            "; '+' rows: the same worker with a light-lane worker (CPU "
+            f"{res['lane_cpus']['light lane'] or 'shared'}; the rest on "
+            f"{res['lane_cpus']['everything else'] or 'any'}), or a second 'all' worker, beside it"
+            if "lane_fair_on" in res
+            else ""
+        ),  # fmt: skip
         "",
-        "| run | B p50 / p99 ms | B p99 / alone | B refused | A admitted | A refused 429 / 503 | A served/s | "
-        "max depth / bound | lost |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| run | B p50 / p99 ms | B p99 / alone (same workers) | B refused | A admitted | A refused 429 / 503 | "
+        "A served/s | A served / C | max depth / bound | lost | producers / Redis CPU (cores) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for name in ("b_alone", "fair_on", "fair_off"):
+    for name in res.get("runs", ["b_alone", "fair_on", "fair_off"]):
         run, b = res[name], res[name]["b"]
+        alone = name.split("_")[0] + "_b_alone" if name.startswith(("lane_", "two_")) else "b_alone"
+        ref = res[alone]["b"]["p99_ms"]
         a = run.get("a")
         ratio = f"{b['p99_ms'] / ref:.2f}x" if b["p99_ms"] and ref else "-"
         refused = b["refused_429_cap"] + b["refused_503_bound"]
-        a_cells = "- | - | -"
+        a_cells = "- | - | - | -"
         if a:
             a_cells = (
-                f"{a['admitted']} | {a['refused_429_cap']} / {a['refused_503_bound']} | {a['served_per_s_in_window']}"
+                f"{a['admitted']} | {a['refused_429_cap']} / {a['refused_503_bound']} | "
+                f"{a['served_per_s_in_window']} | {a['served_per_s_in_window'] / c:.2f}"
             )
-        lines.append(f"| {name.replace('_', ' ')} | {b['p50_ms']} / {b['p99_ms']} | {ratio} | {refused} | {a_cells} | "
-                     f"{run['max_depth']} / {run['bound'] or 'none'} | {run['lost']} |")  # fmt: skip
+        lines.append(f"| {RUN_NAMES[name]} | {b['p50_ms']} / {b['p99_ms']} | {ratio} | {refused} | {a_cells} | "
+                     f"{run['max_depth']} / {run['bound'] or 'none'} | {run['lost']} | "
+                     f"{run.get('producers_cpu', '-')} / {run.get('redis_cpu', '-')} |")  # fmt: skip
     return "\n".join(lines)
 
 

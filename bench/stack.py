@@ -1,5 +1,6 @@
 """What the one-worker benchmarks stand on (bench fairness, priority, embed): a private
-redis-server, one real worker started the documented way, clients of it, and its capacity."""
+redis-server, one real worker started the documented way (and, for bench fairness's light lane,
+more beside it), clients of it, and its capacity."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ class Stack:
     """A private redis-server and one real worker on the default LSTM artifacts, with
     ``worker_env`` (LVM_* settings) on top; ``client()`` a ChatClient of it."""
 
-    def __init__(self, settings: Any, job_timeout: int | None = None, **worker_env: str):
+    def __init__(self, settings: Any, job_timeout: int | None = None, extra: tuple[dict[str, str], ...] = (),
+                 **worker_env: str):  # fmt: skip
         job_timeout = job_timeout or settings.job_timeout
         self.server = RedisServer()
         logdir = Path(tempfile.mkdtemp(prefix="lvmq-bench-"))
@@ -32,7 +34,17 @@ class Stack:
         self.settings = settings.model_copy(update={"redis_url": self.server.url, "job_timeout": job_timeout})
         self.queue = self.settings.queue_name("lstm")
         self.proc, name = start_worker(self.queue, env, log_path=logdir / "worker.log")
-        self.worker = serving(wait_ready(self.server.client(), name, self.proc, timeout=180))
+        self.procs = [self.proc]
+        try:
+            self.worker = serving(wait_ready(self.server.client(), name, self.proc, timeout=180))
+            self.others = []  # the heartbeats of the workers started beside it, with ``extra`` on top
+            for i, more in enumerate(extra):
+                proc, other = start_worker(self.queue, {**env, **more}, log_path=logdir / f"worker{i + 2}.log")
+                self.procs.append(proc)
+                self.others.append(serving(wait_ready(self.server.client(), other, proc, timeout=180)))
+        except BaseException:
+            self.close()
+            raise
 
     def client(self, **update: Any) -> Any:
         from producer.client import ChatClient
@@ -48,5 +60,6 @@ class Stack:
         return n / (time.perf_counter() - started)
 
     def close(self) -> None:
-        stop(self.proc)
+        for proc in self.procs:
+            stop(proc)
         self.server.stop()
