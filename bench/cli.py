@@ -204,6 +204,11 @@ def _register_fairness(bsub) -> None:
         action="store_true",
         help="also run with a light-lane worker beside the first, and with a second ordinary worker instead",
     )
+    f.add_argument(
+        "--shared-lane",
+        action="store_true",
+        help="also run the light-lane worker without LVM_CPUS: the scheduler shares every CPU among the stack",
+    )
     f.add_argument("--json", action="store_true")
     f.set_defaults(func=cmd_fairness)
     p = bsub.add_parser(
@@ -237,8 +242,9 @@ def cmd_fairness(args: argparse.Namespace) -> int:
     from config import load_settings
 
     res = fairness.fairness(
-        load_settings(), args.factor, args.light, args.seconds, args.deadline, args.max_batch, args.light_lane
-    )
+        load_settings(), args.factor, args.light, args.seconds, args.deadline, args.max_batch, args.light_lane,
+        args.shared_lane,
+    )  # fmt: skip
     return _emit(res, args.json, fairness.format_fairness)
 
 

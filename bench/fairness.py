@@ -209,7 +209,7 @@ def lane_cpus() -> Iterator[tuple[str, str]]:
 
 def fairness(settings: Any, factor: float = 10.0, light: float = 0.1, seconds: float = 20.0,
              job_timeout: int = 10, max_batch: int | None = None,
-             light_lane: bool = False) -> dict[str, Any]:  # fmt: skip
+             light_lane: bool = False, shared_lane: bool = False) -> dict[str, Any]:  # fmt: skip
     from bench.load import user_messages
     from producer.protocol import Share
 
@@ -218,10 +218,10 @@ def fairness(settings: Any, factor: float = 10.0, light: float = 0.1, seconds: f
     share = settings.gateway_key_queue_share
     stack = Stack(settings, job_timeout, LVM_MAX_BATCH=batch)
 
-    def a_and_b(c: float, tenants: tuple[str, str] = ("a", "b")) -> list[Offer]:
+    def a_and_b(c: float) -> list[Offer]:
         return [
-            Offer("a", factor * c, Share(tenants[0], queue_share=share)),
-            Offer("b", light * c, Share(tenants[1], queue_share=share)),
+            Offer("a", factor * c, Share("a", queue_share=share)),
+            Offer("b", light * c, Share("b", queue_share=share)),
         ]
 
     def b_alone(c: float) -> list[Offer]:
@@ -238,14 +238,14 @@ def fairness(settings: Any, factor: float = 10.0, light: float = 0.1, seconds: f
         time.sleep(1.0)
         out["fair_on"] = _phase(stack, a_and_b(c), pool, seconds)
         time.sleep(1.0)
-        out["fair_off"] = _phase(stack, a_and_b(c, ("shared", "shared")), pool, seconds)
+        off = [Offer("a", factor * c, Share("shared")), Offer("b", light * c, Share("shared"))]  # no cap: one FIFO
+        out["fair_off"] = _phase(stack, off, pool, seconds)
     finally:
         stack.close()
-    if not light_lane:
-        return out
-    for prefix in ("lane", "two"):
+    prefixes = (["lane"] if light_lane else []) + (["shared"] if shared_lane else []) + (["two"] if light_lane else [])
+    for prefix in prefixes:
         with lane_cpus() if prefix == "lane" else nullcontext(("", "")) as (lane, rest):
-            extra = {**LANE_WORKER, "LVM_CPUS": lane} if prefix == "lane" else SECOND_WORKER
+            extra = {**LANE_WORKER, "LVM_CPUS": lane} if prefix in ("lane", "shared") else SECOND_WORKER
             stack = Stack(settings, job_timeout, extra=(extra,), LVM_MAX_BATCH=batch, LVM_CPUS=rest)
             try:
                 stack.capacity(pool, 200)  # warm-up, and the first worker's measured rate in its heartbeat
@@ -268,6 +268,8 @@ RUN_NAMES = {
     "fair_off": "fair off",
     "lane_b_alone": "+ light lane: b alone",
     "lane_fair_on": "+ light lane: fair on",
+    "shared_b_alone": "+ light lane, CPUs shared: b alone",
+    "shared_fair_on": "+ light lane, CPUs shared: fair on",
     "two_b_alone": "+ second worker: b alone",
     "two_fair_on": "+ second worker: fair on",
 }
@@ -281,7 +283,7 @@ def format_fairness(res: dict[str, Any]) -> str:
         f"jobs/s; A offers {res['factor']:g} C, B {res['light']:g} C, {res['seconds']:g} s each; deadline "
         f"{res['deadline_s']} s; each key's cap {res['key_queue_share']:g} of the bound (fair share on)"
         + (
-            "; '+' rows: the same worker with a light-lane worker (CPU "
+            "; '+' rows: the same worker with a light-lane worker (pinned: CPU "
             f"{res['lane_cpus']['light lane'] or 'shared'}; the rest on "
             f"{res['lane_cpus']['everything else'] or 'any'}), or a second 'all' worker, beside it"
             if "lane_fair_on" in res
@@ -294,7 +296,7 @@ def format_fairness(res: dict[str, Any]) -> str:
     ]
     for name in res.get("runs", ["b_alone", "fair_on", "fair_off"]):
         run, b = res[name], res[name]["b"]
-        alone = name.split("_")[0] + "_b_alone" if name.startswith(("lane_", "two_")) else "b_alone"
+        alone = name.split("_")[0] + "_b_alone" if name.startswith(("lane_", "shared_", "two_")) else "b_alone"
         ref = res[alone]["b"]["p99_ms"]
         a = run.get("a")
         ratio = f"{b['p99_ms'] / ref:.2f}x" if b["p99_ms"] and ref else "-"
