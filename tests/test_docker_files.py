@@ -165,6 +165,18 @@ def test_compose_can_start_jaeger_for_traces_on_request():
         assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://jaeger:4318"
 
 
+def test_compose_light_lane_is_opt_in_and_pinned():
+    services = COMPOSE["services"]
+    lane, worker = services["light-lane-lstm"], services["worker-lstm"]
+    assert lane["profiles"] == ["light-lane"]  # a CPU kept for light tenants is a choice, not the default
+    assert lane["command"] == worker["command"]  # the same queue, rq's own command
+    assert lane["environment"]["LVM_LANE"] == "light" and lane["cpuset"] == "${LIGHT_LANE_CPUSET:-1}"
+    assert {k: v for k, v in lane["environment"].items() if k not in ("LVM_LANE", "LVM_SEARCH_THREADS")} == {
+        k: v for k, v in worker["environment"].items()
+    }  # every other setting the workers share
+    assert lane["healthcheck"] == worker["healthcheck"] and lane["stop_grace_period"] == worker["stop_grace_period"]
+
+
 def test_compose_ha_profile_is_a_deployment_that_does_not_lose_confirmed_jobs():
     """What docs/operations.md promises of the ha profile, as the file says it: every node keeps an
     AOF on its own volume (no empty restarts), refuses writes without a replica, and Sentinels wait
@@ -236,7 +248,7 @@ def test_the_grafana_dashboard_draws_the_ops_page_panels_from_metrics_that_exist
     assert {p["datasource"]["uid"] for p in dashboard["panels"]} == {source["datasources"][0]["uid"]}
 
 
-@pytest.mark.parametrize("profile", ["", "ha", "monitoring", "tracing"])
+@pytest.mark.parametrize("profile", ["", "ha", "monitoring", "tracing", "light-lane"])
 def test_docker_compose_config_validates_the_file_with_each_profile(profile, tmp_path):
     """Compose v2 itself (no engine needed for `config`): the host's plugin, or Debian's package
     that harness/debian_tools.py fetches."""
@@ -255,7 +267,8 @@ def test_docker_compose_config_validates_the_file_with_each_profile(profile, tmp
     services = set(subprocess.run([*args, "config", "--services"], capture_output=True, text=True, env=env,
                                   timeout=60).stdout.split())  # fmt: skip
     wanted = {"": {"gateway", "worker-lstm"}, "ha": {"redis-ha-1", "sentinel-3"},
-              "monitoring": {"prometheus", "grafana"}, "tracing": {"jaeger"}}[profile]  # fmt: skip
+              "monitoring": {"prometheus", "grafana"}, "tracing": {"jaeger"},
+              "light-lane": {"light-lane-lstm", "worker-lstm"}}[profile]  # fmt: skip
     assert wanted <= services, services
     unset = {k: v for k, v in env.items() if k != "REDIS_PASSWORD"}
     missing = subprocess.run([*args, "config", "-q"], capture_output=True, text=True, env=unset, timeout=60)
