@@ -301,3 +301,13 @@ def test_a_light_lane_reaches_tenants_past_its_scan(redis, redis_url):
     ids = [submit(client, f"t{i}", 1)[0] for i in range(300)]
     taken = [j.id for _ in range(3) for j in light.claim(Q, 512, light.next_token()).jobs]
     assert sorted(taken) == sorted(ids)
+
+
+def test_a_light_lanes_picks_do_not_make_the_others_yield(redis, client):
+    main, light = lanes(redis)
+    main.set_yield(2, 30.0)
+    backlog = submit(client, "a", 20, priority="batch")
+    few = submit(client, "b", 1)
+    assert [j.id for j in light.claim(Q, 8, light.next_token()).jobs] == few
+    claim = main.claim(Q, 8, main.next_token())  # b's interactive job never waits for a's batches
+    assert [j.id for j in claim.jobs] == backlog[:8] and not claim.yielding

@@ -299,6 +299,8 @@ if #leases > 0 then
   redis.call('ZADD', KEYS[3], unpack(wips))
 end
 announce_all(KEYS[4], started, 'started')
-if interactive_taken > 0 then redis.call('HSET', state, 'interactive_at', now) end
+-- A light lane's picks do not make the others yield: their batch-class work would come in small
+-- batches for interactive jobs that never wait for them.
+if interactive_taken > 0 and lane ~= 'light' then redis.call('HSET', state, 'interactive_at', now) end
 out[#out + 1] = {'picked', batch_taken, yielding and 1 or 0, capped and 1 or 0, interactive_taken}
 return out
