@@ -255,9 +255,10 @@ class Settings(BaseSettings):
         4,
         ge=0,
         le=10_000,
-        description="A tenant is light while it has at most this many interactive jobs queued: it keeps up, and a "
-        "light lane serves it. One past it (a burst) is served by fair share as before. 0: no tenant is light. "
-        "Read by workers.",
+        description="A light lane (LVM_LANE=light) serves the tenants with at most this many interactive jobs "
+        "queued: they keep up. One past it (a burst) is served by fair share as before; 0: the lane serves no one. "
+        "The other workers hold what a live lane's last claim said it serves, whatever their own value. Read by "
+        "light-lane workers.",
     )
     drain_seconds: float = Field(
         30.0, gt=0, le=3600, description="After SIGTERM, how long a worker may finish its batch before it exits anyway."

@@ -311,3 +311,21 @@ def test_a_light_lanes_picks_do_not_make_the_others_yield(redis, client):
     assert [j.id for j in light.claim(Q, 8, light.next_token()).jobs] == few
     claim = main.claim(Q, 8, main.next_token())  # b's interactive job never waits for a's batches
     assert [j.id for j in claim.jobs] == backlog[:8] and not claim.yielding
+
+
+def test_the_others_hold_only_what_the_live_lane_serves(redis, client):
+    """The limit comes from the lane's stamp: a lane of 2 beside a worker set to 4 strands nothing."""
+    main, light = lifecycle(redis, "main"), lifecycle(redis, "light")
+    main.set_lane("all", 4)
+    light.set_lane("light", 2)
+    assert light.claim(Q, 8, light.next_token()).jobs == []
+    three = submit(client, "b", 3)
+    assert light.claim(Q, 8, light.next_token()).jobs == []  # past the lane's limit
+    assert [j.id for j in main.claim(Q, 8, main.next_token()).jobs] == three[:1]  # down to the lane's 2, not 4
+    assert [j.id for j in light.claim(Q, 8, light.next_token()).jobs] == three[1:]
+    idle = lifecycle(redis, "idle")
+    idle.set_lane("light", 0)  # a lane that serves no one stamps nothing
+    redis.hdel(keys.fair_state(Q), "light_at")
+    assert idle.claim(Q, 8, idle.next_token()).jobs == [] and not redis.hexists(keys.fair_state(Q), "light_at")
+    one = submit(client, "b", 1)
+    assert [j.id for j in main.claim(Q, 8, main.next_token()).jobs] == one

@@ -9,10 +9,10 @@
 --       7 job key prefix, 8 max fields, 9 tenant list prefix, 10 batch every (a tenant's batch job
 --       goes after at most this many of its interactive ones), 11 quantum (cost per turn and unit
 --       of weight), 12 batch jobs left (the most batch-class jobs this call may take while the queue
---       yields, see below), 13 yield window ms (0: never yield), 14 light limit (the most interactive
---       jobs a tenant may have queued and still count as light; 0: no tenant is light), 15 lane ('light':
---       this worker serves light tenants' interactive jobs only; 'all': every job), then the acted-on
---       field names
+--       yields, see below), 13 yield window ms (0: never yield), 14 light limit (a light lane's: the
+--       most interactive jobs a tenant may have queued and still count as light; 0: none is), 15 lane
+--       ('light': this worker serves light tenants' interactive jobs only; 'all': every job), then the
+--       acted-on field names
 -- Returns per entry {'claimed', id, fields, stripped, status, left} or {'dropped', entry, why}; left
 -- is the ms until the job's lvm_deadline (Redis's clock, written by admit.lua; '' when it has none);
 -- last, {'picked', batch jobs taken, yielding 0|1, capped 0|1, interactive jobs taken} (capped: the
@@ -36,10 +36,12 @@
 -- computes waits for all of it (12x its latency alone at the default batch on a 2-core CPU). A
 -- worker started with LVM_LANE=light claims only the interactive jobs of tenants with at most
 -- ARGV[14] of them queued (light: they keep up), and never a flooding tenant's, so it is free when
--- a light job arrives. Each of its claims stamps 'light_at' in the fair state (Redis's clock); while
--- a stamp is younger than LIGHT_LIVE_MS, an 'all' worker leaves light tenants' interactive jobs to
--- the light lane (it still takes their batch jobs): one that took them into a full batch would
--- make them wait for it after all. A light lane that dies stops stamping, and within LIGHT_LIVE_MS
+-- a light job arrives. Each of its claims stamps 'light_at' and its limit 'light_max' in the fair
+-- state (Redis's clock); while a stamp is younger than LIGHT_LIVE_MS, an 'all' worker leaves the
+-- interactive jobs of tenants within the stamped limit to the light lane (it still takes their
+-- batch jobs): one that took them into a full batch would make them wait for it after all. The
+-- limit comes from the stamp, not from the 'all' worker's own setting: a worker holding what no
+-- lane serves (a lane set to 2, another worker to 4) would strand the jobs in between. A light lane that dies stops stamping, and within LIGHT_LIVE_MS
 -- the other workers serve those tenants again; a tenant past the limit (a burst) is served by
 -- fair share as before. The light lane's picks leave the round robin's deficits alone: the
 -- capacity it serves is capacity no flooding tenant could have had.
@@ -118,9 +120,14 @@ local batch_left, window = tonumber(ARGV[12]) or 0, tonumber(ARGV[13]) or 0
 local seen = tonumber(redis.call('HGET', state, 'interactive_at') or '') or 0
 local yielding = window > 0 and seen <= now and now - seen < window  -- a time ahead of Redis's: not ours
 local batch_taken, interactive_taken, capped, passed = 0, 0, false, 0
-local light_max, lane = tonumber(ARGV[14]) or 0, ARGV[15] or 'all'
-local light_at = tonumber(redis.call('HGET', state, 'light_at') or '') or 0
-local light_live = light_max > 0 and lane ~= 'light' and light_at <= now and now - light_at < LIGHT_LIVE_MS
+local light_max, lane = math.max(0, math.min(10000, tonumber(ARGV[14]) or 0)), ARGV[15] or 'all'
+if lane ~= 'light' then  -- what a live lane serves, as its last claim stamped it (hostile values clamped)
+  local f = redis.call('HMGET', state, 'light_at', 'light_max')
+  local at = tonumber(f[1] or '') or 0
+  light_max = math.max(0, math.min(10000, tonumber(f[2] or '') or 0))
+  if not (at <= now and now - at < LIGHT_LIVE_MS) then light_max = 0 end
+end
+local light_live = lane ~= 'light' and light_max > 0
 
 local function llen(list)
   local ok, n = pcall(redis.call, 'LLEN', list)
@@ -207,7 +214,11 @@ end
 -- A light lane's ids (above): the interactive heads of the light tenants among LIGHT_SCAN ring
 -- entries from its cursor, one per tenant per pass, each taken off the queue list in the same step.
 local function light_ids(max)
-  redis.call('HSET', state, 'light_at', now)
+  if light_max == 0 then  -- serves no one: no stamp, or the others would hold work for it
+    if redis.call('LLEN', KEYS[1]) > 0 then capped = true end
+    return {}
+  end
+  redis.call('HSET', state, 'light_at', now, 'light_max', light_max)
   local n = redis.call('LLEN', ring)
   local cursor = tonumber(redis.call('HGET', state, 'light_cursor') or '') or 0
   if cursor < 0 or cursor >= n then cursor = 0 end
