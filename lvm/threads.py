@@ -57,3 +57,23 @@ def pin_cpus(cpus: set[int]) -> None:
             raise RuntimeError(
                 f"LVM_CPUS names CPUs {sorted(cpus)}; this process may run on {sorted(os.sched_getaffinity(0))}"
             ) from exc
+
+
+def lower_priority(nice: int, pid: int | None = None) -> None:
+    """Set the nice value of process ``pid`` (default: this one), every thread it has and so every
+    thread those start later, to ``nice`` (0-19; raising it needs no privilege, lowering it does).
+
+    Why: beside a light lane (LVM_LANE=light) at nice 0, ordinary workers at 10 give way the moment
+    a light job is runnable and use the CPU whenever the lane is idle. Pinning the lane to a CPU of
+    its own (pin_cpus) kept its latency too, but cost the flooding tenant the whole CPU on a 2-core
+    host (docs/benchmarks.md).
+    """
+    if nice <= 0 and pid is None:
+        return
+    root = f"/proc/{pid or 'self'}/task"
+    tasks = [int(t) for t in os.listdir(root)] if os.path.isdir(root) else [pid or 0]
+    for tid in tasks:
+        try:
+            os.setpriority(os.PRIO_PROCESS, tid, nice)
+        except ProcessLookupError:
+            pass  # a thread that ended meanwhile

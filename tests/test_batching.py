@@ -97,7 +97,8 @@ def test_batch_jobs_yield_to_an_interactive_one_a_small_batch_at_a_time(redis_ur
 @pytest.mark.integration
 def test_a_light_lane_serves_the_light_tenant_and_the_other_worker_the_flood(redis_url, serving_artifacts, tmp_path):
     """Two real workers on one queue: LVM_LANE=light takes the light tenant's jobs and at most the
-    flooding tenant's last LVM_LIGHT_MAX_QUEUED; the ordinary worker the rest; each job ends once."""
+    flooding tenant's last LVM_LIGHT_MAX_QUEUED; the ordinary worker the rest; each job ends once.
+    The lane runs pinned (LVM_CPUS), the other worker at a lower priority (LVM_NICE)."""
     from producer.health import read_workers
     from producer.protocol import Share
 
@@ -114,9 +115,11 @@ def test_a_light_lane_serves_the_light_tenant_and_the_other_worker_the_flood(red
         assert beat["lane"] == "light"
         threads = os.listdir(f"/proc/{lane.pid}/task")  # every thread, those started before the pin too
         assert len(threads) > 1 and all(os.sched_getaffinity(int(t)) == {cpu} for t in threads)
-        main, main_name = start_worker("lvm-lstm", env, log_path=tmp_path / "main.log")
+        main, main_name = start_worker("lvm-lstm", {**env, "LVM_NICE": "10"}, log_path=tmp_path / "main.log")
         procs.append(main)
         wait_ready(Redis.from_url(redis_url), main_name, main)
+        niceness = {os.getpriority(os.PRIO_PROCESS, int(t)) for t in os.listdir(f"/proc/{main.pid}/task")}
+        assert niceness == {10}  # LVM_NICE: every thread gives way to the lane
         for job_id in flood + light:
             client.wait(job_id, timeout=60)
         owners = {j: client.redis.hget(f"rq:job:{j}", "worker_name").decode() for j in flood + light}

@@ -38,5 +38,5 @@ def test_each_row_is_compared_with_b_alone_on_the_same_workers():
         line.split(" | ")[0]: line.split(" | ") for line in format_fairness(res).splitlines() if line.startswith("|")
     }
     assert rows["| fair on"][2] == "10.00x" and rows["| fair on"][7] == "0.75"  # B against B alone; A against C
-    assert rows["| + light lane: fair on"][2] == "1.20x"  # against B alone beside the light lane, not 20 ms
-    assert rows["| + light lane: fair on"][10] == "0.5 / 0.25 |"
+    assert rows["| + light lane, pinned: fair on"][2] == "1.20x"  # against B alone beside the light lane, not 20 ms
+    assert rows["| + light lane, pinned: fair on"][10] == "0.5 / 0.25 |"

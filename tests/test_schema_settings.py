@@ -96,6 +96,8 @@ def test_settings_from_env(monkeypatch):
         ("LVM_CPUS", "3-1"),
         ("LVM_CPUS", "one"),
         ("LVM_LANE", "fast"),
+        ("LVM_NICE", "-1"),
+        ("LVM_NICE", "20"),
     ],  # fmt: skip
 )
 def test_invalid_setting_names_the_variable(monkeypatch, var, value):

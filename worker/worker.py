@@ -38,7 +38,7 @@ from config import Settings, load_settings
 from config.connections import clone, harden, unavailable
 from config.logs import configure_logging, get_logger
 from config.settings import parse_cpus
-from lvm.threads import pin_cpus
+from lvm.threads import lower_priority, pin_cpus
 from worker.heartbeat import Heartbeat
 from worker.leases import Lease, LeaseBook
 from worker.lifecycle import Claim, Lifecycle
@@ -61,7 +61,8 @@ class LVMWorker(SimpleWorker):
 
     def __init__(self, queues, *args: Any, settings: Settings | None = None, model: str | None = None, **kwargs: Any):
         settings = settings or load_settings()
-        pin_cpus(parse_cpus(settings.cpus))  # first: every thread started from here on inherits it
+        pin_cpus(parse_cpus(settings.cpus))  # first: every thread started from here on inherits both
+        lower_priority(settings.nice)
         configure_logging(settings.log_level, settings.log_format)
         kwargs["serializer"] = JSONSerializer  # jobs are JSON, never pickle, whatever -S said
         kwargs["name"] = kwargs.get("name") or default_name()
@@ -123,6 +124,7 @@ class LVMWorker(SimpleWorker):
             batch_yield_jobs=batch_yield,
             lane=settings.lane,
             cpus=settings.cpus or None,
+            nice=settings.nice,
             load_seconds=round(self.runtime.load_seconds, 2),
         )
         # Everything loaded so far (torch, transformers, the model, the bank's index) lives as
