@@ -8,9 +8,11 @@ of the queue's bound, the gateway's default) and off (one shared tenant, no cap:
 behind one bound, as before fair share). Reports B's p50/p99 and refusals, A's admitted, refused
 (429 cap / 503 bound) and served rate, the queue's largest depth against its bound, and lost jobs.
 With ``light_lane``, the same worker then runs with a light-lane worker beside it (LVM_LANE=light,
-claim.lua), B alone and with A (fair share on); and, for what that second worker would have given A
-unreserved, with a second 'all' worker beside it instead (fair share on). Offered loads stay those
-of the first worker's C, so every row offers the same.
+claim.lua), B alone and with A (fair share on), twice: the lane pinned to a CPU of its own
+(LVM_CPUS), and the others at nice 10 (LVM_NICE); and, for what that second worker would have
+given A unreserved, with a second 'all' worker beside it instead. ``shared_lane`` adds the lane
+left to the scheduler. Offered loads stay those of the first worker's C, so every row offers the
+same.
 
 priority: one tenant's interactive jobs at a low rate on an idle queue (the reference p99), then
 behind a backlog of batch jobs of the same tenant, twice: as interactive (priority on) and as
@@ -29,9 +31,9 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
+from bench.load import _proc_stat
 from bench.stack import Stack
 from bench.stats import percentile
 from wire.schema import TERMINAL
@@ -124,15 +126,6 @@ def _served_between(client: Any, ids: list[str], start: float, end: float) -> in
     return n
 
 
-def _cpu_s(pid: int) -> float:
-    """CPU seconds (user + system) a process has used, from /proc; 0.0 where there is none."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def _phase(stack: Stack, offers: list[Offer], pool: list[str], seconds: float, **update: Any) -> dict[str, Any]:
     """Run ``offers`` side by side for ``seconds``; sample the queue's depth and bound meanwhile, and
     the CPU the producers (this process) and Redis took: on a small host they share it with the
@@ -150,7 +143,7 @@ def _phase(stack: Stack, offers: list[Offer], pool: list[str], seconds: float, *
     threads = [threading.Thread(target=o.run, args=(c, pool, seconds)) for o, c in zip(offers, clients, strict=True)]
     sampler = threading.Thread(target=sample, daemon=True)
     window = (time.time(), 0.0)
-    cpu = (time.process_time(), _cpu_s(stack.server.proc.pid))
+    cpu = (time.process_time(), _proc_stat(stack.server.proc.pid)[0])
     sampler.start()
     for t in threads:
         t.start()
@@ -162,7 +155,7 @@ def _phase(stack: Stack, offers: list[Offer], pool: list[str], seconds: float, *
         "max_depth": max(depths, default=0),
         "bound": max(bounds, default=0),
         "producers_cpu": round((time.process_time() - cpu[0]) / (window[1] - window[0]), 2),
-        "redis_cpu": round((_cpu_s(stack.server.proc.pid) - cpu[1]) / (window[1] - window[0]), 2),
+        "redis_cpu": round((_proc_stat(stack.server.proc.pid)[0] - cpu[1]) / (window[1] - window[0]), 2),
     }
     lost = 0
     for o in offers:

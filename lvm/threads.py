@@ -7,6 +7,7 @@ or several workers doing so) ran 10-47x slower, so every entry point calls this 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 _BLAS_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
@@ -47,16 +48,12 @@ def pin_cpus(cpus: set[int]) -> None:
         return
     if not hasattr(os, "sched_setaffinity"):
         raise RuntimeError("LVM_CPUS pins CPUs through Linux's sched_setaffinity; unset it on this system")
-    tasks = [int(t) for t in os.listdir("/proc/self/task")] if os.path.isdir("/proc/self/task") else [0]
-    for tid in tasks:
-        try:
-            os.sched_setaffinity(tid, cpus)
-        except ProcessLookupError:
-            pass  # a thread that ended meanwhile
-        except OSError as exc:
-            raise RuntimeError(
-                f"LVM_CPUS names CPUs {sorted(cpus)}; this process may run on {sorted(os.sched_getaffinity(0))}"
-            ) from exc
+    try:
+        _each_thread(None, lambda tid: os.sched_setaffinity(tid, cpus))
+    except OSError as exc:
+        raise RuntimeError(
+            f"LVM_CPUS names CPUs {sorted(cpus)}; this process may run on {sorted(os.sched_getaffinity(0))}"
+        ) from exc
 
 
 def lower_priority(nice: int, pid: int | None = None) -> None:
@@ -70,10 +67,15 @@ def lower_priority(nice: int, pid: int | None = None) -> None:
     """
     if nice <= 0 and pid is None:
         return
+    _each_thread(pid, lambda tid: os.setpriority(os.PRIO_PROCESS, tid, nice))
+
+
+def _each_thread(pid: int | None, apply: Callable[[int], None]) -> None:
+    """``apply`` to every thread id of process ``pid`` (None: this one). Affinity and nice are per
+    thread on Linux: set on the process id alone, they reach its main thread and nothing else."""
     root = f"/proc/{pid or 'self'}/task"
-    tasks = [int(t) for t in os.listdir(root)] if os.path.isdir(root) else [pid or 0]
-    for tid in tasks:
+    for tid in [int(t) for t in os.listdir(root)] if os.path.isdir(root) else [pid or 0]:
         try:
-            os.setpriority(os.PRIO_PROCESS, tid, nice)
+            apply(tid)
         except ProcessLookupError:
             pass  # a thread that ended meanwhile

@@ -23,10 +23,10 @@ writes the lease in one step. Which ids: deficit round robin over the tenants wi
 (fair share, docs/gateway.md; a worker with LVM_LANE=light takes only light tenants' interactive
 jobs, and the others leave those to it while it is live); each queued id is in the queue list
 (the depth RQ and KEDA read) and, when admit.lua queued it, in its tenant's list, and every
-script that moves a queued job moves both. The lease lives in ``lvm:leases:<queue>`` (member ``<id>:<token>``,
-score = lease deadline in Redis server milliseconds); the same member sits in RQ's started
-registry (``rq:wip:<queue>``) so `rq info` counts it, with a score a day later than the lease so
-that RQ's own abandoned-job cleanup never races ours.
+script that moves a queued job moves both. The lease lives in ``lvm:leases:<queue>`` (member
+``<id>:<token>``, score = lease deadline in Redis server milliseconds); the same member sits in
+RQ's started registry (``rq:wip:<queue>``) so `rq info` counts it, with a score a day later than
+the lease so that RQ's own abandoned-job cleanup never races ours.
 
 The fencing token is ``<incarnation>-<claim counter>``: the incarnation is random per worker
 process. Finish writes only where the job's ``lvm_token`` is still the caller's token, so a
@@ -121,7 +121,12 @@ class Claim:
     interactive_taken: int = 0  # and interactive ones: while yielding, no batch job joins them
     yielding: bool = False  # the queue served interactive jobs lately: batch-class jobs come in few (claim.lua)
     capped: bool = False  # the claim stopped at that cap with work left: filling the batch further takes none
-    held: bool = False  # queued work waits for a light lane (or, on one, nothing light): poll, do not block
+
+    @property
+    def held(self) -> bool:
+        """Nothing taken from a queue holding work this claim may not take (jobs held for a light
+        lane; on one, nothing light): poll, do not block."""
+        return self.capped and not self.jobs
 
     def batch_room(self, cap: int) -> int:
         """Batch-class jobs a further claim into this batch may take: the cap counts over the whole
@@ -134,7 +139,7 @@ class Claim:
         self.dropped += more.dropped
         self.batch_taken += more.batch_taken
         self.interactive_taken += more.interactive_taken
-        self.yielding, self.capped, self.held = self.yielding or more.yielding, more.capped, more.held
+        self.yielding, self.capped = self.yielding or more.yielding, more.capped
 
 
 @dataclass
@@ -209,7 +214,6 @@ class Lifecycle:
             elif kind == "picked":
                 claim.batch_taken, claim.yielding, claim.capped = int(entry[1]), entry[2] == 1, entry[3] == 1
                 claim.interactive_taken = int(entry[4])
-                claim.held = claim.capped and not claim.jobs
             elif kind == "dropped":
                 claim.dropped.append((_text(entry[1]), _text(entry[2])))
             else:

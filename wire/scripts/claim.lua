@@ -41,9 +41,9 @@
 -- interactive jobs of tenants within the stamped limit to the light lane (it still takes their
 -- batch jobs): one that took them into a full batch would make them wait for it after all. The
 -- limit comes from the stamp, not from the 'all' worker's own setting: a worker holding what no
--- lane serves (a lane set to 2, another worker to 4) would strand the jobs in between. A light lane that dies stops stamping, and within LIGHT_LIVE_MS
--- the other workers serve those tenants again; a tenant past the limit (a burst) is served by
--- fair share as before. The light lane's picks leave the round robin's deficits alone: the
+-- lane serves (a lane set to 2, another worker to 4) would strand the jobs in between. A light
+-- lane that dies stops stamping, and within LIGHT_LIVE_MS the other workers serve those tenants
+-- again; a tenant past the limit (a burst) is served by fair share as before. The light lane's picks leave the round robin's deficits alone: the
 -- capacity it serves is capacity no flooding tenant could have had.
 --
 -- Which ids: while the queue list's head is a job nobody indexed (RQ's own enqueue, a raw
