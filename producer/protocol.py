@@ -300,7 +300,7 @@ class Submit:
             sh = c.share
             index = [keys.fair_list(c.queue, sh.tenant, "interactive"), keys.fair_list(c.queue, sh.tenant, "batch"),
                      keys.fair_ring(c.queue), keys.fair_state(c.queue), keys.paused(c.queue),
-                     keys.stats(c.queue, minute, "refused")]  # fmt: skip
+                     keys.stats(c.queue, minute, "refused"), keys.lane_wake(c.queue)]  # fmt: skip
             script_keys = [*c.keys, *index]
             args = [bound, deadline_ms, sh.tenant, keys.CLASSES[sh.priority], sh.weight, sh.cap(bound), c.cost, *c.args]
             if self.limit is not None:

@@ -329,3 +329,36 @@ def test_the_others_hold_only_what_the_live_lane_serves(redis, client):
     assert idle.claim(Q, 8, idle.next_token()).jobs == [] and not redis.hexists(keys.fair_state(Q), "light_at")
     one = submit(client, "b", 1)
     assert [j.id for j in main.claim(Q, 8, main.next_token()).jobs] == one
+
+
+def test_light_work_wakes_a_light_lane_blocked_beside_a_flood(redis, client):
+    """A light lane with nothing light to take blocks on the queue's wake list (worker/loop.py):
+    admit pushes a token for a light tenant's interactive job while the lane is live, and an 'all'
+    worker's claim does when it leaves light jobs to the lane; one token at most."""
+    main, light = lanes(redis, light_max=2)
+    wake = keys.lane_wake(Q)
+    flood = submit(client, "a", 6)
+    assert redis.llen(wake) == 0  # no lane has claimed yet: none is live
+    assert light.claim(Q, 8, light.next_token()).held  # live now, and nothing light: it blocks on the list
+    flood += submit(client, "a", 1)
+    backlog = submit(client, "b", 1, priority="batch")
+    assert redis.llen(wake) == 0  # a flooding tenant's job, a batch job: not the lane's
+    few = submit(client, "b", 2)
+    assert redis.lrange(wake, 0, -1) == [b"1"] and 0 < redis.pttl(wake) <= keys.LIGHT_LIVE_MS
+    assert [j.id for j in light.claim(Q, 8, light.next_token()).jobs] == few
+    redis.delete(wake)
+    assert [j.id for j in main.claim(Q, 4, main.next_token()).jobs] == flood[:4]  # a's turn; 3 left: not light
+    assert redis.llen(wake) == 0
+    claim = main.claim(Q, 8, main.next_token())
+    assert [j.id for j in claim.jobs] == backlog + flood[4:5] and claim.held is False
+    assert redis.llen(wake) == 1  # fair share took a down to the limit and left the rest: wake the lane
+    assert [j.id for j in light.claim(Q, 8, light.next_token()).jobs] == flood[5:]
+
+
+def test_a_wake_list_of_another_type_wakes_no_one_and_fails_nothing(redis, client):
+    main, light = lanes(redis, light_max=2)
+    redis.hset(keys.lane_wake(Q), "x", "1")  # any program can write Redis
+    assert light.claim(Q, 8, light.next_token()).jobs == []
+    few = submit(client, "b", 1)
+    assert redis.type(keys.lane_wake(Q)) == b"hash"
+    assert [j.id for j in light.claim(Q, 8, light.next_token()).jobs] == few

@@ -140,6 +140,18 @@ def fair_state(queue_name: str) -> str:
     return f"{FAIR_PREFIX}{queue_name}:state"
 
 
+# A light lane's stamp in the fair state ('light_at') is live this long (claim.lua): a lane claims
+# at least every second (its idle block), then computes.
+LIGHT_LIVE_MS = 5000
+
+
+def lane_wake(queue_name: str) -> str:
+    """list: at most one token, pushed where light work appears (admit.lua, claim.lua), so a light
+    lane with nothing to take blocks on it instead of polling (worker/loop.py). A hint: expiring,
+    and a lost one costs the lane's fallback poll."""
+    return f"{FAIR_PREFIX}{queue_name}:wake"
+
+
 # --- Operations (the ops page and `lvmq ops`) -------------------------------------------------
 AUDIT = "lvm:audit"  # stream: every operator action, who took it and what it did (wire/scripts/audit.lua)
 AUDIT_MAXLEN = 100_000

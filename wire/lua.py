@@ -41,6 +41,7 @@ CONSTANTS: dict[str, int | str] = {
     "TENANT_MAX": keys.TENANT_MAX,
     "AUDIT_MAXLEN": keys.AUDIT_MAXLEN,
     "STATS_TTL_S": keys.STATS_TTL_S,
+    "LIGHT_LIVE_MS": keys.LIGHT_LIVE_MS,
 }
 
 

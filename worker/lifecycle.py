@@ -125,7 +125,7 @@ class Claim:
     @property
     def held(self) -> bool:
         """Nothing taken from a queue holding work this claim may not take (jobs held for a light
-        lane; on one, nothing light): poll, do not block."""
+        lane; on one, nothing light): do not block on the queue list, which is not empty."""
         return self.capped and not self.jobs
 
     def batch_room(self, cap: int) -> int:
@@ -201,7 +201,7 @@ class Lifecycle:
         batch_left = self.yield_jobs if batch_left is None else max(0, batch_left)
         reply = self._claim(
             keys=[keys.queue(queue), keys.leases(queue), keys.started(queue), keys.EVENTS, keys.fair_ring(queue),
-                  keys.fair_state(queue), keys.paused(queue)],
+                  keys.fair_state(queue), keys.paused(queue), keys.lane_wake(queue)],
             args=[limit, self.worker_name, token, self.lease_ms, self.value_cap, rq_time(), keys.JOB_PREFIX,
                   self.max_fields, keys.fair_lists(queue), self.batch_every, fairness.QUANTUM, batch_left,
                   self.yield_window_ms, self.light_max, self.lane, *ACTED_ON_FIELDS],

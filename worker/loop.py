@@ -42,10 +42,15 @@ from worker.tracing import BatchTracer
 log = get_logger("lvmq.worker")
 IDLE_BLOCK_S = 1  # longest a blocked claim waits before the loop looks at signals and maintenance
 # A claim that took nothing from a queue holding work it may not take (jobs held for a light lane;
-# on a light lane, only a flooding tenant's): BLMOVE would answer at once, so the loop polls. At 5 ms
-# the poll was a light job's largest wait on a 2-core CPU (queue wait p99 10 ms beside a flood,
-# against 3 alone); at 2 ms, 6. An empty claim costs Redis well under 0.1 ms.
+# on a light lane, only a flooding tenant's): BLMOVE would answer at once. An 'all' worker polls:
+# it holds work only while a light lane is about to take it. At 5 ms the poll was a light job's
+# largest wait on a 2-core CPU (queue wait p99 10 ms beside a flood, against 3 alone); at 2 ms, 6.
 HELD_POLL_S = 0.002
+# A light lane blocks on its queues' wake lists instead (claim.lua, light lanes): beside a flood it
+# would otherwise poll for as long as the flood lasts, 500 claims/s costing it 0.08 of a core and
+# Redis 0.03 on a 2-core host, taken from the workers serving the flood. The wake is a hint; this
+# is how long a lost one can delay light work (and the lane's stamp stays live: well under 5 s).
+LANE_WAKE_S = 0.1
 # Batch jobs per batch while interactive work is served, on CPU: `lvmq bench priority` on a 2-core
 # host kept an interactive job within 1.7-1.9x its idle p99 behind 10,000 batch jobs at 8 (0.78-0.86
 # of the batch throughput), 1.36x at 4 (0.54). Off on CUDA and MPS until measured there: a whole batch
@@ -163,16 +168,19 @@ class BatchLoop:
 
     def wait_for_work(self) -> None:
         """Block until a queue has an entry, without taking it: BLMOVE of a list onto itself,
-        tail to tail, leaves it as it was, so a kill here can lose nothing."""
+        tail to tail, leaves it as it was, so a kill here can lose nothing. A light lane beside
+        work it may not take blocks on its wake lists: what it pops is a hint, not a job."""
         queue_keys = [keys.queue(q) for q in self.queue_names]
         if self.all_paused:  # its queue holds jobs no claim may take: BLMOVE would answer at once
             time.sleep(IDLE_BLOCK_S)
             return
-        if self.held:  # work for another lane (claim.lua, light lanes): the same, but it may be ours soon
+        if self.held and self.lifecycle.lane != "light":  # work for a light lane, about to be taken
             time.sleep(HELD_POLL_S)
             return
         try:
-            if len(queue_keys) == 1:
+            if self.held:  # a light lane beside work it may not take: woken when light work comes
+                self.connection.blpop([keys.lane_wake(q) for q in self.queue_names], LANE_WAKE_S)
+            elif len(queue_keys) == 1:
                 self.connection.blmove(queue_keys[0], queue_keys[0], IDLE_BLOCK_S, "RIGHT", "RIGHT")
             else:
                 time.sleep(0.02)

@@ -4,7 +4,8 @@
 --
 -- KEYS: submit.lua's own (1 job hash, 2 queue list, 3 rq:queues, 4 idempotency key), then
 --       5 the tenant's interactive list, 6 its batch list, 7 the queue's tenant ring, 8 its fair state,
---       9 the queue's pause flag (pause.lua), 10 this minute's refused counter (lvm:stats:<queue>:<minute>:refused)
+--       9 the queue's pause flag (pause.lua), 10 this minute's refused counter (lvm:stats:<queue>:<minute>:refused),
+--       11 the queue's light-lane wake list (prelude.lua wake_lane; callers that predate it leave it out)
 -- ARGV: 1 max queued (0 = no bound), 2 deadline ms from now (0 = none), 3 tenant, 4 class ('i' or
 --       'b'), 5 weight (1-1000), 6 the tenant's queued cap (0 = none), 7 cost (1-1000), then
 --       submit.lua's own (so ARGV[8] is the job id, ARGV[10] the idempotency ttl)
@@ -66,5 +67,7 @@ if fresh and reply == ARGV[8] then  -- pushed now: index it in the same step
   redis.call('RPUSH', KEYS[class == 'i' and 5 or 6], reply)
   redis.call('HSET', KEYS[8], 'w:' .. tenant, weight)
   if not redis.call('LPOS', KEYS[7], tenant) then redis.call('RPUSH', KEYS[7], tenant) end
+  -- a light tenant's interactive job while a light lane is live: the lane's, so wake it (claim.lua)
+  if class == 'i' and redis.call('LLEN', KEYS[5]) <= live_light_max(KEYS[8], now_ms()) then wake_lane(KEYS[11]) end
 end
 return {1, reply}

@@ -86,3 +86,23 @@ local function index_front(prefix, ring, job_key, id)
     if ok and not at then pcall(redis.call, 'RPUSH', ring, tenant) end
   end
 end
+
+-- Light lanes (claim.lua): the limit of the live light lane as its last claim stamped it in the
+-- fair state, 0 when none is live (no stamp, one LIGHT_LIVE_MS old, or one from a clock ahead of
+-- Redis's; hostile values clamped).
+local function live_light_max(state, now)
+  local f = redis.call('HMGET', state, 'light_at', 'light_max')
+  local at = tonumber(f[1] or '') or 0
+  if not (at <= now and now - at < LIGHT_LIVE_MS) then return 0 end
+  return math.max(0, math.min(10000, tonumber(f[2] or '') or 0))
+end
+
+-- Wake a light lane blocked on its queue's wake list (wire/keys.py lane_wake): light work is there.
+-- One token at most, expiring; best effort like announce: a key of another type (or none given,
+-- by a caller that predates it) wakes no one, and the lane finds the work at its fallback poll.
+local function wake_lane(key)
+  if key and pcall(redis.call, 'RPUSH', key, '1') then
+    redis.call('LTRIM', key, -1, -1)
+    redis.call('PEXPIRE', key, LIGHT_LIVE_MS)
+  end
+end
