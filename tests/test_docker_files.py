@@ -171,8 +171,11 @@ def test_compose_light_lane_is_opt_in_and_pinned():
     assert lane["profiles"] == ["light-lane"]  # a CPU kept for light tenants is a choice, not the default
     assert lane["command"] == worker["command"]  # the same queue, rq's own command
     assert lane["environment"]["LVM_LANE"] == "light" and lane["cpuset"] == "${LIGHT_LANE_CPUSET:-1}"
-    assert {k: v for k, v in lane["environment"].items() if k not in ("LVM_LANE", "LVM_SEARCH_THREADS")} == {
-        k: v for k, v in worker["environment"].items()
+    # the other workers may give way to it (WORKER_NICE); the lane itself stays at 0
+    assert worker["environment"]["LVM_NICE"] == "${WORKER_NICE:-0}" and lane["environment"]["LVM_NICE"] == "0"
+    own = ("LVM_LANE", "LVM_SEARCH_THREADS", "LVM_NICE")
+    assert {k: v for k, v in lane["environment"].items() if k not in own} == {
+        k: v for k, v in worker["environment"].items() if k != "LVM_NICE"
     }  # every other setting the workers share
     assert lane["healthcheck"] == worker["healthcheck"] and lane["stop_grace_period"] == worker["stop_grace_period"]
 
