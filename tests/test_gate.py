@@ -1,6 +1,8 @@
 """The gate on the recurrent correction (issue 32): chosen on a select split, carried by the
 checkpoint, served as measured; the margin objective; the docs register."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -13,7 +15,7 @@ from training import gate
 from training.corpus import pydocs_documents
 from training.data import SplitSpec, VectorCache, encode_documents, make_windows, split_documents
 from training.evaluate import predict, score
-from training.train import TrainConfig, bank_loss, loss_fn, margin_loss, train
+from training.train import TrainConfig, bank_candidates, bank_loss, loss_fn, margin_loss, mine_hard, train
 
 
 def _windows(tmp_path, select_topics=("food",)):
@@ -160,13 +162,77 @@ def test_the_bank_objective_ranks_the_true_next_among_the_sentences_but_not_the_
     assert ce(pred) == pytest.approx(float(torch.nn.functional.cross_entropy(others, torch.tensor([0]))), abs=1e-5)
 
 
+def test_a_sampled_bank_estimates_the_whole_banks_cross_entropy():
+    gen = torch.Generator().manual_seed(0)
+    bank = torch.nn.functional.normalize(torch.randn(2000, 16, generator=gen), dim=-1)
+    rows = torch.arange(0, 64)
+    context = torch.stack([rows + 100, rows + 200], dim=1)  # each window's two context sentences
+    pred = bank[rows] + 0.8 * torch.randn(64, 16, generator=gen)
+    nxt = bank[rows]
+
+    def ce(candidates=None) -> float:
+        total = bank_loss(pred, nxt, rows, context, bank, 0.5, 1.0, 0.1, candidates)
+        return float(total - loss_fn(pred, nxt, 0.5))
+
+    full = ce()
+    # every row a candidate: the same loss (the correction is log 1), the context masked as before
+    assert ce(torch.arange(2000)) == pytest.approx(full, abs=1e-4)
+    # a tenth of the bank, drawn: near the full cross-entropy only with the correction for the sample
+    rng = np.random.default_rng(0)
+    drawn = [ce(bank_candidates(rows.numpy(), 2000, 200, rng)) for _ in range(20)]
+    assert abs(np.mean(drawn) - full) < 0.05 * full
+    # a prediction at its own context: drawn context rows take no probability, as in the whole bank
+    at_context = bank[context[:, 0]] * 5
+    drawn_context = torch.cat([rows, context.flatten()]).unique()
+    without = bank_loss(at_context, nxt, rows, context, bank, 0.5, 1.0, 0.1, rows)
+    assert float(bank_loss(at_context, nxt, rows, context, bank, 0.5, 1.0, 0.1, drawn_context)) < float(without) + 1.0
+    # hard negatives counted exactly: with every row a candidate, still the whole bank's loss
+    hard = torch.stack([rows + 300, rows + 400, rows + 500], dim=1)
+    assert float(bank_loss(pred, nxt, rows, context, bank, 0.5, 1.0, 0.1, torch.arange(2000), hard)) - float(
+        loss_fn(pred, nxt, 0.5)
+    ) == pytest.approx(full, abs=1e-4)
+    drawn = [
+        float(bank_loss(pred, nxt, rows, context, bank, 0.5, 1.0, 0.1,
+                        bank_candidates(rows.numpy(), 2000, 200, rng, hard.numpy()), hard) - loss_fn(pred, nxt, 0.5))
+        for _ in range(20)
+    ]  # fmt: skip
+    assert abs(np.mean(drawn) - full) < 0.05 * full
+    assert bank_candidates(rows.numpy(), 2000, 0, rng) is None
+    assert bank_candidates(rows.numpy(), 2000, 5000, rng) is None
+    with pytest.raises(ValueError, match="next sentence"):
+        bank_loss(pred, nxt, rows, context, bank, 0.5, 1.0, 0.1, torch.arange(10, 500))
+
+
+def test_hard_negatives_are_the_nearest_sentences_but_never_the_context_or_the_next(tmp_path):
+    w = _windows(tmp_path)["train"]
+    model = build_model(
+        ModelConfig(model_type="lstm", input_dim=w.vectors.shape[1], d_model=16, num_layers=1, linear_path=True)
+    )
+    model.eval()
+    bank = torch.from_numpy(w.vectors)
+    hard = mine_hard(model, w, bank, 5)
+    assert hard.shape == (len(w), 5)
+    for i in range(0, len(w), 7):
+        assert not set(hard[i]) & ({int(w.target[i])} | set(w.context[i].tolist()))
+    with torch.no_grad():
+        pred = torch.nn.functional.normalize(model(torch.from_numpy(w.batch(np.arange(len(w)))[0])), dim=-1)
+    scores = pred @ torch.nn.functional.normalize(bank, dim=-1).T
+    for i in range(0, len(w), 7):  # nothing outside the context and the next outranks the fifth
+        allowed = np.setdiff1d(np.arange(len(bank)), np.concatenate([w.context[i], [w.target[i]]]))
+        assert float(scores[i, allowed].max()) == pytest.approx(float(scores[i, hard[i, 0]]), abs=1e-5)
+        assert int((scores[i, allowed] > scores[i, hard[i, 4]] + 1e-6).sum()) <= 4
+
+
 def test_the_bank_objective_trains(tmp_path):
     w = _windows(tmp_path)
     cfg = TrainConfig(model_type="lstm", d_model=16, num_layers=1, epochs=2, batch_size=32, lr=5e-3,
                       objective="cosine_bank", patience=10)  # fmt: skip
-    _, history, metrics = train(cfg, w["train"], w["val"], w["select"], progress=False)
-    assert metrics["train_config"]["objective"] == "cosine_bank"
-    assert all(np.isfinite(h["train_loss"]) for h in history if h["epoch"] > 0)
+    for sample, hard in ((0, 0), (20, 0), (20, 4)):
+        _, history, metrics = train(replace(cfg, bank_sample=sample, bank_hard=hard), w["train"], w["val"], w["select"],
+                                    progress=False)  # fmt: skip
+        assert metrics["train_config"]["objective"] == "cosine_bank"
+        assert metrics["train_config"]["bank_sample"] == sample and metrics["train_config"]["bank_hard"] == hard
+        assert all(np.isfinite(h["train_loss"]) for h in history if h["epoch"] > 0)
 
 
 def test_the_margin_objective_trains(tmp_path):
