@@ -81,6 +81,10 @@ def test_prepare_writes_the_bank_and_a_checkpoint_trained_on_held_out_documents(
     assert again.returncode == 0 and "already in" in again.stdout, again.stdout + again.stderr
 
 
+def _mean(summary: float | dict) -> float:
+    return summary["mean"] if isinstance(summary, dict) else summary
+
+
 def test_eval_and_bank_build_on_the_prepared_artifacts(prepared):
     artifacts, docs, env, _ = prepared
     out = lvmq("eval", "--checkpoint", str(artifacts / "lstm.pt"), "--no-news", "--json", env=env)
@@ -93,6 +97,13 @@ def test_eval_and_bank_build_on_the_prepared_artifacts(prepared):
     # the model paired against the closed-form start its linear path begins from (issue 32)
     paired = val["model"]["cos_next_minus"]["ridge_pos"]
     assert paired["ci95"][0] <= paired["mean"] <= paired["ci95"][1]
+    ranked = val["model"]["ranks_minus"]  # and its ranks, paired the same way: what the cos gain may cost
+    assert ranked["against"] == "ridge_pos"
+    for metric, own in (("r_at_10", "r_at_10"), ("within_doc_acc", "within_doc_contrastive_acc")):
+        theirs = val["ridge_pos"][own]
+        mine = val["model"][own]
+        assert ranked[metric]["mean"] == pytest.approx(_mean(mine) - _mean(theirs), abs=2e-4)
+        assert ranked[metric]["ci95"][0] <= ranked[metric]["mean"] <= ranked[metric]["ci95"][1]
     # what the gate trades: at alpha 0 the model is its linear start, ridge_pos's fit on the same split
     sweep = lvmq("eval", "--checkpoint", str(artifacts / "lstm.pt"), "--no-news", "--gate-sweep", "--json", env=env)
     assert sweep.returncode == 0, sweep.stderr[-3000:]

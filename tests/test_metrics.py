@@ -122,6 +122,11 @@ def test_paired_difference_ci_excludes_zero_only_for_a_real_difference(data):
     assert same["ci95"][0] < 0 < same["ci95"][1]
     gap = paired_difference(better, better - 0.05, w)
     assert gap["mean"] == pytest.approx(0.05) and gap["ci95"][0] > 0
+    # windows a metric cannot score (NaN: a rank whose sentence is not in the bank) leave the pair
+    holes = better.copy()
+    holes[::3] = np.nan
+    gap = paired_difference(holes, better - 0.05, w)
+    assert gap["mean"] == pytest.approx(0.05) and gap["ci95"] == pytest.approx([0.05, 0.05])
 
 
 def test_choose_forward_takes_the_first_step_past_half_positive_and_files_cannot_smuggle_one():

@@ -201,7 +201,22 @@ def report(predictions: dict[str, np.ndarray], w: Windows, bank: np.ndarray | No
             for other in PAIRED_AGAINST
             if other in values and other != name
         }
+        if name.startswith("model") and RANKED_AGAINST in values:
+            out[name]["ranks_minus"] = _rank_differences(values[name], values[RANKED_AGAINST], w)
     return out
+
+
+RANKED_AGAINST = "ridge_pos"  # the model's own linear start: what the correction must not rank below
+
+
+def _rank_differences(model: dict[str, np.ndarray], other: dict[str, np.ndarray], w: Windows) -> dict:
+    """R@10 and within-document accuracy of the model minus ``other``'s, paired over the same
+    windows: whether a miss of a few thousandths is more than the split's noise."""
+    out = {"within_doc_acc": paired_difference(model["within_doc_acc"], other["within_doc_acc"], w)}
+    if "rank" in model and not np.all(np.isnan(model["rank"])):
+        hit = {k: np.where(np.isnan(v["rank"]), np.nan, v["rank"] <= 10) for k, v in (("m", model), ("o", other))}
+        out["r_at_10"] = paired_difference(hit["m"], hit["o"], w)
+    return {"against": RANKED_AGAINST, **out}
 
 
 SWEEP = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0)
@@ -235,9 +250,11 @@ def format_sweep(sweeps: dict[str, list[dict]], served: float) -> str:
 
 def paired_difference(a: np.ndarray, b: np.ndarray, w: Windows, seed: int = 0) -> dict:
     """Mean of a - b per window with a 95% CI from resampling documents, both predictors on the
-    same resampled windows: the CI of a difference, not the overlap of two CIs."""
-    doc = w.sentence_doc[w.target]
+    same resampled windows: the CI of a difference, not the overlap of two CIs. Windows where
+    either is NaN (a metric with nothing to compare there) are left out of both."""
     diff = (a - b).astype(np.float64)
+    ok = ~np.isnan(diff)
+    doc, diff = w.sentence_doc[w.target][ok], diff[ok]
     sums = np.bincount(doc, weights=diff, minlength=w.documents)
     counts = np.bincount(doc, minlength=w.documents).astype(np.float64)
     samples = np.random.default_rng(seed).integers(0, w.documents, (BOOTSTRAP, w.documents))
@@ -274,6 +291,17 @@ def format_report(reports: dict[str, dict[str, dict]]) -> str:
                     for other, d in s.get("cos_next_minus", {}).items()
                 )
                 lines.append(f"  {split:<6} {name:<13} {diffs}")
+                ranked = s.get("ranks_minus")
+                if ranked:
+                    lines.append(
+                        f"  {'':<6} {'':<13} "
+                        + "   ".join(
+                            f"{label} - {ranked['against']} {ranked[k]['mean']:+.4f} "
+                            f"[{ranked[k]['ci95'][0]:+.4f}, {ranked[k]['ci95'][1]:+.4f}]"
+                            for k, label in (("r_at_10", "R@10"), ("within_doc_acc", "in-doc acc"))
+                            if k in ranked
+                        )
+                    )
     lines.append("* LCM's across-document contrastive accuracy (distractors: other documents' next sentences).")
     lines.append("m@base: margin of unit(pred - g*prev) at the g where cos(next) equals the context mean's.")
     return "\n".join(lines)
@@ -308,4 +336,16 @@ def format_markdown(reports: dict[str, dict[str, dict]]) -> str:
             for o in others
         ]
         lines.append(f"| {split} | " + " | ".join(cells) + " |")
+    ranked = {
+        split: rep["model"]["ranks_minus"] for split, rep in reports.items() if "ranks_minus" in rep.get("model", {})
+    }
+    if ranked:
+        against = next(iter(ranked.values()))["against"]
+        lines += ["", f"| split | R@10 − {against} | in-doc acc − {against} |", "|---|---|---|"]
+        for split, d in ranked.items():
+            cells = [
+                f"{d[k]['mean']:+.4f} [{d[k]['ci95'][0]:+.4f}, {d[k]['ci95'][1]:+.4f}]" if k in d else "–"
+                for k in ("r_at_10", "within_doc_acc")
+            ]
+            lines.append(f"| {split} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
