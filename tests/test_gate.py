@@ -330,3 +330,20 @@ def test_the_front_plot_draws_one_curve_per_design_and_baseline(tmp_path):
     svg = out.read_text()
     assert svg.count("<polyline") == 4  # two designs, two baselines (taken once)
     assert "&lt;gated&gt;" in svg and "<gated>" not in svg  # labels are escaped
+
+
+def test_train_help_names_the_recipes_defaults():
+    """`lvmq train --help` cannot import TrainConfig (torch) to print its defaults: it names them, and
+    this keeps the two in step."""
+    import argparse
+
+    from training.cli import register
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    train_parser = next(a for a in parser._subparsers._actions if isinstance(a, argparse._SubParsersAction))
+    helps = {a.dest: a.help for a in train_parser.choices["train"]._actions}
+    assert f"default {TrainConfig.objective}" in helps["objective"]
+    assert f"default {TrainConfig.bank_weight:g}" in helps["bank_weight"]
+    assert f"default {TrainConfig.bank_sample}" in helps["bank_sample"]
+    assert f"default {TrainConfig.patience}" in helps["patience"]

@@ -93,7 +93,7 @@ def test_linear_path_starts_at_the_positional_ridge_and_records_its_objective(tm
     model, _, metrics = train(cfg, w["train"], w["val"], progress=False)
     # lr 0: the model is exactly its initialisation, the closed-form fit plus a zero correction
     assert np.allclose(predict(model, w["val"]), start.predict(w["val"]), atol=1e-4)
-    assert metrics["train_config"]["objective"] == "cosine_mse" and metrics["train_config"]["linear_path"]
+    assert metrics["train_config"]["objective"] == TrainConfig.objective and metrics["train_config"]["linear_path"]
     assert metrics["linear_init"]["alpha"] == start.alpha and len(metrics["linear_init"]["val_cos"]) == 4
     assert metrics["best_epoch"] == 0  # nothing learned: the closed-form start is kept
     frozen = TrainConfig(model_type="gru", d_model=16, num_layers=1, epochs=2, batch_size=32, linear_path=True)

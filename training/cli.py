@@ -91,7 +91,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--d-model", type=int, default=256)
     train.add_argument("--layers", type=int, default=4)
     train.add_argument("--mse-weight", type=float, default=0.5, help="weight of the MSE term beside 1-cos")
-    train.add_argument("--patience", type=int, default=2, help="epochs without val improvement before stopping")
+    train.add_argument(
+        "--patience", type=int, help="epochs without a better select score before stopping (default 8: all of them)"
+    )
     train.add_argument(
         "--no-mean-residual",
         action="store_true",
@@ -109,20 +111,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     train.add_argument(
         "--objective",
         choices=["cosine_mse", "infonce", "cosine_margin", "cosine_bank"],
-        default="cosine_mse",
-        help="cosine_mse: (1-cos) + mse-weight*MSE on unit vectors; infonce: cross-entropy of the true next "
-        "vector against the batch's other next vectors and the window's own context; cosine_margin: cosine_mse plus "
-        "a hinge on the margin cos(next)-cos(previous) below --margin-target; cosine_bank: cosine_mse plus "
-        "--bank-weight times the cross-entropy of the true next sentence among all training sentences, context "
-        "left out (what R@10 ranks) (recorded in the checkpoint)",
+        help="default cosine_bank. cosine_mse: (1-cos) + mse-weight*MSE on unit vectors; infonce: "
+        "cross-entropy of the true next vector against the batch's other next vectors and the window's own "
+        "context; cosine_margin: cosine_mse plus a hinge on the margin cos(next)-cos(previous) below "
+        "--margin-target; cosine_bank: cosine_mse plus --bank-weight times the cross-entropy of the true next "
+        "sentence among the training sentences, context left out (what R@10 ranks) (recorded in the checkpoint)",
     )
-    train.add_argument("--bank-weight", type=float, default=0.1, help="cosine_bank: weight of the cross-entropy")
+    train.add_argument("--bank-weight", type=float, help="cosine_bank: weight of the cross-entropy (default 0.03)")
     train.add_argument(
         "--bank-sample",
         type=int,
-        default=0,
         help="cosine_bank: negatives drawn per step, a sampled softmax corrected to stand for the whole bank "
-        "(0: every training sentence, an epoch about 12x slower on 63k sentences)",
+        "(default 4096; 0: every training sentence, an epoch about 12x slower on 63k sentences)",
     )
     train.add_argument(
         "--bank-hard",
@@ -277,10 +277,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         mean_residual=not args.no_mean_residual,
         linear_path=not args.no_linear_path,
         linear_lr=args.linear_lr,
-        objective=args.objective,
         temperature=args.temperature,
-        bank_weight=args.bank_weight,
-        bank_sample=args.bank_sample,
         bank_hard=args.bank_hard,
         margin_weight=args.margin_weight,
         margin_target=args.margin_target,
@@ -290,11 +287,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         lr=args.lr,
         mse_weight=args.mse_weight,
-        patience=args.patience,
         seed=args.seed,
     )
-    # the model's defaults from `make model` (chosen on val), unless a flag says otherwise
-    explicit = {"warmup_epochs": args.warmup_epochs} if args.warmup_epochs is not None else {}
+    # the model's defaults from `make model` (chosen on val), unless a flag says otherwise; the
+    # objective's flags default to TrainConfig's, which this module does not import before a command
+    # runs (it imports torch)
+    flags = ("warmup_epochs", "objective", "bank_weight", "bank_sample", "patience")
+    explicit = {k: getattr(args, k) for k in flags if getattr(args, k) is not None}
     cfg = replace(cfg, **{**MODEL_DEFAULTS[args.model], **explicit})
     split = SplitSpec(
         ood_topics=tuple(args.ood_topic) if args.ood_topic is not None else SplitSpec().ood_topics,
