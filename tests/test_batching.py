@@ -117,9 +117,12 @@ def test_a_light_lane_serves_the_light_tenant_and_the_other_worker_the_flood(red
         assert len(threads) > 1 and all(os.sched_getaffinity(int(t)) == {cpu} for t in threads)
         for job_id in light:
             client.wait(job_id, timeout=60)
+
         # Beside the flood with nothing light, the lane blocks on its wake list: a 2 ms poll made
         # about 1000 claims in 2 s; blocked, its fallback makes 20, with a beat and a renewal a second.
-        calls = lambda: client.redis.info("commandstats")["cmdstat_evalsha"]["calls"]  # noqa: E731
+        def calls() -> int:
+            return client.redis.info("commandstats")["cmdstat_evalsha"]["calls"]
+
         before = calls()
         time.sleep(2)
         assert calls() - before < 200
