@@ -212,10 +212,13 @@ RANKED_AGAINST = "ridge_pos"  # the model's own linear start: what the correctio
 def _rank_differences(model: dict[str, np.ndarray], other: dict[str, np.ndarray], w: Windows) -> dict:
     """R@10 and within-document accuracy of the model minus ``other``'s, paired over the same
     windows: whether a miss of a few thousandths is more than the split's noise."""
+
+    def top10(v: dict[str, np.ndarray]) -> np.ndarray:
+        return np.where(np.isnan(v["rank"]), np.nan, v["rank"] <= 10)  # NaN: the next sentence is not in the bank
+
     out = {"within_doc_acc": paired_difference(model["within_doc_acc"], other["within_doc_acc"], w)}
     if "rank" in model and not np.all(np.isnan(model["rank"])):
-        hit = {k: np.where(np.isnan(v["rank"]), np.nan, v["rank"] <= 10) for k, v in (("m", model), ("o", other))}
-        out["r_at_10"] = paired_difference(hit["m"], hit["o"], w)
+        out["r_at_10"] = paired_difference(top10(model), top10(other), w)
     return {"against": RANKED_AGAINST, **out}
 
 
@@ -263,6 +266,11 @@ def paired_difference(a: np.ndarray, b: np.ndarray, w: Windows, seed: int = 0) -
     return {"mean": round(float(diff.mean()), 4), "ci95": [round(float(lo), 4), round(float(hi), 4)]}
 
 
+def _signed(d: dict) -> str:
+    """A paired difference as both formats print it: mean [95% CI]."""
+    return f"{d['mean']:+.4f} [{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}]"
+
+
 def format_report(reports: dict[str, dict[str, dict]]) -> str:
     head = (
         f"{'split':<6} {'predictor':<13} {'cos(next) [95% CI]':<26} {'margin [95% CI]':<28} {'m>0':>5} "
@@ -286,18 +294,14 @@ def format_report(reports: dict[str, dict[str, dict]]) -> str:
     for split, rep in reports.items():
         for name, s in rep.items():
             if name.startswith("model"):
-                diffs = "   ".join(
-                    f"{other} {d['mean']:+.4f} [{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}]"
-                    for other, d in s.get("cos_next_minus", {}).items()
-                )
+                diffs = "   ".join(f"{other} {_signed(d)}" for other, d in s.get("cos_next_minus", {}).items())
                 lines.append(f"  {split:<6} {name:<13} {diffs}")
                 ranked = s.get("ranks_minus")
                 if ranked:
                     lines.append(
                         f"  {'':<6} {'':<13} "
                         + "   ".join(
-                            f"{label} - {ranked['against']} {ranked[k]['mean']:+.4f} "
-                            f"[{ranked[k]['ci95'][0]:+.4f}, {ranked[k]['ci95'][1]:+.4f}]"
+                            f"{label} - {ranked['against']} {_signed(ranked[k])}"
                             for k, label in (("r_at_10", "R@10"), ("within_doc_acc", "in-doc acc"))
                             if k in ranked
                         )
@@ -331,10 +335,7 @@ def format_markdown(reports: dict[str, dict[str, dict]]) -> str:
     lines += ["", "| split | " + " | ".join(f"− {o}" for o in others) + " |", "|---|" + "---|" * len(others)]
     for split, rep in reports.items():
         diffs = rep.get("model", {}).get("cos_next_minus", {})
-        cells = [
-            f"{diffs[o]['mean']:+.4f} [{diffs[o]['ci95'][0]:+.4f}, {diffs[o]['ci95'][1]:+.4f}]" if o in diffs else "–"
-            for o in others
-        ]
+        cells = [_signed(diffs[o]) if o in diffs else "–" for o in others]
         lines.append(f"| {split} | " + " | ".join(cells) + " |")
     ranked = {
         split: rep["model"]["ranks_minus"] for split, rep in reports.items() if "ranks_minus" in rep.get("model", {})
@@ -343,9 +344,6 @@ def format_markdown(reports: dict[str, dict[str, dict]]) -> str:
         against = next(iter(ranked.values()))["against"]
         lines += ["", f"| split | R@10 − {against} | in-doc acc − {against} |", "|---|---|---|"]
         for split, d in ranked.items():
-            cells = [
-                f"{d[k]['mean']:+.4f} [{d[k]['ci95'][0]:+.4f}, {d[k]['ci95'][1]:+.4f}]" if k in d else "–"
-                for k in ("r_at_10", "within_doc_acc")
-            ]
+            cells = [_signed(d[k]) if k in d else "–" for k in ("r_at_10", "within_doc_acc")]
             lines.append(f"| {split} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

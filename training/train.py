@@ -45,7 +45,7 @@ class TrainConfig:
     # cosine_bank, the default since issue 32: the cosine objective alone raised cos(next) over the
     # linear start and lowered R@10 on every split, and lost cos on technical prose it never saw;
     # with a little of the bank's cross-entropy the correction keeps the ranks close and gains cos
-    # on that register too (docs/engine.md). Weight 0.05 and above: the first epoch was kept.
+    # on that register too (docs/engine.md). Weight 0.05 ranked higher and lost cos(next) on ood.
     objective: str = "cosine_bank"  # OBJECTIVES
     temperature: float = 0.05  # infonce and cosine_bank
     bank_weight: float = 0.03  # cosine_bank only: weight of the cross-entropy over the training sentences
@@ -175,9 +175,7 @@ def mine_hard(model: torch.nn.Module, windows: Windows, bank: torch.Tensor, k: i
     unit_bank = F.normalize(bank, dim=-1)
     out, start = [], 0
     for ctx in context_batches(model, windows, chunk):
-        base, correction = model.parts(ctx)
-        pred = F.normalize(base.float() + correction.float(), dim=-1)
-        scores = pred @ unit_bank.T
+        scores = model(ctx).float() @ unit_bank.T  # the forward's prediction, already unit
         sl = slice(start, start + len(ctx))
         scores.scatter_(1, torch.from_numpy(windows.context[sl]), float("-inf"))
         scores.scatter_(1, torch.from_numpy(windows.target[sl])[:, None], float("-inf"))
