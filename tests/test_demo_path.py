@@ -120,8 +120,13 @@ def test_eval_and_bank_build_on_the_prepared_artifacts(prepared):
     # `lvmq train` on the same corpus (its vectors cached by prepare): a GRU checkpoint, strict to load
     gru = artifacts / "gru-tiny.pt"
     trained = lvmq("train", "--model", "gru", "--epochs", "1", "--d-model", "32", "--layers", "1",
-                   "--corpus", str(artifacts / "corpus" / "starter.jsonl"), "--out", str(gru), env=env)  # fmt: skip
+                   "--corpus", str(artifacts / "corpus" / "starter.jsonl"), "--out", str(gru),
+                   "--split-seed", "3", "--select-share", "0.2", "--gate-ranks", "--ema", "0.9", env=env)  # fmt: skip
     assert trained.returncode == 0 and f"wrote {gru}" in trained.stdout, trained.stdout[-2000:] + trained.stderr[-2000:]
+    recorded = json.loads((artifacts / "training_history_gru-tiny.json").read_text())["metrics"]
+    assert recorded["split"]["seed"] == 3 and recorded["split"]["select_share"] == 0.2  # what eval rebuilds
+    assert recorded["train_config"]["seed"] == 0 and recorded["train_config"]["gate_keeps_ranks"] is True
+    assert recorded["train_config"]["ema"] == 0.9
     described = json.loads(lvmq("inspect", str(gru), "--json", env=env).stdout)
     assert described["config"]["model_type"] == "gru" and described["config"]["d_model"] == 32
 

@@ -85,7 +85,7 @@ def test_training_with_a_select_split_chooses_and_saves_the_gate(tmp_path):
     # the kept epoch is the one the select split scored best, with its alpha, not val's pick
     assert metrics["best_epoch"] == kept["epoch"] and metrics["correction_scale"] == kept["alpha"]
     assert model.config.correction_scale == kept["alpha"]
-    alpha, cos, _ = gate.choose(model, w["select"])
+    alpha, cos, _, _ = gate.choose(model, w["select"])
     assert cos == pytest.approx(kept["select_cos"], abs=1e-5)
     assert score(predict(model, w["select"]), w["select"])["cos_mean"] == pytest.approx(cos, abs=1e-5)
     # val is reported as served: with the kept alpha
@@ -114,6 +114,100 @@ def test_the_gate_sweep_scores_what_each_alpha_would_serve(tmp_path):
     assert len({r["cos_next"] for r in sweep}) == 3  # a random correction moves the scores
     table = format_sweep({"val": sweep}, served=0.3)
     assert "α 0.3 (served)" in table and f"{sweep[1]['cos_next']:.4f} / {sweep[1]['r_at_10']:.3f}" in table
+
+
+def test_the_gates_ranks_are_those_lvmq_eval_reports_at_every_alpha(tmp_path):
+    """gate.top10_counts and within_doc_by_alpha score every alpha from two products per window;
+    training.scores, which `lvmq eval` reports, scores one prediction at a time: they agree."""
+    from training.scores import per_window
+
+    parts = _windows(tmp_path)
+    w, bank = parts["val"], parts["train"].vectors[:200]
+    # the hashing encoder gives word-order twins one vector: ties either scorer may break by rounding
+    noise = np.random.default_rng(0).normal(scale=0.01, size=w.vectors.shape).astype(np.float32)
+    w = replace(w, vectors=w.vectors + noise)
+    torch.manual_seed(0)
+    config = ModelConfig(model_type="lstm", input_dim=32, d_model=16, num_layers=1, context_len=5, linear_path=True)
+    base, correction = gate.parts(build_model(config).eval(), w)
+    top10, within = gate.top10_counts(base, correction, w, bank, chunk=7), gate.within_doc_by_alpha(base, correction, w)
+    everything = np.concatenate([bank, w.vectors])  # the bank, then the windows' own sentences
+    rows = len(bank) + np.arange(len(w.vectors))
+    for k in (0, 6, 20):
+        v = per_window(base + gate.GRID[k] * correction, w, everything, rows)
+        assert top10[k] == int(np.sum(v["rank"] <= 10))
+        assert within[k] == pytest.approx(float(np.nanmean(v["within_doc_acc"])), abs=1e-6)
+    assert len(set(top10.tolist())) > 1 and len(set(within.round(6).tolist())) > 1  # alpha moves them
+
+
+def test_the_gate_does_not_take_an_alpha_at_which_a_registers_ranks_fall(tmp_path, monkeypatch):
+    """A correction that helps the select split's cos everywhere but pushes one register's
+    predictions off their next sentences: cos alone takes alpha 1, the gate keeps that register's ranks."""
+    parts = _windows(tmp_path)
+    select, register, bank = parts["select"], parts["ood"], parts["train"].vectors
+    rng = np.random.default_rng(0)
+
+    def estimate(w):
+        target = w.vectors[w.target]
+        return target + rng.normal(scale=0.05, size=target.shape), target
+
+    helpful = estimate(select)
+    helpful = (helpful[0], 3 * helpful[1] - helpful[0])  # base + 1.0 * this is the true direction
+    harmful = estimate(register)
+    harmful = (harmful[0], -10 * harmful[1] + rng.normal(scale=5, size=harmful[1].shape))
+    monkeypatch.setattr(gate, "parts", lambda model, w: helpful if w is select else harmful)
+    monkeypatch.setattr(gate, "RANK_WINDOWS", 1)
+
+    free, _, by_alpha, held = gate.choose(None, select)
+    assert free == 1.0 and held is None  # cos alone: all of the correction
+    falls = gate.rank_falls(None, {"ood": register}, bank)
+    assert falls[0.0] is None and falls[1.0] == "ood R@10"
+    alpha, cos, _, held = gate.choose(None, select, {"ood": register}, bank)
+    assert held == "ood R@10" and alpha < 1.0 and falls[alpha] is None
+    assert cos == by_alpha[alpha] == max(by_alpha[a] for a in gate.GRID if falls[a] is None)
+    # a register with too few windows to tell a fall from noise holds nothing
+    monkeypatch.setattr(gate, "RANK_WINDOWS", len(register) + 1)
+    assert gate.choose(None, select, {"ood": register}, bank)[0] == 1.0
+
+
+def test_training_held_to_the_ranks_serves_an_alpha_at_which_none_falls(tmp_path, monkeypatch):
+    w = _windows(tmp_path)
+    monkeypatch.setattr(gate, "RANK_WINDOWS", 1)
+    monkeypatch.setattr(gate, "RANK_BANK", len(w["train"].vectors))  # every training sentence, in order
+    registers = {"food": w["select"]}
+    cfg = TrainConfig(model_type="lstm", d_model=16, num_layers=1, epochs=3, batch_size=32, lr=5e-3,
+                      gate_keeps_ranks=True)  # fmt: skip
+    model, history, metrics = train(cfg, w["train"], w["val"], w["select"], progress=False, select_registers=registers)
+    falls = gate.rank_falls(model, registers, w["train"].vectors)
+    assert falls[metrics["correction_scale"]] is None
+    for h in history:  # an epoch's record names the fall that held its alpha back, where one did
+        assert "alpha_held_by" not in h or h["alpha_held_by"] == "food R@10" or "within-document" in h["alpha_held_by"]
+
+
+def test_an_average_that_never_moves_serves_the_linear_start(tmp_path):
+    """With ema, epochs are judged and kept on the averaged weights: an average that keeps almost
+    nothing of each step stays at the start, where the correction is zero."""
+    w = _windows(tmp_path)
+    cfg = TrainConfig(model_type="lstm", d_model=16, num_layers=1, epochs=2, batch_size=32, lr=5e-3)
+    # without a select split, so alpha is 1 and every epoch's val cos shows the weights it judged
+    _, moving, _ = train(cfg, w["train"], w["val"], progress=False)
+    still, history, _ = train(replace(cfg, ema=1 - 1e-9), w["train"], w["val"], progress=False)
+    assert len({round(h["val_cos"], 5) for h in moving}) > 1  # without: each epoch judged where it got to
+    assert len({round(h["val_cos"], 5) for h in history}) == 1  # with: every epoch judged at the start
+    assert torch.allclose(still.output_proj.weight, torch.zeros_like(still.output_proj.weight), atol=1e-6)
+    with pytest.raises(ValueError, match="ema"):
+        train(replace(cfg, ema=1.0), w["train"], w["val"], w["select"], progress=False)
+
+
+def test_a_share_of_the_untopiced_sources_goes_to_select_and_val_stays_as_it_was():
+    docs = generated_corpus(docs_per_topic=40, sentences=4)
+    for d in docs[::2]:
+        d.topic = None  # a register: no topics
+    before = split_documents(docs, SplitSpec(ood_topics=(), select_topics=(), select_share=0.0))
+    after = split_documents(docs, SplitSpec(ood_topics=(), select_topics=(), select_share=0.3))
+    assert [d.id for d in after["val"]] == [d.id for d in before["val"]]
+    assert after["select"] and all(d.topic is None for d in after["select"])
+    assert {d.id for d in after["select"]} | {d.id for d in after["train"]} == {d.id for d in before["train"]}
+    assert 0.15 < len(after["select"]) / sum(d.topic is None for d in before["train"]) < 0.45
 
 
 def test_a_file_without_a_gate_loads_with_alpha_one_and_a_hostile_gate_is_refused(tmp_path):
@@ -347,3 +441,4 @@ def test_train_help_names_the_recipes_defaults():
     assert f"default {TrainConfig.bank_weight:g}" in helps["bank_weight"]
     assert f"default {TrainConfig.bank_sample}" in helps["bank_sample"]
     assert f"default {TrainConfig.patience}" in helps["patience"]
+    assert f"default {TrainConfig.ema:g}" in helps["ema"]

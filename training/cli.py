@@ -144,6 +144,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     train.add_argument(
         "--warmup-epochs", type=float, help="linear learning-rate warm-up (default: 1 for gru, 0 for lstm)"
     )
+    train.add_argument(
+        "--ema",
+        type=float,
+        help="decay per step of an exponential moving average of the weights, which is judged, kept and served "
+        "(default 0: off)",
+    )
     train.add_argument("--context-len", type=int, default=5, help="context sentences the model reads")
     train.add_argument("--ood-topic", action="append", help="topic held out as OOD (repeatable)")
     train.add_argument("--ood-source", action="append", help="source held out as OOD (repeatable)")
@@ -151,9 +157,29 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--select-topic",
         action="append",
         help="topic kept out of training on which the gate alpha and the stopping epoch are chosen "
-        "(repeatable; default: History, Everyday life; none given as --select-topic '' chooses on val, alpha 1)",
+        "(repeatable; default: History, Everyday life; --select-topic '' with --select-share 0 chooses on val, "
+        "alpha 1)",
     )
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument(
+        "--select-share",
+        type=float,
+        help="share of each source without topics (the registers) kept out of training for the select split, "
+        "drawn from the documents not in val (default 0)",
+    )
+    train.add_argument(
+        "--gate-ranks",
+        action="store_true",
+        help="do not take a gate alpha at which a select register's (source's) R@10 or within-document "
+        "accuracy falls below alpha 0's, the linear start's (by default the select split's cos(next) alone "
+        "chooses; registers with fewer than 300 select windows are not held)",
+    )
+    train.add_argument("--seed", type=int, default=0, help="the initialisation's, the batches' and the split's")
+    train.add_argument(
+        "--split-seed",
+        type=int,
+        help="the split's seed alone (default: --seed): tells what the held-out documents do from what the "
+        "initialisation does",
+    )
     train.add_argument("--threads", type=int, default=2)
     train.set_defaults(func=cmd_train)
 
@@ -282,6 +308,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         margin_weight=args.margin_weight,
         margin_target=args.margin_target,
         select_by=args.select_by,
+        gate_keeps_ranks=args.gate_ranks,
         context_len=args.context_len,
         epochs=args.epochs,
         batch_size=args.batch_size,
@@ -292,14 +319,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     # the model's defaults from `make model` (chosen on val), unless a flag says otherwise; the
     # objective's flags default to TrainConfig's, which this module does not import before a command
     # runs (it imports torch)
-    flags = ("warmup_epochs", "objective", "bank_weight", "bank_sample", "patience")
+    flags = ("warmup_epochs", "objective", "bank_weight", "bank_sample", "patience", "ema")
     explicit = {k: getattr(args, k) for k in flags if getattr(args, k) is not None}
     cfg = replace(cfg, **{**MODEL_DEFAULTS[args.model], **explicit})
     split = SplitSpec(
         ood_topics=tuple(args.ood_topic) if args.ood_topic is not None else SplitSpec().ood_topics,
         ood_sources=tuple(args.ood_source or ()),
         select_topics=tuple(args.select_topic) if args.select_topic is not None else SplitSpec().select_topics,
-        seed=args.seed,
+        select_share=args.select_share if args.select_share is not None else SplitSpec().select_share,
+        seed=args.seed if args.split_seed is None else args.split_seed,
     )
     out = args.out or artifacts / f"{args.model}.pt"
     metrics = train_and_save(cfg, docs, vectors, encoder, out, split)
@@ -331,6 +359,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         ood_topics=tuple(recorded.get("ood_topics", SplitSpec().ood_topics)),
         ood_sources=tuple(recorded.get("ood_sources", ())),
         select_topics=tuple(recorded.get("select_topics", ())),  # files before the gate had none
+        select_share=recorded.get("select_share", 0.0),  # nor before the registers joined select
         seed=recorded.get("seed", 0),
         share=recorded.get("share", 1.0),  # the demo's quick recipe trains on half the documents
     )

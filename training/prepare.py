@@ -88,7 +88,13 @@ def train_and_save(
         flush=True,
     )
     started = time.perf_counter()
-    model, history, metrics = train(cfg, windows["train"], windows["val"], windows.get("select"), progress=progress)
+    by_source = {}  # the select split per source, where the gate is held to each one's ranks (training.gate)
+    for source in sorted({d.source for d in splits["select"]} if cfg.gate_keeps_ranks else ()):
+        part = [d for d in splits["select"] if d.source == source]
+        by_source[source.split("-")[0]] = make_windows(part, [index[d.id] for d in part], cfg.context_len)
+    model, history, metrics = train(
+        cfg, windows["train"], windows["val"], windows.get("select"), progress=progress, select_registers=by_source
+    )
     reports = {name: evaluate(model, w) for name, w in windows.items() if name != "train"}
     val_curve = forward_curve(forward_values(predict(model, windows["val"]), windows["val"]))
     metrics["forward_default"] = choose_forward(val_curve)
@@ -101,6 +107,7 @@ def train_and_save(
                 "ood_topics": list(split.ood_topics),
                 "ood_sources": list(split.ood_sources),
                 "select_topics": list(split.select_topics),
+                "select_share": split.select_share,
                 "sources": sorted({d.source for d in docs}),  # what `lvmq eval` rebuilds the splits from
                 "seed": split.seed,
                 "share": split.share,

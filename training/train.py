@@ -62,6 +62,11 @@ class TrainConfig:
     # without one); "margin_at_base", the margin where the forward curve falls to the context mean's
     # cos (scores.margin_at), with alpha 1: how a margin objective is compared at equal closeness.
     select_by: str = "cos"
+    # With select_by cos and the select split's registers: no alpha at which a register's R@10 or
+    # within-document accuracy falls below the linear start's (training.gate). Measured and left off
+    # (docs/engine.md): on the select split some register's R@10 fell at almost every alpha of every
+    # epoch, by a window or a few, and the gate served the linear start or an early epoch.
+    gate_keeps_ranks: bool = False
     # bfloat16: forward and loss under CPU autocast (float32 master weights). auto picks it where
     # the CPU has native bfloat16 (AMX / AVX512-BF16): a training step measured 1.9x faster there.
     precision: str = "auto"
@@ -77,6 +82,10 @@ class TrainConfig:
     # epoch is kept whatever the patience, so the default runs all 8.
     patience: int = 8
     warmup_epochs: float = 0.0  # linear learning-rate warm-up before the cosine decay
+    # Exponential moving average of the weights, per step (0: off): epochs are judged, kept and
+    # served with the averaged weights. Measured at 0.998 and left off: the average lagged the
+    # weights (alpha 0.45 at epoch 8, select cos 0.5825 against 0.5830) and ranked no better.
+    ema: float = 0.0
     seed: int = 0
 
 
@@ -227,11 +236,14 @@ def train(
     val_set: Windows,
     select_set: Windows | None = None,
     progress: bool = True,
+    select_registers: dict[str, Windows] | None = None,
 ):
     """Returns (best model in eval mode, per-epoch history, the kept epoch's metrics).
 
-    With ``select_set`` (whole topics kept out of training; training.gate), the kept epoch and the
+    With ``select_set`` (documents kept out of training; training.gate), the kept epoch and the
     gate alpha the model serves are chosen on it; without one, on val with alpha 1.
+    ``select_registers`` (the select split by source) hold the gate to each one's ranks
+    (``gate_keeps_ranks``).
     """
     from tqdm.auto import tqdm
 
@@ -283,6 +295,10 @@ def train(
             raise ValueError("bank_hard needs bank_sample: the whole bank already holds every hard negative")
         model.eval()
         hard = mine_hard(model, train_set, bank, cfg.bank_hard)
+    rank_bank = None  # the training sentences the gate ranks against (gate.RANK_BANK of them)
+    if cfg.gate_keeps_ranks and select_registers and cfg.select_by == "cos":
+        picks = np.random.default_rng(cfg.seed + 2).permutation(len(train_set.vectors))[: gate.RANK_BANK]
+        rank_bank = train_set.vectors[np.sort(picks)]
     history: list[dict] = []
     best: tuple[float, dict, dict] | None = None
     stale, start = 0, None
@@ -301,7 +317,9 @@ def train(
         if cfg.select_by == "margin_at_base":  # alpha stays 1: a gate chosen on cos undoes the objective
             chosen_on = _margin_at_base(model, judged_on, base_cos)
         elif select_set is not None:
-            alpha, chosen_on, _ = gate.choose(model, select_set)
+            alpha, chosen_on, _, held = gate.choose(model, select_set, select_registers, rank_bank)
+            if held is not None:
+                record["alpha_held_by"] = held
         model.config = replace(model.config, correction_scale=alpha)
         val = score(predict(model, val_set), val_set)
         model.config = replace(model.config, correction_scale=1.0)  # the correction trains at full scale
@@ -318,6 +336,21 @@ def train(
 
     def weights() -> dict:
         return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    if not 0.0 <= cfg.ema < 1.0:
+        raise ValueError(f"ema must be in [0, 1), not {cfg.ema}")
+    averaged = weights() if cfg.ema > 0 else None  # starts at the linear start: the correction at zero
+
+    def judge_averaged(epoch: int, record: dict) -> tuple[float, dict, dict]:
+        """judge() on the averaged weights where there are any; returns their copy beside."""
+        if averaged is None:
+            return (*judge(epoch, record), weights())
+        live = weights()
+        model.load_state_dict(averaged)
+        try:
+            return (*judge(epoch, record), weights())
+        finally:
+            model.load_state_dict(live)
 
     if cfg.linear_path:
         # Epoch 0, the closed-form start, is kept if no trained epoch beats it (a GRU's correction
@@ -358,14 +391,22 @@ def train(
             torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.grad_clip)
             optimizer.step()
             scheduler.step()
+            if averaged is not None:
+                with torch.no_grad():
+                    for k, v in model.state_dict().items():
+                        if v.is_floating_point():
+                            averaged[k].lerp_(v, 1.0 - cfg.ema)
+                        else:
+                            averaged[k].copy_(v)
             total += loss.item() * len(rows)
             bar.set_postfix(loss=f"{loss.item():.4f}")
         record = {"epoch": epoch, "train_loss": total / len(train_set)}
-        criterion, kept = judge(epoch, record)
+        criterion, kept, judged = judge_averaged(epoch, record)
         record.update({"lr": scheduler.get_last_lr()[0], "seconds": round(time.perf_counter() - started, 2)})
         history.append(record)
         if progress:
             gated = f"  select cos {record['select_cos']:.4f} at alpha {record['alpha']}" if "alpha" in record else ""
+            gated += f" (higher: {record['alpha_held_by']} falls)" if "alpha_held_by" in record else ""
             if "select_margin_at_base" in record:
                 gated = f"  margin at the context mean's cos {record['select_margin_at_base']:+.4f}"
             print(
@@ -374,7 +415,7 @@ def train(
                 flush=True,
             )
         if best is None or criterion > best[0]:
-            stale, best = 0, (criterion, weights(), kept)
+            stale, best = 0, (criterion, judged, kept)
         else:
             stale += 1
             if stale >= cfg.patience:
