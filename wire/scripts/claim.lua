@@ -123,7 +123,7 @@ local batch_left, window = tonumber(ARGV[12]) or 0, tonumber(ARGV[13]) or 0
 local seen = tonumber(redis.call('HGET', state, 'interactive_at') or '') or 0
 local yielding = window > 0 and seen <= now and now - seen < window  -- a time ahead of Redis's: not ours
 local batch_taken, interactive_taken, capped, passed = 0, 0, false, 0
-local light_max, lane = math.max(0, math.min(10000, tonumber(ARGV[14]) or 0)), ARGV[15] or 'all'
+local light_max, lane = light_limit(ARGV[14]), ARGV[15] or 'all'
 if lane ~= 'light' then light_max = live_light_max(state, now) end  -- what a live lane serves
 local light_live = lane ~= 'light' and light_max > 0
 local held_light = false  -- light jobs left to the lane by this claim: wake it

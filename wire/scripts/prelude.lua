@@ -87,14 +87,20 @@ local function index_front(prefix, ring, job_key, id)
   end
 end
 
+-- A light lane's limit (claim.lua) from a worker's ARGV or the fair state's stamp: 0 to 10000,
+-- whatever the text (hostile or missing values are 0, none light).
+local function light_limit(value)
+  return math.max(0, math.min(10000, tonumber(value or '') or 0))
+end
+
 -- Light lanes (claim.lua): the limit of the live light lane as its last claim stamped it in the
 -- fair state, 0 when none is live (no stamp, one LIGHT_LIVE_MS old, or one from a clock ahead of
--- Redis's; hostile values clamped).
+-- Redis's).
 local function live_light_max(state, now)
   local f = redis.call('HMGET', state, 'light_at', 'light_max')
   local at = tonumber(f[1] or '') or 0
   if not (at <= now and now - at < LIGHT_LIVE_MS) then return 0 end
-  return math.max(0, math.min(10000, tonumber(f[2] or '') or 0))
+  return light_limit(f[2])
 end
 
 -- Wake a light lane blocked on its queue's wake list (wire/keys.py lane_wake): light work is there.
