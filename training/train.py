@@ -341,16 +341,20 @@ def train(
         raise ValueError(f"ema must be in [0, 1), not {cfg.ema}")
     averaged = weights() if cfg.ema > 0 else None  # starts at the linear start: the correction at zero
 
-    def judge_averaged(epoch: int, record: dict) -> tuple[float, dict, dict]:
-        """judge() on the averaged weights where there are any; returns their copy beside."""
+    def judge_averaged(epoch: int, record: dict) -> tuple[float, dict]:
+        """judge() on the averaged weights where there are any, the live ones back after."""
         if averaged is None:
-            return (*judge(epoch, record), weights())
+            return judge(epoch, record)
         live = weights()
         model.load_state_dict(averaged)
         try:
-            return (*judge(epoch, record), weights())
+            return judge(epoch, record)
         finally:
             model.load_state_dict(live)
+
+    def judged_weights() -> dict:
+        """A copy of what judge_averaged judged: what the epoch serves if it is kept."""
+        return weights() if averaged is None else {k: v.clone() for k, v in averaged.items()}
 
     if cfg.linear_path:
         # Epoch 0, the closed-form start, is kept if no trained epoch beats it (a GRU's correction
@@ -401,7 +405,7 @@ def train(
             total += loss.item() * len(rows)
             bar.set_postfix(loss=f"{loss.item():.4f}")
         record = {"epoch": epoch, "train_loss": total / len(train_set)}
-        criterion, kept, judged = judge_averaged(epoch, record)
+        criterion, kept = judge_averaged(epoch, record)
         record.update({"lr": scheduler.get_last_lr()[0], "seconds": round(time.perf_counter() - started, 2)})
         history.append(record)
         if progress:
@@ -415,7 +419,7 @@ def train(
                 flush=True,
             )
         if best is None or criterion > best[0]:
-            stale, best = 0, (criterion, judged, kept)
+            stale, best = 0, (criterion, judged_weights(), kept)
         else:
             stale += 1
             if stale >= cfg.patience:
